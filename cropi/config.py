@@ -1,0 +1,275 @@
+"""Typed configuration: one dataclass per subsystem, nested in :class:`RunConfig`.
+
+The CLI and YAML files are two views of the same objects. Every field carries help text in its
+metadata; ``__post_init__`` validates values and says how to fix them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cropi.utils.errors import CropiError
+
+
+def opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+def _check(cond: bool, section: str, name: str, msg: str) -> None:
+    if not cond:
+        raise CropiError(msg, field=f"{section}.{name}")
+
+
+@dataclass
+class ModelConfig:
+    path: str = opt("default", "HF causal LM: 'default' (embedded SmolLM2-135M-Instruct), a local "
+                    "folder or a hub id (when online)")
+    system_prompt: str | None = opt(None, "system message prepended to every prompt (None: the "
+                                    "chat template's default)")
+    device: str = opt("auto", "auto, cpu or cuda")
+
+    def __post_init__(self) -> None:
+        _check(self.device in ("auto", "cpu", "cuda"), "model", "device", "use auto, cpu or cuda")
+
+
+@dataclass
+class DataConfig:
+    suite: str | None = opt("default", "built-in task suite (see `cropi suites`); None to use files")
+    seed: int = opt(0, "seed of the built-in suite's generation")
+    pool: str | None = opt(None, "training pool file (.jsonl, .parquet or HF dataset folder)")
+    targets: dict[str, str] = opt({}, "target (validation) sets: name -> file")
+    tests: dict[str, str] = opt({}, "test sets: name -> file (names starting with 'target' count "
+                                "as targeted)")
+    converter: str = opt("auto", "row layout of the files: auto, cropi, verl or gsm8k")
+
+    def __post_init__(self) -> None:
+        _check(self.suite is not None or self.pool is not None, "data", "suite",
+               "give a built-in suite or a pool file")
+
+
+@dataclass
+class RolloutConfig:
+    k_pool: int = opt(8, "responses per pool prompt")
+    k_target: int = opt(32, "responses per target prompt")
+    temperature: float = opt(1.0, "sampling temperature")
+    top_p: float = opt(1.0, "nucleus sampling threshold")
+    max_new_tokens: int = opt(64, "maximum response length in tokens")
+    batch_size: int = opt(64, "sequences generated per batch")
+    dtype: str = opt("auto", "generation dtype: auto (bf16 on CPU/GPU), bf16 or fp32")
+    backend: str = opt("hf", "sampler backend: hf (transformers generate) or vllm")
+    seed: int = opt(0, "sampling seed")
+
+    def __post_init__(self) -> None:
+        _check(self.k_pool >= 2, "rollout", "k_pool", "need at least 2 responses for an advantage")
+        _check(self.k_target >= 2, "rollout", "k_target", "need at least 2 responses")
+        _check(self.temperature > 0, "rollout", "temperature", "must be > 0")
+        _check(0 < self.top_p <= 1, "rollout", "top_p", "must be in (0, 1]")
+        _check(self.max_new_tokens >= 1, "rollout", "max_new_tokens", "must be >= 1")
+        _check(self.batch_size >= 1, "rollout", "batch_size", "must be >= 1")
+        _check(self.dtype in ("auto", "bf16", "fp32"), "rollout", "dtype", "use auto, bf16 or fp32")
+        _check(self.backend in ("hf", "vllm"), "rollout", "backend", "use hf or vllm")
+
+
+@dataclass
+class EvalConfig:
+    greedy: bool = opt(True, "report greedy accuracy")
+    samples: int = opt(4, "responses per item for mean@k sampled accuracy (0 disables)")
+    temperature: float = opt(1.0, "sampling temperature for mean@k")
+    max_new_tokens: int = opt(64, "maximum response length")
+    batch_size: int = opt(64, "sequences per generation batch")
+    max_items: int | None = opt(None, "evaluate at most this many items per test set")
+    seed: int = opt(1234, "sampling seed")
+
+    def __post_init__(self) -> None:
+        _check(self.samples >= 0, "eval", "samples", "must be >= 0")
+        _check(self.greedy or self.samples > 0, "eval", "greedy", "enable greedy or samples > 0")
+
+
+@dataclass
+class GradientConfig:
+    params: str = opt("all", "which parameters: all, lora, or filter (see include/exclude)")
+    include: str | None = opt(None, "regex: keep parameters whose name matches (params=filter)")
+    exclude: str | None = opt(None, "regex: drop parameters whose name matches (params=filter), "
+                              "e.g. 'embed|norm'")
+    lora_rank: int = opt(8, "LoRA rank when params=lora")
+    clip_eps: float | None = opt(None, "PPO clip epsilon on the ratio (None: no clipping)")
+    advantage: str = opt("grpo", "grpo (group-normalised) or reweighted (importance-weighted moments)")
+    mode: str = opt("offpolicy", "offpolicy (POPI on stored beta rollouts) or onpolicy (fresh samples)")
+    max_batch_tokens: int = opt(4096, "token budget of one forward/backward micro-batch")
+    autocast_bf16: bool = opt(False, "bf16 autocast in the gradient pass (fp32 accumulation)")
+
+    def __post_init__(self) -> None:
+        _check(self.params in ("all", "lora", "filter"), "gradient", "params", "use all, lora or filter")
+        _check(self.advantage in ("grpo", "reweighted"), "gradient", "advantage", "use grpo or reweighted")
+        _check(self.mode in ("offpolicy", "onpolicy"), "gradient", "mode", "use offpolicy or onpolicy")
+        _check(self.clip_eps is None or self.clip_eps > 0, "gradient", "clip_eps", "must be > 0 or None")
+        _check(self.max_batch_tokens >= 16, "gradient", "max_batch_tokens", "must be >= 16")
+
+
+@dataclass
+class ProjectionConfig:
+    kind: str = opt("countsketch", "projector: countsketch, sparse-jl, factorized or none")
+    k: int = opt(8192, "projected dimension")
+    sparse_ratio: float = opt(1.0, "fraction of coordinates kept before the JL map (sparse-jl)")
+    distribution: str = opt("rademacher", "JL entries: rademacher or gaussian (sparse-jl)")
+    seed: int = opt(0, "projection seed (the matrix is regenerated from it, never stored)")
+    store_dtype: str = opt("fp16", "feature store dtype: fp16 or fp32")
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("countsketch", "sparse-jl", "factorized", "none"), "projection", "kind",
+               "use countsketch, sparse-jl, factorized or none")
+        _check(self.k >= 1, "projection", "k", "must be >= 1")
+        _check(0 < self.sparse_ratio <= 1, "projection", "sparse_ratio", "must be in (0, 1]")
+        _check(self.distribution in ("rademacher", "gaussian"), "projection", "distribution",
+               "use rademacher or gaussian")
+        _check(self.store_dtype in ("fp16", "fp32"), "projection", "store_dtype", "use fp16 or fp32")
+
+    def spec(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ScoreConfig:
+    target_max: int = opt(100, "at most this many target prompts (seeded sample) per target mean")
+    fusion: str = opt("rrf", "fusion of several targets: rrf (reciprocal rank), max or mean")
+    seed: int = opt(0, "seed of the target sample")
+
+    def __post_init__(self) -> None:
+        _check(self.fusion in ("rrf", "max", "mean"), "score", "fusion", "use rrf, max or mean")
+        _check(self.target_max >= 1, "score", "target_max", "must be >= 1")
+
+
+@dataclass
+class SelectConfig:
+    policy: str = opt("influence", "influence, random, pass-rate, learnability or full")
+    ratio: float = opt(0.10, "fraction of the pool kept per stage")
+    seed: int = opt(0, "seed for random policies")
+
+    def __post_init__(self) -> None:
+        _check(self.policy in ("influence", "random", "pass-rate", "learnability", "full"),
+               "select", "policy", "use influence, random, pass-rate, learnability or full")
+        _check(0 < self.ratio <= 1, "select", "ratio", "must be in (0, 1]")
+
+
+@dataclass
+class TrainConfig:
+    steps_per_stage: int = opt(20, "GRPO steps per stage")
+    learning_rate: float = opt(2e-5, "learning rate")
+    prompts_per_step: int = opt(4, "prompts per GRPO step")
+    samples_per_prompt: int = opt(8, "on-policy samples per prompt")
+    max_new_tokens: int = opt(48, "maximum completion length")
+    temperature: float = opt(1.0, "sampling temperature")
+    beta: float = opt(0.0, "KL coefficient (0: no reference model)")
+    clip_eps: float = opt(0.2, "PPO clip epsilon")
+    lora: bool = opt(False, "train LoRA adapters instead of all parameters")
+    bf16: bool = opt(False, "bf16 mixed precision")
+    reset_optimizer: bool = opt(False, "reset optimizer state at each stage")
+    seed: int = opt(0, "training seed")
+
+    def __post_init__(self) -> None:
+        _check(self.steps_per_stage >= 1, "train", "steps_per_stage", "must be >= 1")
+        _check(self.samples_per_prompt >= 2, "train", "samples_per_prompt", "must be >= 2")
+        _check(self.learning_rate > 0, "train", "learning_rate", "must be > 0")
+
+
+@dataclass
+class CurriculumConfig:
+    stages: int = opt(2, "number of stages")
+    eval_every: int = opt(10, "evaluate every this many RL steps")
+
+    def __post_init__(self) -> None:
+        _check(self.stages >= 1, "curriculum", "stages", "must be >= 1")
+        _check(self.eval_every >= 1, "curriculum", "eval_every", "must be >= 1")
+
+
+@dataclass
+class RunConfig:
+    name: str = opt("cropi", "run name (folder under out_dir)")
+    out_dir: str = opt("runs", "parent folder of run directories")
+    seed: int = opt(0, "base seed")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    gradient: GradientConfig = field(default_factory=GradientConfig)
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+def _resolve_type(tp: Any) -> Any:
+    if isinstance(tp, str):
+        tp = eval(tp, vars(typing) | globals())  # annotations are strings (PEP 563)
+    return tp
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build a (nested) config dataclass from a mapping; unknown keys are errors."""
+    if not isinstance(data, dict):
+        raise CropiError("must be a mapping", field=where or cls.__name__)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{where}.{key}" if where else key
+        if key not in fields:
+            raise CropiError(f"unknown key {name!r}", fix=f"known keys: {', '.join(fields)}")
+        tp = _resolve_type(fields[key].type)
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value or {}, name)
+        else:
+            kwargs[key] = _coerce(value, tp, name)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], name)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise CropiError(f"must be {tp.__name__}, got {value!r}", field=name)
+    if origin is dict and not isinstance(value, dict):
+        raise CropiError("must be a mapping", field=name)
+    return value
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.exists():
+        raise CropiError("does not exist", file=path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise CropiError(f"is not valid YAML ({exc})", file=path) from None
+    try:
+        return from_dict(RunConfig, data)
+    except CropiError as exc:
+        raise CropiError(str(exc), file=path) from None
+
+
+def dump_config(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,83 @@
+"""Small named converters from common dataset layouts to the cropi schema.
+
+- ``verl``:  verl RL parquet rows (``prompt`` messages, ``reward_model.ground_truth``,
+             ``data_source``, optional ``extra_info.index``)
+- ``gsm8k``: GSM8K rows (``question``, ``answer`` ending with ``#### 42``)
+
+Each converter maps one raw row (and its 1-based row number) to a raw cropi dict, which then goes
+through :func:`cropi.data.schema.validate_record`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from cropi.utils.errors import CropiError
+
+Converter = Callable[[dict[str, Any], int, str | None], dict[str, Any]]
+
+
+def _from_verl(raw: dict[str, Any], row: int, file: str | None) -> dict[str, Any]:
+    rm = raw.get("reward_model")
+    if not isinstance(rm, dict) or rm.get("ground_truth") is None:
+        raise CropiError(
+            "is missing or has no 'ground_truth'", file=file, row=row, field="reward_model",
+            fix="verl rows need reward_model.ground_truth",
+        )
+    info = raw.get("extra_info") if isinstance(raw.get("extra_info"), dict) else {}
+    source = raw.get("data_source") or "verl"
+    rid = raw.get("id") or (info or {}).get("index")
+    rid = f"{source}-{rid}" if rid is not None else f"{source}-{row}"
+    gt = rm["ground_truth"]
+    if hasattr(gt, "tolist"):
+        gt = gt.tolist()
+    if isinstance(gt, list):
+        gt = gt[0] if gt else ""
+    meta = {"verifier": "math", "ability": raw.get("ability")}
+    return {"id": rid, "prompt": raw.get("prompt"), "answer": gt, "source": source,
+            "level": raw.get("level"), "meta": meta}
+
+
+_GSM8K_TAIL = re.compile(r"####\s*(.+?)\s*$", re.S)
+
+
+def _from_gsm8k(raw: dict[str, Any], row: int, file: str | None) -> dict[str, Any]:
+    q, a = raw.get("question"), raw.get("answer")
+    if not isinstance(q, str) or not q.strip():
+        raise CropiError("is missing or empty", file=file, row=row, field="question")
+    if not isinstance(a, str):
+        raise CropiError("is missing", file=file, row=row, field="answer")
+    m = _GSM8K_TAIL.search(a)
+    if not m:
+        raise CropiError(
+            "has no '#### <final answer>' tail", file=file, row=row, field="answer",
+            fix="GSM8K answers end with '#### 42'",
+        )
+    gold = m.group(1).replace(",", "").strip()
+    rid = raw.get("id", f"gsm8k-{row}")
+    return {"id": str(rid), "prompt": q, "answer": gold, "source": raw.get("source", "gsm8k"),
+            "level": raw.get("level"), "meta": {"verifier": "math", "solution": a}}
+
+
+def _identity(raw: dict[str, Any], row: int, file: str | None) -> dict[str, Any]:
+    return raw
+
+
+CONVERTERS: dict[str, Converter] = {"cropi": _identity, "verl": _from_verl, "gsm8k": _from_gsm8k}
+
+
+def get_converter(name: str) -> Converter:
+    if name not in CONVERTERS:
+        raise CropiError(f"unknown converter {name!r}", fix=f"use one of {', '.join(CONVERTERS)}")
+    return CONVERTERS[name]
+
+
+def detect_converter(raw: dict[str, Any]) -> str:
+    """Guess the layout of a row: cropi, verl or gsm8k."""
+    if "reward_model" in raw and "prompt" in raw:
+        return "verl"
+    if "question" in raw and "answer" in raw and "prompt" not in raw:
+        return "gsm8k"
+    return "cropi"

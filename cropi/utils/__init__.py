@@ -1,0 +1,1 @@
+"""Small shared helpers: the user-error type, atomic file writes, hashing."""
