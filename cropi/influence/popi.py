@@ -1,0 +1,92 @@
+"""POPI: the practical off-policy policy gradient of one prompt (method.md §3).
+
+For prompt s with stored responses tau_1..tau_K ~ beta, rewards R_k and beta's log-probs:
+
+    A_k      = (R_k - mean R) / (std_unbiased R + 1e-4)
+    rho_k,t  = exp(log pi_theta(a_k,t | ...) - log beta(a_k,t | ...))
+    L(theta) = -(1/K) sum_k (1/|tau_k|) sum_t rho_k,t * A_k
+    g(s)     = grad_theta L
+
+Options: PPO clipping of rho (``clip_eps``), self-normalised importance-weighted advantages
+(``advantage='reweighted'``). At theta = beta, rho = 1 and g is the on-policy GRPO gradient on the
+stored samples. Prompts whose rewards are all equal have A = 0 and g = 0 exactly: they are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from cropi.config import GradientConfig
+from cropi.model.logprobs import micro_batches, pack, token_logprobs
+from cropi.rollout.store import PromptRollouts
+
+ADV_EPS = 1e-4
+
+
+def grpo_advantages(rewards: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Group-normalised advantages [K]. With ``weights`` (self-normalised), weighted moments."""
+    r = rewards.double()
+    if weights is None:
+        mu, sigma = r.mean(), r.std(unbiased=True)
+    else:
+        w = weights.double() / weights.double().sum()
+        mu = (w * r).sum()
+        k = r.numel()
+        sigma = torch.sqrt((w * (r - mu) ** 2).sum() * k / (k - 1))
+    return ((r - mu) / (sigma + ADV_EPS)).float()
+
+
+def _surrogate(new_lp: torch.Tensor, old_lp: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor,
+               lengths: torch.Tensor, clip_eps: float | None) -> torch.Tensor:
+    """Sum over rows of (1/|tau|) sum_t rho * A (clipped PPO form when clip_eps is set). [B,R] -> []"""
+    ratio = torch.exp(new_lp - old_lp) * mask
+    a = adv.unsqueeze(-1)
+    obj = ratio * a
+    if clip_eps is not None:
+        clipped = torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * a
+        obj = torch.minimum(obj, clipped) * mask
+    return (obj.sum(-1) / lengths).sum()
+
+
+def _reweight(model: torch.nn.Module, item: PromptRollouts, pad_id: int) -> torch.Tensor:
+    """Sequence weights w_k = exp(mean_t log pi - mean_t log beta) at the current model. [K]"""
+    device = next(model.parameters()).device
+    batch = pack([item.prompt_ids] * len(item.response_ids), item.response_ids, pad_id, device)
+    with torch.no_grad():
+        lp = token_logprobs(model, batch).double().cpu()
+    lens = batch.response_mask.sum(-1).double().cpu().clamp(min=1)
+    old = torch.zeros_like(lp)
+    for i, o in enumerate(item.logprobs):
+        old[i, :len(o)] = torch.as_tensor(o, dtype=torch.float64)
+    return torch.exp((lp.sum(-1) - old.sum(-1)) / lens)
+
+
+def popi_backward(model: torch.nn.Module, item: PromptRollouts, cfg: GradientConfig,
+                  pad_id: int) -> bool:
+    """Accumulate g(s) into the parameters' ``.grad`` (fp32). Returns False for a zero-signal prompt."""
+    if item.zero_variance:
+        return False
+    device = next(model.parameters()).device
+    rewards = torch.as_tensor(item.rewards, dtype=torch.float32)
+    weights = _reweight(model, item, pad_id) if cfg.advantage == "reweighted" else None
+    adv = grpo_advantages(rewards, weights)
+    k = len(item.response_ids)
+    lengths = [len(item.prompt_ids) + len(r) for r in item.response_ids]
+    for idx in micro_batches(lengths, cfg.max_batch_tokens):
+        batch = pack([item.prompt_ids] * len(idx), [item.response_ids[i] for i in idx], pad_id, device)
+        old = torch.zeros_like(batch.response_mask)
+        for j, i in enumerate(idx):
+            old[j, :len(item.logprobs[i])] = torch.as_tensor(item.logprobs[i], device=device)
+        lens = batch.response_mask.sum(-1).clamp(min=1)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+            new = token_logprobs(model, batch)
+        obj = _surrogate(new.float(), old, batch.response_mask, adv[idx].to(device), lens, cfg.clip_eps)
+        (-obj / k).backward()
+    return True
+
+
+def pass_rates(items: Sequence[PromptRollouts]) -> np.ndarray:
+    return np.asarray([it.pass_rate for it in items], dtype=np.float64)

@@ -1,0 +1,116 @@
+"""Offline rollouts of the behaviour policy beta: K responses per prompt, rewards, log-probs.
+
+Work is split into chunks of ``batch_size // K`` prompts at fixed positions; chunk ``c`` is sampled
+with the seed ``derive_seed(seed, set_name, c)`` and written as its own Parquet part. A run killed at
+any point resumes at the first missing part and ends with the same files as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cropi.config import RolloutConfig
+from cropi.data.schema import PromptRecord
+from cropi.model.logprobs import response_logprobs
+from cropi.model.template import prompt_token_ids
+from cropi.rollout import store
+from cropi.rollout.sampler import HFSampler, Sampler, SamplingParams
+from cropi.utils.progress import track
+from cropi.utils.seeding import derive_seed
+from cropi.verify import verify
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Policy:
+    """The model bundle a rollout needs: tokenizer, fp32 scoring model, sampler."""
+
+    tokenizer: Any
+    model: torch.nn.Module  # fp32, used for teacher-forced log-probs
+    sampler: Sampler
+    system_prompt: str | None = None
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    def prompt_ids(self, record: PromptRecord) -> list[int]:
+        return prompt_token_ids(self.tokenizer, record.prompt, self.system_prompt)
+
+
+def generation_dtype(name: str, device: str) -> torch.dtype:
+    if name == "fp32":
+        return torch.float32
+    return torch.bfloat16
+
+
+def make_policy(model: torch.nn.Module, tokenizer: Any, cfg: RolloutConfig,
+                system_prompt: str | None = None) -> Policy:
+    """Wrap an fp32 model; sampling uses a bf16 copy unless ``cfg.dtype == 'fp32'``."""
+    device = str(next(model.parameters()).device)
+    dtype = generation_dtype(cfg.dtype, device)
+    gen_model = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
+    if cfg.backend == "vllm":
+        from cropi.rollout.vllm_backend import VLLMSampler  # optional extra
+
+        sampler: Sampler = VLLMSampler.from_model(model, tokenizer)
+    else:
+        sampler = HFSampler(gen_model.eval(), tokenizer)
+    return Policy(tokenizer, model, sampler, system_prompt)
+
+
+def _rows_for_chunk(policy: Policy, records: Sequence[PromptRecord], k: int, cfg: RolloutConfig,
+                    seed: int) -> tuple[list[dict[str, Any]], int]:
+    prompts = [policy.prompt_ids(r) for r in records]
+    params = SamplingParams(n=k, temperature=cfg.temperature, top_p=cfg.top_p,
+                            max_new_tokens=cfg.max_new_tokens)
+    responses = policy.sampler.generate(prompts, params, seed)
+    flat_p = [p for p, rs in zip(prompts, responses, strict=True) for _ in rs]
+    flat_r = [r for rs in responses for r in rs]
+    logprobs = response_logprobs(policy.model, flat_p, flat_r, policy.pad_id)
+    rows, n_tok, j = [], 0, 0
+    for rec, p, rs in zip(records, prompts, responses, strict=True):
+        texts = [policy.tokenizer.decode(r, skip_special_tokens=True) for r in rs]
+        rewards = [verify(t, rec).reward for t in texts]
+        lps = logprobs[j:j + len(rs)]
+        j += len(rs)
+        n_tok += sum(len(r) for r in rs)
+        rows.append({
+            "id": rec.id, "source": rec.source, "level": rec.level, "prompt_ids": p,
+            "response_ids": rs, "response_text": texts, "rewards": rewards, "logprobs": lps,
+            "pass_rate": float(sum(rewards) / len(rewards)), "n_tokens": sum(len(r) for r in rs),
+        })
+    return rows, n_tok
+
+
+def collect(records: Sequence[PromptRecord], folder: str | Path, policy: Policy, k: int,
+            cfg: RolloutConfig, spec: dict[str, Any], name: str = "pool",
+            overwrite: bool = False) -> Path:
+    """Sample ``k`` responses for every record into ``folder`` (resumable). Returns the folder."""
+    folder = Path(folder)
+    full_spec = {**spec, "k": k, "rollout": {**vars(cfg)}, "set": name}
+    if store.is_complete(folder) and not overwrite:
+        store.prepare_dir(folder, full_spec)  # raises when the spec changed
+        log.info("%s: rollouts already complete in %s", name, folder)
+        return folder
+    store.prepare_dir(folder, full_spec, overwrite=overwrite)
+    per_chunk = max(1, cfg.batch_size // k)
+    chunks = [list(records[i:i + per_chunk]) for i in range(0, len(records), per_chunk)]
+    done = [c for c in range(len(chunks)) if store.part_path(folder, c).exists()]
+    with track(f"rollout {name}", total=len(records), completed=sum(len(chunks[c]) for c in done)) as bar:
+        for c, chunk in enumerate(chunks):
+            if store.part_path(folder, c).exists():
+                continue
+            rows, n_tok = _rows_for_chunk(policy, chunk, k, cfg, derive_seed(cfg.seed, name, c))
+            store.write_part(folder, c, rows)
+            bar.advance(len(chunk), n_tok)
+    store.finalize(folder, len(chunks), {"spec": full_spec})
+    return folder
