@@ -1,0 +1,38 @@
+"""Selection policies (influence, random, pass-rate, learnability, full), budget and statistics.
+
+Policies receive arrays; this package never imports ``cropi.influence``, the stores or torch.
+"""
+
+from cropi.select.policies import (
+    FullPolicy,
+    InfluencePolicy,
+    LearnabilityPolicy,
+    PassRatePolicy,
+    RandomPolicy,
+    SelectionContext,
+    SelectionPolicy,
+    available_policies,
+    budget,
+    get_policy,
+    register_policy,
+    select_ids,
+)
+from cropi.select.stats import read_selection, selection_stats, write_selection
+
+__all__ = [
+    "FullPolicy",
+    "InfluencePolicy",
+    "LearnabilityPolicy",
+    "PassRatePolicy",
+    "RandomPolicy",
+    "SelectionContext",
+    "SelectionPolicy",
+    "available_policies",
+    "budget",
+    "get_policy",
+    "read_selection",
+    "register_policy",
+    "select_ids",
+    "selection_stats",
+    "write_selection",
+]

@@ -1,0 +1,199 @@
+"""Selection policies: which pool prompts a stage trains on.
+
+Policies receive arrays (:class:`SelectionContext`); they never read stores and never import
+``cropi.influence`` or torch. Every policy returns prompt ids, in selection order (best first for
+ranked policies, sampled order for random ones), and is deterministic given ``ctx.seed``.
+
+Ties in ranked policies: ``influence`` breaks ties of the fused score by pool position (earlier
+first); ``learnability`` breaks ties of p(1-p) by a seeded random order.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from cropi.utils.errors import CropiError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SelectionContext:
+    """What a policy may look at, one entry per pool prompt (``n`` of them).
+
+    ids: prompt ids ``[n]``; pass_rate: beta's pass rate per prompt ``[n]`` float (NaN: unknown);
+    fused: fused influence score ``[n]`` (NaN: zero gradient) or None when not scored;
+    source: task family ``[n]``; level: difficulty level ``[n]`` (None: no level); seed: for the
+    random policies.
+    """
+
+    ids: list[str]
+    pass_rate: np.ndarray
+    fused: np.ndarray | None
+    source: list[str]
+    level: list[str | None]
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.ids = [str(i) for i in self.ids]
+        self.pass_rate = np.asarray(self.pass_rate, dtype=np.float64)
+        if self.fused is not None:
+            self.fused = np.asarray(self.fused, dtype=np.float64)
+        n = len(self.ids)
+        lengths = {"pass_rate": len(self.pass_rate), "source": len(self.source),
+                   "level": len(self.level)}
+        if self.fused is not None:
+            lengths["fused"] = len(self.fused)
+        bad = {key: value for key, value in lengths.items() if value != n}
+        if bad:
+            raise ValueError(f"SelectionContext: {n} ids but lengths {bad}")
+        if len(set(self.ids)) != n:
+            raise CropiError("the pool has duplicate prompt ids", fix="prompt ids must be unique")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@runtime_checkable
+class SelectionPolicy(Protocol):
+    """A named rule that picks ``n`` prompt ids (ordered) from a :class:`SelectionContext`."""
+
+    name: str
+
+    def select(self, ctx: SelectionContext, n: int) -> list[str]: ...
+
+
+def budget(n_pool: int, ratio: float) -> int:
+    """Prompts per stage: ``max(1, round(ratio * n_pool))`` (Python's round: halves go to even)."""
+    if n_pool < 1:
+        raise CropiError("the pool is empty", fix="check the pool file or suite")
+    if not 0 < ratio <= 1:
+        raise CropiError(f"ratio must be in (0, 1], got {ratio}", field="select.ratio")
+    return max(1, round(ratio * n_pool))
+
+
+def _check_n(n: int) -> int:
+    if n < 0:
+        raise CropiError(f"cannot select {n} prompts", field="select.ratio", fix="use a ratio > 0")
+    return int(n)
+
+
+def _take(ctx: SelectionContext, order: np.ndarray, n: int, policy: str, what: str) -> list[str]:
+    """The first ``n`` positions of ``order`` as ids; warn when fewer than ``n`` are eligible."""
+    if order.size < n:
+        log.warning("%s policy: only %d %s prompts for a budget of %d; selecting %d",
+                    policy, order.size, what, n, order.size)
+    return [ctx.ids[i] for i in order[:n]]
+
+
+class InfluencePolicy:
+    """Top ``n`` by fused influence score; NaN (zero-gradient) prompts are never selected."""
+
+    name = "influence"
+
+    def select(self, ctx: SelectionContext, n: int) -> list[str]:
+        n = _check_n(n)
+        if ctx.fused is None:
+            raise CropiError("the influence policy needs fused scores",
+                             fix="run the scoring step first, or choose another select.policy")
+        finite = np.flatnonzero(np.isfinite(ctx.fused))
+        order = finite[np.argsort(-ctx.fused[finite], kind="stable")]
+        return _take(ctx, order, n, self.name, "scored (non-zero-gradient)")
+
+
+class RandomPolicy:
+    """``n`` prompts drawn uniformly without replacement (seeded)."""
+
+    name = "random"
+
+    def select(self, ctx: SelectionContext, n: int) -> list[str]:
+        n = _check_n(n)
+        order = np.random.default_rng(ctx.seed).permutation(len(ctx))
+        return _take(ctx, order, n, self.name, "pool")
+
+
+class PassRatePolicy:
+    """``n`` prompts drawn uniformly (seeded) among those with beta pass rate 0 < p < 1."""
+
+    name = "pass-rate"
+
+    def select(self, ctx: SelectionContext, n: int) -> list[str]:
+        n = _check_n(n)
+        p = ctx.pass_rate
+        eligible = np.flatnonzero((p > 0) & (p < 1))
+        order = eligible[np.random.default_rng(ctx.seed).permutation(eligible.size)]
+        return _take(ctx, order, n, self.name, "partially solved (0 < p < 1)")
+
+
+class LearnabilityPolicy:
+    """Top ``n`` by p(1-p) of beta's pass rate p; ties by a seeded random order; NaN p excluded."""
+
+    name = "learnability"
+
+    def select(self, ctx: SelectionContext, n: int) -> list[str]:
+        n = _check_n(n)
+        p = ctx.pass_rate
+        known = np.flatnonzero(np.isfinite(p))
+        score = p[known] * (1 - p[known])
+        tiebreak = np.random.default_rng(ctx.seed).permutation(known.size)
+        order = known[np.lexsort((tiebreak, -score))]
+        return _take(ctx, order, n, self.name, "with a known pass rate")
+
+
+class FullPolicy:
+    """Every prompt of the pool, in pool order (``n`` is ignored)."""
+
+    name = "full"
+
+    def select(self, ctx: SelectionContext, n: int) -> list[str]:
+        return list(ctx.ids)
+
+
+_REGISTRY: dict[str, SelectionPolicy] = {}
+
+
+def register_policy(policy: SelectionPolicy) -> SelectionPolicy:
+    """Add a policy to the registry; a second policy with the same name is an error."""
+    if not isinstance(policy, SelectionPolicy):
+        raise TypeError(f"{policy!r} is not a SelectionPolicy (needs .name and .select(ctx, n))")
+    if policy.name in _REGISTRY:
+        raise CropiError(f"a selection policy named {policy.name!r} is already registered",
+                         fix="choose another name")
+    _REGISTRY[policy.name] = policy
+    return policy
+
+
+def get_policy(name: str) -> SelectionPolicy:
+    """The registered policy called ``name``."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise CropiError(f"unknown selection policy {name!r}", field="select.policy",
+                         fix=f"use one of: {', '.join(available_policies())}") from None
+
+
+def available_policies() -> list[str]:
+    """Names of the registered policies, in registration order."""
+    return list(_REGISTRY)
+
+
+def select_ids(policy: str | SelectionPolicy, ctx: SelectionContext, n: int) -> list[str]:
+    """Run ``policy`` (a name or an object) on ``ctx`` with budget ``n``."""
+    pol = get_policy(policy) if isinstance(policy, str) else policy
+    return pol.select(ctx, n)
+
+
+for _policy in (InfluencePolicy(), RandomPolicy(), PassRatePolicy(), LearnabilityPolicy(),
+                FullPolicy()):
+    register_policy(_policy)
+del _policy
+
+__all__ = [
+    "SelectionContext", "SelectionPolicy", "budget", "InfluencePolicy", "RandomPolicy",
+    "PassRatePolicy", "LearnabilityPolicy", "FullPolicy", "register_policy", "get_policy",
+    "available_policies", "select_ids",
+]
