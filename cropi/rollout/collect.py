@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,26 +91,34 @@ def _rows_for_chunk(policy: Policy, records: Sequence[PromptRecord], k: int, cfg
     return rows, n_tok
 
 
-def collect(records: Sequence[PromptRecord], folder: str | Path, policy: Policy, k: int,
-            cfg: RolloutConfig, spec: dict[str, Any], name: str = "pool",
-            overwrite: bool = False) -> Path:
-    """Sample ``k`` responses for every record into ``folder`` (resumable). Returns the folder."""
+def collect(records: Sequence[PromptRecord], folder: str | Path, policy: Callable[[], Policy],
+            k: int, cfg: RolloutConfig, spec: dict[str, Any], name: str = "pool",
+            overwrite: bool = False) -> int:
+    """Sample ``k`` responses for every record into ``folder`` (resumable). Returns the folder.
+
+    ``policy`` is called only when there is work to do (a complete folder loads no model).
+    Returns the number of prompts sampled by this call (0 when everything was already done).
+    """
     folder = Path(folder)
     full_spec = {**spec, "k": k, "rollout": {**vars(cfg)}, "set": name}
     if store.is_complete(folder) and not overwrite:
         store.prepare_dir(folder, full_spec)  # raises when the spec changed
         log.info("%s: rollouts already complete in %s", name, folder)
-        return folder
+        return 0
     store.prepare_dir(folder, full_spec, overwrite=overwrite)
     per_chunk = max(1, cfg.batch_size // k)
     chunks = [list(records[i:i + per_chunk]) for i in range(0, len(records), per_chunk)]
     done = [c for c in range(len(chunks)) if store.part_path(folder, c).exists()]
+    if done:
+        log.info("%s: resuming, %d of %d chunks already sampled", name, len(done), len(chunks))
+    sampled = 0
     with track(f"rollout {name}", total=len(records), completed=sum(len(chunks[c]) for c in done)) as bar:
         for c, chunk in enumerate(chunks):
             if store.part_path(folder, c).exists():
                 continue
-            rows, n_tok = _rows_for_chunk(policy, chunk, k, cfg, derive_seed(cfg.seed, name, c))
+            rows, n_tok = _rows_for_chunk(policy(), chunk, k, cfg, derive_seed(cfg.seed, name, c))
             store.write_part(folder, c, rows)
             bar.advance(len(chunk), n_tok)
+            sampled += len(chunk)
     store.finalize(folder, len(chunks), {"spec": full_spec})
-    return folder
+    return sampled

@@ -1,0 +1,101 @@
+"""The phases of a CROPI run, each a named function that is skipped when already done.
+
+rollouts (once) -> per stage: score -> select -> train -> evaluate. Every phase writes its outputs
+atomically and marks itself in the stage's ``state.json`` last, so a killed run resumes cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from cropi.config import RunConfig
+from cropi.curriculum.rundir import RunDir
+from cropi.data.io import dataset_fingerprint
+from cropi.data.sets import DataSets, load_sets
+from cropi.model.fingerprint import model_fingerprint
+from cropi.model.loading import load_model, load_tokenizer, resolve_device, resolve_model_path
+from cropi.rollout.collect import Policy, collect, make_policy
+from cropi.rollout.store import PromptRollouts, load_rollouts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """A run directory plus its resolved config, data and (lazily) models."""
+
+    cfg: RunConfig
+    overwrite: bool = False
+    _policies: dict[str, Policy] = field(default_factory=dict)
+
+    @cached_property
+    def dir(self) -> RunDir:
+        d = RunDir(self.cfg.run_dir)
+        d.write_config(self.cfg)
+        return d
+
+    @cached_property
+    def data(self) -> DataSets:
+        return load_sets(self.cfg.data)
+
+    @property
+    def device(self) -> str:
+        return resolve_device(self.cfg.model.device)
+
+    def model_path(self, stage: int) -> str:
+        """Weights at the start of ``stage``: beta for stage 0, else the previous checkpoint."""
+        if stage == 0:
+            return resolve_model_path(self.cfg.model.path)
+        ckpt = self.dir.checkpoint(stage - 1)
+        if not (ckpt / "config.json").exists():
+            raise FileNotFoundError(f"stage {stage - 1} has no checkpoint at {ckpt}")
+        return str(ckpt)
+
+    def policy(self, path: str) -> Policy:
+        if path not in self._policies:
+            self._policies.clear()  # keep one model in memory
+            tok = load_tokenizer(path)
+            model = load_model(path, "fp32", self.device)
+            self._policies[path] = make_policy(model, tok, self.cfg.rollout, self.cfg.model.system_prompt)
+        return self._policies[path]
+
+    def base_spec(self, model_path: str) -> dict[str, Any]:
+        return {"model": model_fingerprint(model_path), "system_prompt": self.cfg.model.system_prompt}
+
+
+def phase_rollouts(run: Run) -> dict[str, list[PromptRollouts]]:
+    """Beta's rollouts of the pool (k_pool) and of every target set (k_target), once."""
+    beta = run.model_path(0)
+    spec = run.base_spec(beta)
+    cfg = run.cfg.rollout
+    sets = [("pool", run.data.pool, cfg.k_pool)]
+    sets += [(f"targets/{n}", recs, cfg.k_target) for n, recs in run.data.targets.items()]
+    t0 = time.perf_counter()
+    out = {}
+    sampled: dict[str, int] = {}
+    for name, records, k in sets:
+        folder = run.dir.rollouts(name)
+        set_spec = {**spec, "dataset": dataset_fingerprint(records)}
+        n = collect(records, folder, lambda: run.policy(beta), k, cfg, set_spec, name=name,
+                    overwrite=run.overwrite)
+        out[name] = load_rollouts(folder)
+        sampled[name] = n
+    run.dir.log_metrics("rollouts", seconds=time.perf_counter() - t0, sampled=sampled)
+    return out
+
+
+def family_pass_rates(items: list[PromptRollouts]) -> dict[str, dict[str, float]]:
+    """Per family: prompts, mean pass rate, share of prompts with all-equal rewards."""
+    fam: dict[str, list[PromptRollouts]] = {}
+    for it in items:
+        fam.setdefault(it.source, []).append(it)
+    return {f: {"n": len(v), "pass_rate": float(np.mean([i.pass_rate for i in v])),
+                "zero_var": float(np.mean([i.zero_variance for i in v]))}
+            for f, v in sorted(fam.items())}
+

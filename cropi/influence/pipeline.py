@@ -1,0 +1,107 @@
+"""Projected POPI gradients for a set of prompts into a resumable feature store.
+
+One backward per prompt (a loop beats vmap on CPU and uses far less memory), then the projector
+reads the parameters' ``.grad`` tensors in their fixed order; nothing of size d is flattened or kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cropi.config import GradientConfig, ProjectionConfig
+from cropi.influence.features import FeatureStore
+from cropi.influence.params import ParamSet
+from cropi.influence.popi import popi_backward
+from cropi.influence.projection import Projector
+from cropi.rollout.store import PromptRollouts
+from cropi.utils.progress import track
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Timings:
+    """Wall-clock split of scoring (seconds)."""
+
+    grad: float = 0.0
+    project: float = 0.0
+    store: float = 0.0
+    n_prompts: int = 0
+    n_zero: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        total = self.grad + self.project + self.store
+        return {"grad_s": self.grad, "project_s": self.project, "store_s": self.store,
+                "total_s": total, "n_prompts": self.n_prompts, "n_zero": self.n_zero,
+                "project_share": self.project / total if total else 0.0}
+
+
+def prompt_feature(model: torch.nn.Module, params: ParamSet, projector: Projector,
+                   item: PromptRollouts, cfg: GradientConfig, pad_id: int,
+                   timings: Timings | None = None) -> np.ndarray | None:
+    """Projected g(s) as float32 [k], or None for a zero-signal prompt."""
+    timings = timings or Timings()
+    t0 = time.perf_counter()
+    params.zero_grad()
+    has_signal = popi_backward(model, item, cfg, pad_id)
+    t1 = time.perf_counter()
+    timings.grad += t1 - t0
+    if not has_signal:
+        timings.n_zero += 1
+        return None
+    feat = projector.project(params.grads()).detach().float().cpu().numpy()
+    timings.project += time.perf_counter() - t1
+    return feat
+
+
+def compute_features(model: torch.nn.Module, params: ParamSet, projector: Projector,
+                     items: Sequence[PromptRollouts], store: FeatureStore, cfg: GradientConfig,
+                     pad_id: int, name: str = "features", flush_every: int = 8) -> Timings:
+    """Fill every pending row of ``store`` (resumable); finalize it at the end."""
+    timings = Timings()
+    by_id = {it.id: it for it in items}
+    pending = store.pending()
+    done = len(items) - len(pending)
+    buf_ids: list[str] = []
+    buf_feats: list[np.ndarray] = []
+    buf_zero: list[bool] = []
+
+    def flush() -> None:
+        t = time.perf_counter()
+        if buf_ids:
+            store.write(list(buf_ids), np.stack(buf_feats), list(buf_zero))
+        buf_ids.clear(), buf_feats.clear(), buf_zero.clear()
+        timings.store += time.perf_counter() - t
+
+    with track(f"score {name}", total=len(items), completed=done) as bar:
+        for pid in pending:
+            item = by_id[pid]
+            feat = prompt_feature(model, params, projector, item, cfg, pad_id, timings)
+            buf_ids.append(pid)
+            buf_zero.append(feat is None)
+            buf_feats.append(np.zeros(projector.k, np.float32) if feat is None else feat)
+            timings.n_prompts += 1
+            if len(buf_ids) >= flush_every:
+                flush()
+            bar.advance(1, sum(len(r) for r in item.response_ids))
+        flush()
+    params.zero_grad()
+    store.finalize()
+    return timings
+
+
+def projection_spec(cfg: ProjectionConfig, projector: Projector) -> dict[str, Any]:
+    return {**cfg.spec(), **projector.spec()}
+
+
+def store_path(root: str | Path, name: str) -> Path:
+    return Path(root) / name

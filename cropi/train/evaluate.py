@@ -1,0 +1,80 @@
+"""Accuracy of a policy on test sets: greedy and mean@k sampled, per family and level."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from cropi.config import EvalConfig
+from cropi.data.schema import PromptRecord
+from cropi.rollout.collect import Policy
+from cropi.rollout.sampler import SamplingParams
+from cropi.utils.progress import track
+from cropi.utils.seeding import derive_seed
+from cropi.verify import verify
+
+log = logging.getLogger(__name__)
+
+
+def _rewards(policy: Policy, records: Sequence[PromptRecord], params: SamplingParams, batch: int,
+             seed: int, bar: Any) -> np.ndarray:
+    """[n, params.n] rewards; chunks of ``batch // n`` prompts, each with its own derived seed."""
+    per = max(1, batch // params.n)
+    out = np.zeros((len(records), params.n), dtype=np.float32)
+    for c, start in enumerate(range(0, len(records), per)):
+        chunk = records[start:start + per]
+        resp = policy.sampler.generate([policy.prompt_ids(r) for r in chunk], params,
+                                       derive_seed(seed, c))
+        for i, (rec, rs) in enumerate(zip(chunk, resp, strict=True)):
+            texts = [policy.tokenizer.decode(r, skip_special_tokens=True) for r in rs]
+            out[start + i] = [verify(t, rec).reward for t in texts]
+        bar.advance(len(chunk), sum(len(r) for rs in resp for r in rs))
+    return out
+
+
+def _breakdown(records: Sequence[PromptRecord], acc: np.ndarray, key: str) -> dict[str, float]:
+    groups: dict[str, list[float]] = defaultdict(list)
+    for rec, a in zip(records, acc, strict=True):
+        groups[str(getattr(rec, key))].append(float(a))
+    return {g: float(np.mean(v)) for g, v in sorted(groups.items())}
+
+
+def evaluate_set(policy: Policy, name: str, records: Sequence[PromptRecord], cfg: EvalConfig) -> dict[str, Any]:
+    records = list(records)[: cfg.max_items] if cfg.max_items else list(records)
+    res: dict[str, Any] = {"n": len(records)}
+    modes = []
+    if cfg.greedy:
+        modes.append(("greedy", SamplingParams(n=1, greedy=True, max_new_tokens=cfg.max_new_tokens)))
+    if cfg.samples > 0:
+        modes.append((f"mean@{cfg.samples}", SamplingParams(
+            n=cfg.samples, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)))
+    for mode, params in modes:
+        with track(f"eval {name} {mode}", total=len(records)) as bar:
+            acc = _rewards(policy, records, params, cfg.batch_size,
+                           derive_seed(cfg.seed, name, mode), bar).mean(axis=1)
+        res[mode] = float(acc.mean())
+        res[f"{mode}_by_family"] = _breakdown(records, acc, "source")
+        res[f"{mode}_by_level"] = _breakdown(records, acc, "level")
+    return res
+
+
+def is_targeted(name: str) -> bool:
+    return name.startswith("target")
+
+
+def evaluate(policy: Policy, tests: dict[str, Sequence[PromptRecord]], cfg: EvalConfig) -> dict[str, Any]:
+    """Evaluate every test set; ``targeted`` / ``untargeted`` average the sets of each kind."""
+    sets = {name: evaluate_set(policy, name, recs, cfg) for name, recs in tests.items()}
+    out: dict[str, Any] = {"sets": sets}
+    metric = "greedy" if cfg.greedy else f"mean@{cfg.samples}"
+    for kind, pred in (("targeted", True), ("untargeted", False)):
+        vals = [s[m] for n, s in sets.items() if is_targeted(n) == pred
+                for m in (metric,) if m in s]
+        if vals:
+            out[kind] = float(np.mean(vals))
+    out["metric"] = metric
+    return out
