@@ -1,0 +1,172 @@
+"""``build_report``: the Markdown + HTML report of a run directory or a comparison directory.
+
+Writes ``<path>/report/``: PNG figures, ``report.md`` (tables, image links) and ``report.html``
+(self-contained). The acceleration table comes first.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from cropi.report import figures
+from cropi.report.acceleration import describe_smoothing, smooth
+from cropi.report.render import Document, Heading, Image, Paragraph, Table, to_html, to_markdown
+from cropi.report.runs import Comparison, RunData, load_any, score_stats_from_table, time_breakdown
+from cropi.report.summary import (
+    ACCEL_HEADERS,
+    ArmSummary,
+    acceleration_rows,
+    summarize,
+    time_rows,
+)
+from cropi.utils.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+DETAIL_ARM = "cropi"
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _a_star(summaries: list[ArmSummary], baseline: str | None) -> tuple[float, int] | None:
+    for s in summaries:
+        if s.arm == baseline and s.accel is not None:
+            return s.accel["a_star"], s.accel["s_base"]
+    return None
+
+
+def _intro(doc: Document, cmp: Comparison, summaries: list[ArmSummary],
+           smooth_kw: dict[str, Any]) -> None:
+    """What was compared, how curves are smoothed, and the acceleration table."""
+    if cmp.single_run:
+        doc.add(Paragraph(f"Single run {cmp.path}: no baseline, so no acceleration."))
+    else:
+        meta = cmp.meta
+        doc.add(Paragraph(f"Comparison {cmp.path}: arms {', '.join(cmp.arms)}; baseline "
+                          f"{cmp.baseline or 'missing'}; {meta.get('steps', '?')} steps, eval "
+                          f"every {meta.get('eval_every', '?')}."))
+    doc.add(Heading("Step-level acceleration"))
+    doc.add(Table(ACCEL_HEADERS, acceleration_rows(summaries)))
+    star = _a_star(summaries, cmp.baseline)
+    note = (f"a* = {star[0]:.4f}: the baseline ({cmp.baseline}) seed-mean final smoothed targeted "
+            f"accuracy, first reached by the baseline at step {star[1]}. " if star else "")
+    doc.add(Paragraph(
+        note + "Acceleration = (baseline's first step reaching a*) / (arm's first step reaching "
+        "a*), on seed-mean targeted curves; per seed: each seed's curve against the same baseline "
+        "seed-mean. '< 1 (gap g)': the arm never reaches a* (g = a* - its best smoothed "
+        "accuracy); 'reached at step 0': the arm starts at or above a*, no ratio. Smoothing: "
+        f"{describe_smoothing(**smooth_kw)}. Final accuracies are raw (unsmoothed) last evals."))
+
+
+def _accuracy_section(doc: Document, cmp: Comparison, summaries: list[ArmSummary], out: Path,
+                      smooth_kw: dict[str, Any]) -> None:
+    star = _a_star(summaries, cmp.baseline)
+    if star is not None:
+        names = [s.arm for s in summaries if s.accel is not None]
+        steps = [s.accel["s_arm"] for s in summaries if s.accel is not None]
+        labels = [s.accel["label"] for s in summaries if s.accel is not None]
+        path = figures.steps_figure(out / "steps_to_a_star.png", names, steps, labels)
+        doc.add(Image(path, "steps to reach a*") if path else None)
+    doc.add(Heading("Accuracy"))
+    for key in ("targeted", "untargeted"):
+        curves = {arm: [r.curve(key) for r in runs] for arm, runs in cmp.arms.items()}
+        path = figures.accuracy_figure(out / f"accuracy_{key}.png", key, curves, smooth_kw,
+                                       star[0] if star and key == "targeted" else None)
+        doc.add(Image(path, f"{key} accuracy") if path else
+                Paragraph(f"No {key} evaluation in metrics.jsonl."))
+
+
+def _overlaps(run: RunData) -> list[tuple[int, float]]:
+    """(stage, overlap fraction with the previous stage's selection) for stages that have one."""
+    out, previous = [], None
+    for stage in run.stages:
+        sel = stage.selection
+        if sel is None:
+            previous = None
+            continue
+        over = (sel.get("stats") or {}).get("overlap_previous")
+        if isinstance(over, dict) and over.get("fraction") is not None:
+            out.append((stage.index, float(over["fraction"])))
+        elif previous is not None and sel["ids"]:
+            out.append((stage.index, len(set(sel["ids"]) & set(previous)) / len(sel["ids"])))
+        previous = sel["ids"]
+    return out
+
+
+def _stage_figures(doc: Document, run: RunData, out: Path) -> None:
+    """Composition, pass-rate and score histograms of each stage's selection."""
+    prefix = _slug(run.arm) + (f"_seed{run.seed}" if run.seed is not None else "")
+    for stage in run.stages:
+        if stage.selection is None:
+            continue
+        stats = stage.selection.get("stats") or {}
+        doc.add(Heading(f"Stage {stage.index}: {stage.selection.get('policy')}, "
+                        f"{stage.selection.get('n_selected', len(stage.selection['ids']))} of "
+                        f"{stats.get('n_pool', '?')} prompts", level=3))
+        base = out / f"{prefix}_stage_{stage.index:03d}"
+        path = figures.composition_figure(Path(f"{base}_composition.png"), stage.index, stats)
+        doc.add(Image(path, f"stage {stage.index} composition") if path else None)
+        path = figures.histogram_figure(Path(f"{base}_pass_rate.png"),
+                                        f"stage {stage.index}: beta pass rate",
+                                        stats.get("pass_rate"), "pass rate of beta")
+        doc.add(Image(path, f"stage {stage.index} pass rate") if path else None)
+        score = stats.get("score")
+        if score is None and stage.scores_path is not None:
+            score = score_stats_from_table(stage.scores_path, stage.selection["ids"])
+        path = figures.histogram_figure(Path(f"{base}_score.png"),
+                                        f"stage {stage.index}: fused score", score, "fused score")
+        doc.add(Image(path, f"stage {stage.index} score") if path else None)
+
+
+def _detail_run(cmp: Comparison) -> RunData:
+    arms = list(cmp.arms)
+    arm = DETAIL_ARM if DETAIL_ARM in cmp.arms else next(
+        (a for a in arms if a != cmp.baseline), arms[0])
+    return cmp.arms[arm][0]
+
+
+def _detail_section(doc: Document, cmp: Comparison, out: Path) -> None:
+    """Time table of every arm; selections, overlap and time of the detailed run."""
+    doc.add(Heading("Time (seconds, mean over seeds)"))
+    headers, rows = time_rows(cmp)
+    doc.add(Table(headers, rows))
+    run = _detail_run(cmp)
+    seed = f", seed {run.seed}" if run.seed is not None else ""
+    doc.add(Heading(f"Stages of {run.arm}{seed}"))
+    prefix = _slug(run.arm) + (f"_seed{run.seed}" if run.seed is not None else "")
+    path = figures.time_figure(out / f"{prefix}_time.png", time_breakdown(run.records))
+    doc.add(Image(path, "time breakdown") if path else None)
+    path = figures.overlap_figure(out / f"{prefix}_overlap.png", _overlaps(run))
+    doc.add(Image(path, "overlap between consecutive stages") if path else None)
+    if not any(s.selection for s in run.stages):
+        doc.add(Paragraph("No stage has a selection.json."))
+    _stage_figures(doc, run, out)
+
+
+def build_report(path: str | Path, out: str | Path | None = None, **smooth_kw: Any) -> Path:
+    """Build the report of a run or comparison directory; returns the report folder.
+
+    ``out`` defaults to ``<path>/report``. ``smooth_kw`` go to :func:`cropi.report.smooth`
+    (default: EMA, alpha 0.5), the same for every curve. Writes PNGs, ``report.md`` and
+    ``report.html`` (self-contained), each atomically.
+    """
+    path = Path(path)
+    smooth([0], [0.0], **smooth_kw)  # reject bad smoothing arguments before any work
+    cmp = load_any(path)
+    out = Path(out) if out is not None else path / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = summarize(cmp, smooth_kw)
+    doc = Document(title=f"cropi report: {path.resolve().name}")
+    _intro(doc, cmp, summaries, smooth_kw)
+    _accuracy_section(doc, cmp, summaries, out, smooth_kw)
+    if cmp.arms:
+        _detail_section(doc, cmp, out)
+    atomic_write_text(out / "report.md", to_markdown(doc, out))
+    atomic_write_text(out / "report.html", to_html(doc))
+    log.info("wrote the report of %s to %s", path, out)
+    return out

@@ -1,0 +1,240 @@
+"""Reading what a report needs from run directories and comparison directories.
+
+A run directory (architecture.md): ``metrics.jsonl`` (events ``eval``, ``train_log``,
+``rollouts``, ``score``, ``train``, ``eval_time``) and ``stages/stage_NNN/selection.json`` (+
+optional ``scores.parquet``). A comparison directory: ``compare.json`` and
+``arms/<arm>/seed_<s>/`` run directories.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cropi.influence.scores import read_scores
+from cropi.report.acceleration import Curve
+from cropi.select import read_selection
+from cropi.utils.errors import CropiError
+from cropi.utils.io import read_json
+
+log = logging.getLogger(__name__)
+
+# report category -> (metrics.jsonl event, key holding its seconds)
+TIME_EVENTS: dict[str, tuple[str, str]] = {
+    "rollouts": ("rollouts", "seconds"),
+    "scoring": ("score", "total_s"),
+    "training": ("train", "seconds"),
+    "evaluation": ("eval_time", "seconds"),
+}
+SCORE_BINS = 20
+_STAGE_RE = re.compile(r"^stage_(\d+)$")
+_SEED_RE = re.compile(r"^seed_(-?\d+)$")
+
+
+@dataclass
+class StageData:
+    """One ``stages/stage_NNN`` folder: its selection (None when absent or unreadable)."""
+
+    index: int
+    path: Path
+    selection: dict[str, Any] | None
+    scores_path: Path | None
+
+
+@dataclass
+class RunData:
+    """One run directory: its arm, seed, metrics records and stages."""
+
+    path: Path
+    arm: str
+    seed: int | None
+    records: list[dict[str, Any]]
+    stages: list[StageData] = field(default_factory=list)
+
+    def curve(self, key: str) -> Curve:
+        """``eval`` curve of ``key`` ("targeted" / "untargeted"); see :func:`eval_curve`."""
+        return eval_curve(self.records, key)
+
+
+@dataclass
+class Comparison:
+    """Arms (in order) -> their runs (by seed); ``baseline`` arm name or None."""
+
+    path: Path
+    arms: dict[str, list[RunData]]
+    baseline: str | None
+    meta: dict[str, Any]
+    single_run: bool = False
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Records of ``metrics.jsonl`` (``[]`` when missing); unreadable lines are skipped, logged."""
+    path = Path(path)
+    if not path.exists():
+        log.warning("%s does not exist: no metrics to report", path)
+        return []
+    records = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            log.warning("%s: line %d is not JSON (a run still writing?); skipped", path, lineno)
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def eval_curve(records: list[dict[str, Any]], key: str) -> Curve:
+    """(steps, values) of ``eval`` events with a finite ``key``, sorted by step.
+
+    When a step was evaluated twice (a resumed run) the later record wins.
+    """
+    by_step: dict[int, float] = {}
+    for rec in records:
+        if rec.get("event") != "eval":
+            continue
+        step, value = _number(rec.get("step")), _number(rec.get(key))
+        if step is None or value is None:
+            continue
+        by_step[int(step)] = value
+    steps = np.array(sorted(by_step), dtype=np.int64)
+    return steps, np.array([by_step[int(s)] for s in steps], dtype=np.float64)
+
+
+def _stage_label(stage: Any) -> str:
+    if stage is None:
+        return "setup"
+    return "beta" if stage == -1 else f"stage {stage}"
+
+
+def time_breakdown(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Seconds per stage label ("setup", "beta", "stage 0", ...) and category (:data:`TIME_EVENTS`).
+
+    Events without a ``stage`` (rollouts) go to "setup"; labels are in stage order.
+    """
+    per: dict[Any, dict[str, float]] = {}
+    for rec in records:
+        for category, (event, key) in TIME_EVENTS.items():
+            seconds = _number(rec.get(key)) if rec.get("event") == event else None
+            if seconds is None:
+                continue
+            stage = rec.get("stage")
+            stage = int(stage) if _number(stage) is not None else None
+            slot = per.setdefault(stage, dict.fromkeys(TIME_EVENTS, 0.0))
+            slot[category] += seconds
+    order = sorted(per, key=lambda s: -math.inf if s is None else s)
+    return {_stage_label(s): per[s] for s in order}
+
+
+def read_stages(run: Path) -> list[StageData]:
+    """The ``stages/stage_NNN`` folders of a run, in stage order."""
+    root = run / "stages"
+    found = []
+    for path in root.iterdir() if root.is_dir() else []:
+        match = _STAGE_RE.match(path.name)
+        if not (match and path.is_dir()):
+            continue
+        selection = None
+        if (path / "selection.json").exists():
+            try:
+                selection = read_selection(path / "selection.json")
+            except CropiError as exc:
+                log.warning("skipping an unreadable selection: %s", exc)
+        scores = path / "scores.parquet"
+        found.append(StageData(int(match.group(1)), path, selection,
+                               scores if scores.exists() else None))
+    return sorted(found, key=lambda s: s.index)
+
+
+def load_run(path: str | Path, arm: str | None = None, seed: int | None = None) -> RunData:
+    """Read one run directory; ``seed`` defaults to the ``seed_<s>`` folder name, if any."""
+    path = Path(path)
+    if seed is None and (match := _SEED_RE.match(path.name)):
+        seed = int(match.group(1))
+    return RunData(path=path, arm=arm or path.resolve().name, seed=seed,
+                   records=read_metrics(path / "metrics.jsonl"), stages=read_stages(path))
+
+
+def _seed_dirs(arm_dir: Path) -> list[tuple[int, Path]]:
+    seeds = [(int(m.group(1)), p) for p in arm_dir.iterdir()
+             if p.is_dir() and (m := _SEED_RE.match(p.name))]
+    return sorted(seeds)
+
+
+def load_comparison(path: str | Path) -> Comparison:
+    """Read ``compare.json`` and every ``arms/<arm>/seed_<s>`` run (arms in compare.json order)."""
+    path = Path(path)
+    meta = read_json(path / "compare.json")
+    if not isinstance(meta, dict):
+        raise CropiError("is not a comparison file (expected a JSON object)",
+                         file=path / "compare.json")
+    arms_dir = path / "arms"
+    listed = [str(a) for a in meta.get("arms", [])]
+    present = sorted(p.name for p in arms_dir.iterdir() if p.is_dir()) if arms_dir.is_dir() else []
+    arms: dict[str, list[RunData]] = {}
+    for arm in listed + [a for a in present if a not in listed]:
+        runs = [load_run(p, arm, s) for s, p in _seed_dirs(arms_dir / arm)] \
+            if (arms_dir / arm).is_dir() else []
+        if runs:
+            arms[arm] = runs
+        else:
+            log.warning("arm %s has no seed_<s> run directory under %s", arm, arms_dir)
+    baseline = str(meta.get("baseline", "full"))
+    if baseline not in arms:
+        log.warning("baseline arm %r has no runs: no acceleration can be computed", baseline)
+    return Comparison(path=path, arms=arms, baseline=baseline if baseline in arms else None,
+                      meta=meta)
+
+
+def load_any(path: str | Path) -> Comparison:
+    """A comparison directory, or a single run directory seen as a one-arm comparison."""
+    path = Path(path)
+    if (path / "compare.json").exists():
+        return load_comparison(path)
+    if (path / "metrics.jsonl").exists() or (path / "stages").is_dir():
+        run = load_run(path)
+        return Comparison(path=path, arms={run.arm: [run]}, baseline=None, meta={},
+                          single_run=True)
+    raise CropiError("is neither a run directory (metrics.jsonl, stages/) nor a comparison "
+                     "directory (compare.json)", file=path, fix="pass a run or compare folder")
+
+
+def score_stats_from_table(path: Path, selected: list[str]) -> dict[str, Any] | None:
+    """Histogram of the fused scores of ``scores.parquet`` (pool vs ``selected``), like
+    ``selection.json``'s ``stats.score``; None when no score is finite."""
+    table = read_scores(path)
+    if "fused" not in table.column_names:
+        return None
+    fused = np.array(table.column("fused").to_pylist(), dtype=np.float64)
+    ids = table.column("id").to_pylist()
+    chosen = set(selected)
+    mask = np.array([i in chosen for i in ids], dtype=bool)
+    finite = np.isfinite(fused)
+    if not finite.any():
+        return None
+    lo, hi = float(fused[finite].min()), float(fused[finite].max())
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, SCORE_BINS + 1)
+    sel = fused[mask & finite]
+    return {"edges": edges.tolist(),
+            "pool": np.histogram(fused[finite], bins=edges)[0].tolist(),
+            "selected": np.histogram(sel, bins=edges)[0].tolist(),
+            "mean_pool": float(fused[finite].mean()),
+            "mean_selected": float(sel.mean()) if sel.size else None}

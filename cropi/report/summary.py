@@ -1,0 +1,122 @@
+"""Per-arm numbers of a comparison: final accuracies, acceleration (seed mean and per seed), data
+per stage, time; and the report's tables built from them."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cropi.report.acceleration import Curve, acceleration, mean_curve
+from cropi.report.runs import TIME_EVENTS, Comparison, RunData, time_breakdown
+
+log = logging.getLogger(__name__)
+
+DASH = "—"
+ACCEL_HEADERS = ["arm", "seeds", "final targeted (mean ± sd)", "final untargeted (mean ± sd)",
+                 "step reaching a*", "acceleration", "per seed", "data per stage"]
+
+
+@dataclass
+class ArmSummary:
+    """One arm: seeds, final raw accuracy per seed (by key), acceleration results, data/stage."""
+
+    arm: str
+    seeds: list[int | None]
+    final: dict[str, list[float]]
+    accel: dict[str, Any] | None = None
+    per_seed: list[dict[str, Any] | None] = field(default_factory=list)
+    data_per_stage: str = DASH
+
+
+def seed_mean_curve(runs: list[RunData], key: str) -> Curve | None:
+    """Mean of the seeds' raw ``key`` curves on their common steps; None when there is none."""
+    curves = [c for c in (r.curve(key) for r in runs) if c[0].size]
+    if not curves:
+        return None
+    try:
+        return mean_curve(curves)
+    except ValueError as exc:
+        log.warning("cannot average the %s curves of %s: %s", key, runs[0].arm, exc)
+        return None
+
+
+def data_per_stage(run: RunData) -> str:
+    """``n_selected/n_pool (pct)`` of the run's stages; a range when the stages differ."""
+    pairs = []
+    for stage in run.stages:
+        stats = (stage.selection or {}).get("stats") or {}
+        n_sel = stats.get("n_selected", (stage.selection or {}).get("n_selected"))
+        n_pool = stats.get("n_pool")
+        if isinstance(n_sel, int) and isinstance(n_pool, int) and n_pool > 0:
+            pairs.append((n_sel, n_pool))
+    if not pairs:
+        return DASH
+    texts = [f"{s}/{p} ({100.0 * s / p:.0f}%)" for s, p in pairs]
+    if len(set(texts)) == 1:
+        return texts[0]
+    return f"{texts[0]} … {texts[-1]} ({len(pairs)} stages)"
+
+
+def _accel(base: Curve | None, arm: Curve | None,
+           smooth_kw: dict[str, Any]) -> dict[str, Any] | None:
+    if base is None or arm is None or not base[0].size or not arm[0].size:
+        return None
+    return acceleration(base[0], base[1], arm[0], arm[1], **smooth_kw)
+
+
+def summarize(cmp: Comparison, smooth_kw: dict[str, Any] | None = None) -> list[ArmSummary]:
+    """Summaries of every arm; acceleration on the *targeted* seed-mean curves vs the baseline's
+    seed-mean curve, and for each seed of the arm against the same baseline seed-mean curve."""
+    smooth_kw = smooth_kw or {}
+    base = seed_mean_curve(cmp.arms[cmp.baseline], "targeted") if cmp.baseline else None
+    out = []
+    for arm, runs in cmp.arms.items():
+        final = {key: [float(c[1][-1]) for c in (r.curve(key) for r in runs) if c[0].size]
+                 for key in ("targeted", "untargeted")}
+        summary = ArmSummary(arm=arm, seeds=[r.seed for r in runs], final=final,
+                             data_per_stage=data_per_stage(runs[0]))
+        summary.accel = _accel(base, seed_mean_curve(runs, "targeted"), smooth_kw)
+        summary.per_seed = [_accel(base, r.curve("targeted"), smooth_kw) for r in runs]
+        out.append(summary)
+    return out
+
+
+def mean_sd(values: list[float]) -> str:
+    """``"0.712 ± 0.010"`` (sample sd), ``"0.712"`` for one value, a dash for none."""
+    if not values:
+        return DASH
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
+def acceleration_rows(summaries: list[ArmSummary]) -> list[list[str]]:
+    """Rows of the acceleration table, columns :data:`ACCEL_HEADERS`."""
+    rows = []
+    for s in summaries:
+        acc = s.accel
+        step = DASH if acc is None or acc["s_arm"] is None else str(acc["s_arm"])
+        label = DASH if acc is None else acc["label"]
+        per_seed = ", ".join(f"{seed}: {r['label']}" for seed, r in zip(s.seeds, s.per_seed)
+                             if r is not None) if len(s.seeds) > 1 else DASH
+        seeds = ", ".join(str(x) for x in s.seeds if x is not None) or str(len(s.seeds))
+        rows.append([s.arm, seeds, mean_sd(s.final["targeted"]), mean_sd(s.final["untargeted"]),
+                     step, label, per_seed or DASH, s.data_per_stage])
+    return rows
+
+
+def time_rows(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
+    """Total seconds per category (mean over seeds) for each arm: headers and rows."""
+    headers = ["arm", *TIME_EVENTS, "total"]
+    rows = []
+    for arm, runs in cmp.arms.items():
+        totals = np.zeros((len(runs), len(TIME_EVENTS)))
+        for i, run in enumerate(runs):
+            for per_cat in time_breakdown(run.records).values():
+                totals[i] += [per_cat[c] for c in TIME_EVENTS]
+        mean = totals.mean(axis=0)
+        rows.append([arm, *(f"{v:.1f}" for v in mean), f"{mean.sum():.1f}"])
+    return headers, rows
