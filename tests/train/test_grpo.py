@@ -1,0 +1,204 @@
+"""GRPO stage training on the tiny random model: checkpoint, sampler layout, optimizer continuity."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from cropi.config import TrainConfig
+from cropi.data.schema import PromptRecord
+from cropi.model.loading import load_model, load_tokenizer
+from cropi.model.template import prompt_token_ids
+from cropi.train import grpo
+from cropi.train.grpo_sampler import StageSampler
+from cropi.train.grpo_state import is_complete_checkpoint, read_optimizer_file
+from cropi.utils.errors import CropiError
+
+RECORDS = [
+    PromptRecord(id="a1", prompt=[{"role": "user", "content": "What is 1+1?"}], answer="2",
+                 source="add", meta={"verifier": "numeric"}),
+    PromptRecord(id="a2", prompt=[{"role": "user", "content": "What is 2+1?"}], answer="3",
+                 source="add", meta={"verifier": "numeric"}),
+    PromptRecord(id="m1", prompt=[{"role": "user", "content": "What is 2*3?"}], answer="6",
+                 source="mul", meta={"verifier": "math"}),
+    PromptRecord(id="m2", prompt=[{"role": "user", "content": "What is 3*3?"}], answer="9",
+                 source="mul", meta={"verifier": "math"}),
+]
+
+
+@dataclass
+class _Verdict:
+    reward: float
+
+
+def _parity_verify(text: str, record: PromptRecord) -> _Verdict:
+    """A reward with variance inside every group, so that a GRPO step moves the weights.
+
+    (A random tiny model never answers correctly: with the real verifier every advantage is 0.)
+    """
+    return _Verdict(float(len(text) % 2))
+
+
+def _cfg(**kw: object) -> TrainConfig:
+    base = dict(steps_per_stage=2, prompts_per_step=2, samples_per_prompt=4, max_new_tokens=6)
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in load_model(str(folder)).state_dict().items()}
+
+
+def _adam_steps(folder: Path) -> set[float]:
+    """The AdamW step counters saved in a checkpoint's optimizer.pt."""
+    return {float(s["step"]) for s in read_optimizer_file(folder)["optimizer"]["state"].values()}
+
+
+@pytest.fixture(scope="module")
+def parity_reward():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(grpo, "verify", _parity_verify)
+        yield
+
+
+@pytest.fixture(scope="module")
+def stage1(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, parity_reward: None):
+    out = tmp_path_factory.mktemp("grpo") / "stage_000" / "checkpoint"
+    evals: list[int] = []
+    logs: list[dict] = []
+    res = grpo.train_stage(str(tiny_model_dir), out, RECORDS, _cfg(), step_offset=10,
+                           on_eval=lambda model, tok, step: evals.append(step), eval_every=1,
+                           log_fn=logs.append)
+    return out, res, evals, logs
+
+
+# ----------------------------------------------------------------------------- sampler (no training)
+def test_sampler_layout_matches_trl_repeat_sampler() -> None:
+    from trl.trainer.utils import RepeatSampler
+
+    s = StageSampler(num_samples=5, mini_repeat_count=3, batch_size=2, repeat_count=2, num_chunks=6, seed=7)
+    got = list(s)
+    assert len(got) == len(s) == 6 * 2 * 2 * 3
+    assert set(got) <= set(range(5))
+    order = s.order()
+    # TRL's own layout over positions 0..11 in identity order, mapped through our prompt order
+    ref = RepeatSampler(list(range(len(order))), mini_repeat_count=3, batch_size=2, repeat_count=2,
+                        shuffle=False)
+    assert got == [order[j] for j in ref]
+    # the order cycles through seeded permutations of the subset
+    assert sorted(order[:5]) == list(range(5)) and sorted(order[5:10]) == list(range(5))
+    assert got == list(StageSampler(5, 3, 2, 2, 6, seed=7))
+    assert order != StageSampler(5, 3, 2, 2, 6, seed=8).order()
+
+
+def test_sampler_rejects_empty_subset() -> None:
+    with pytest.raises(ValueError):
+        StageSampler(0, 2, 1, 1, 1, seed=0)
+
+
+# ----------------------------------------------------------------------------- wiring (no training)
+def test_trainer_wiring_template_and_sampler(tiny_model_dir: Path, tmp_path: Path) -> None:
+    cfg = _cfg(steps_per_stage=3, seed=5)
+    cb = grpo.StageCallback(4, None, None, 0, None)
+    trainer, tok = grpo._build_trainer(str(tiny_model_dir), RECORDS, cfg, tmp_path, seed=9,
+                                       system_prompt="Answer briefly.", callback=cb)
+    # TRL's own prompt tokenization equals the ONE templating function
+    prompts = [row["prompt"] for row in trainer.train_dataset]
+    ids = trainer._tokenize_prompts(prompts)[0]
+    assert [list(map(int, x)) for x in ids] == [
+        prompt_token_ids(tok, r.prompt, "Answer briefly.") for r in RECORDS]
+    plain = [row["prompt"] for row in grpo.stage_dataset(RECORDS, tok, None)]
+    assert [list(map(int, x)) for x in trainer._tokenize_prompts(plain)[0]] == [
+        prompt_token_ids(tok, r.prompt) for r in RECORDS]
+    assert trainer.args.activation_checkpointing is False
+    assert trainer.args.steps_per_generation == 1 and trainer.args.generation_batch_size == 8
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, StageSampler)
+    assert (sampler.mini_repeat_count, sampler.batch_size, sampler.repeat_count,
+            sampler.num_chunks, sampler.seed) == (4, 2, 1, 3, 9)
+    batches = list(trainer.get_train_dataloader())
+    assert len(batches) == 3 and all(len(b) == 8 for b in batches)
+    assert [row["idx"] for b in batches for row in b] == list(sampler)
+
+
+def test_reward_fn_uses_the_verifier() -> None:
+    fn = grpo.make_reward_fn(RECORDS)
+    comps = [[{"role": "assistant", "content": "The answer is 2"}],
+             [{"role": "assistant", "content": "The answer is 5"}], "9"]
+    assert fn(prompts=[None] * 3, completions=comps, idx=[0, 0, 3]) == [1.0, 0.0, 1.0]
+
+
+def test_missing_optimizer_file_fails_before_training(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(CropiError, match="does not exist"):
+        grpo.train_stage(str(tiny_model_dir), tmp_path / "out", RECORDS, _cfg(),
+                         init_optimizer=tmp_path / "nope")
+
+
+# ----------------------------------------------------------------------------- training
+def test_stage_writes_loadable_changed_checkpoint(stage1, tiny_model_dir: Path) -> None:
+    out, res, evals, logs = stage1
+    assert res.steps == 2 and res.seconds > 0
+    assert [e["step"] for e in res.log] == [11, 12]
+    for e in res.log:
+        assert 0.0 <= e["reward"] <= 1.0 and "loss" in e and e["step_seconds"] > 0
+    assert evals == [11, 12]  # every step, and the end is not evaluated twice
+    assert [e["step"] for e in logs][:2] == [11, 12]
+    assert is_complete_checkpoint(out)
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp leftovers
+    state = json.loads((out / "train_state.json").read_text())
+    assert state["steps"] == 2 and state["step_offset"] == 10
+    load_tokenizer(str(out))
+    before, after = _weights(tiny_model_dir), _weights(out)
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_optimizer_state_continues(stage1, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out1 = stage1[0]
+    saved = read_optimizer_file(out1)["optimizer"]
+    captured: dict = {}
+    original = grpo.load_optimizer_state
+
+    def spy(optimizer, path):
+        n = original(optimizer, path)
+        captured["state"] = {k: {n_: v.clone() for n_, v in s.items()}
+                             for k, s in optimizer.state_dict()["state"].items()}
+        captured["lr"] = [g["lr"] for g in optimizer.param_groups]
+        return n
+
+    monkeypatch.setattr(grpo, "load_optimizer_state", spy)
+    res = grpo.train_stage(str(out1), tmp_path / "stage_001", RECORDS,
+                           _cfg(steps_per_stage=1, learning_rate=1e-5), step_offset=12,
+                           init_optimizer=out1)
+    assert res.steps == 1
+    assert captured["state"].keys() == saved["state"].keys() and saved["state"]
+    for k, s in saved["state"].items():
+        assert torch.equal(captured["state"][k]["exp_avg"], s["exp_avg"])
+        assert torch.equal(captured["state"][k]["exp_avg_sq"], s["exp_avg_sq"])
+    assert captured["lr"] == [1e-5] * len(captured["lr"])  # this stage's lr, not the saved one
+    assert _adam_steps(tmp_path / "stage_001") == {3.0}  # 2 steps of stage 0 + 1 step of stage 1
+
+
+def test_reset_optimizer_ignores_previous_state(stage1, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    out1 = stage1[0]
+    monkeypatch.setattr(grpo, "load_optimizer_state", lambda *a: pytest.fail("must not load"))
+    grpo.train_stage(str(out1), tmp_path / "stage_001", RECORDS,
+                     _cfg(steps_per_stage=1, reset_optimizer=True), step_offset=12,
+                     init_optimizer=out1)
+    assert _adam_steps(tmp_path / "stage_001") == {1.0}
+
+
+def test_lora_stage_saves_a_merged_plain_model(tiny_model_dir: Path, tmp_path: Path,
+                                               parity_reward: None) -> None:
+    out = tmp_path / "lora"
+    grpo.train_stage(str(tiny_model_dir), out, RECORDS, _cfg(steps_per_stage=1, lora=True,
+                                                             learning_rate=1e-3))
+    assert not (out / "adapter_config.json").exists()
+    before, after = _weights(tiny_model_dir), _weights(out)
+    assert before.keys() == after.keys()  # no lora_A / lora_B / base_layer names
+    assert any(not torch.equal(before[k], after[k]) for k in before)
