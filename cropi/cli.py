@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
+from cropi.utils.errors import CropiError
 from cropi.cli_common import (build_config, config_reference, console, parse_pairs, setup_env,
                               user_errors)
 
@@ -67,10 +68,7 @@ def config_cmd(config: ConfigArg = None, set_: SetOpt = None) -> None:
     """Print every config key with its default and help; with CONFIG, print the resolved config."""
     from cropi.config import dump_config
 
-    if config or set_:
-        console.print(dump_config(build_config(config, set_)), highlight=False)
-    else:
-        console.print(config_reference(), highlight=False)
+    typer.echo(dump_config(build_config(config, set_)) if config or set_ else config_reference())
 
 
 @app.command()
@@ -280,34 +278,138 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+StagesOpt = Annotated[Optional[int], typer.Option(help="number of curriculum stages [default: 2]")]
+StepsOpt = Annotated[Optional[int], typer.Option(help="GRPO steps per stage [default: 20]")]
+EvalEveryOpt = Annotated[Optional[int], typer.Option(help="evaluate every this many RL steps [default: 10]")]
+
+
+@app.command("run")
+@user_errors
+def run_cmd(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = None,
+            model: ModelOpt = None, suite: SuiteOpt = None, pool: PoolOpt = None,
+            target: TargetOpt = None, test: TestOpt = None, stages: StagesOpt = None,
+            steps_per_stage: StepsOpt = None, eval_every: EvalEveryOpt = None,
+            policy: Annotated[Optional[str], typer.Option(help="selection policy [default: influence]")] = None,
+            ratio: Annotated[Optional[float], typer.Option(help="fraction of the pool per stage [default: 0.10]")] = None,
+            set_: SetOpt = None, overwrite: OverwriteOpt = False, verbose: VerboseOpt = False) -> None:
+    """The method end to end: beta rollouts once, then per stage score, select, train (GRPO), evaluate.
+
+    Every phase is skipped when done, so rerunning the same command resumes after an interruption
+    and reproduces the same selections. Ends with a report in RUN/report/.
+    """
+    from cropi.curriculum.loop import run_curriculum
+    from cropi.report import build_report
+
+    setup_env(verbose)
+    cfg = build_config(config, set_, name=name, out_dir=out_dir, model__path=model,
+                       curriculum__stages=stages, train__steps_per_stage=steps_per_stage,
+                       curriculum__eval_every=eval_every, select__policy=policy, select__ratio=ratio,
+                       **_data_flags(suite, pool, target, test))
+    run = _run(cfg, overwrite)
+    summary = run_curriculum(run)
+    report = build_report(run.dir.root)
+    console.print(f"done in {summary['seconds'] / 60:.1f} min; final model {summary['final_model']}; "
+                  f"report {report / 'report.md'}")
+
+
+@app.command()
+@user_errors
+def compare(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = None,
+            arms: Annotated[str, typer.Option(help="comma-separated arms: cropi, full, random, learnability, pass-rate, influence-once")] = "cropi,full,random,learnability",
+            seeds: Annotated[str, typer.Option(help="comma-separated training seeds")] = "0,1",
+            model: ModelOpt = None, suite: SuiteOpt = None, pool: PoolOpt = None,
+            target: TargetOpt = None, test: TestOpt = None, stages: StagesOpt = None,
+            steps_per_stage: StepsOpt = None, eval_every: EvalEveryOpt = None,
+            ratio: Annotated[Optional[float], typer.Option(help="fraction of the pool per stage for the selecting arms [default: 0.10]")] = None,
+            set_: SetOpt = None, overwrite: OverwriteOpt = False, verbose: VerboseOpt = False) -> None:
+    """Run CROPI and baselines with the same seeds, step budget and evaluation schedule on shared
+    beta rollouts, then report each arm's step-level acceleration over full-data GRPO.
+
+    Resumable: rerun the same command to continue; results are written as each run finishes.
+    """
+    from cropi.curriculum.compare import run_compare
+
+    setup_env(verbose)
+    cfg = build_config(config, set_, name=name, out_dir=out_dir, model__path=model,
+                       curriculum__stages=stages, train__steps_per_stage=steps_per_stage,
+                       curriculum__eval_every=eval_every, select__ratio=ratio,
+                       **_data_flags(suite, pool, target, test))
+    arm_list = [a.strip() for a in arms.split(",") if a.strip()]
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise CropiError(f"--seeds {seeds!r} must be comma-separated integers") from None
+    root = run_compare(cfg, arm_list, seed_list, overwrite)
+    console.print(f"report: {root / 'report' / 'report.md'}")
+
+
+@app.command()
+@user_errors
+def report(run_dir: Annotated[str, typer.Argument(help="a run directory or a `cropi compare` directory")],
+           out: Annotated[Optional[str], typer.Option(help="report folder [default: RUN_DIR/report]")] = None) -> None:
+    """Markdown + self-contained HTML report with figures: accuracy vs step, acceleration table,
+    selection composition, score and pass-rate histograms, stage overlap, time breakdown."""
+    from cropi.report import build_report
+
+    setup_env()
+    folder = build_report(run_dir, out)
+    console.print(f"wrote {folder / 'report.md'} and {folder / 'report.html'}")
+
+
 @app.command()
 @user_errors
 def demo(name: Annotated[str, typer.Option(help="run name")] = "demo",
          out_dir: OutOpt = None, suite: Annotated[str, typer.Option(help="built-in suite")] = "default-small",
-         model: ModelOpt = None, set_: SetOpt = None, overwrite: OverwriteOpt = False,
-         verbose: VerboseOpt = False) -> None:
-    """The main job on the embedded default: SmolLM2-135M-Instruct on the default-small suite.
-
-    Rollouts of beta, POPI scoring of the pool against the target sets, influence selection of
-    stage 0, and beta's accuracy on the held-out test sets; resumable (rerun to continue).
+         model: ModelOpt = None, stages: StagesOpt = None, steps_per_stage: StepsOpt = None,
+         set_: SetOpt = None, overwrite: OverwriteOpt = False, verbose: VerboseOpt = False) -> None:
+    """The main job on the embedded default: CROPI on SmolLM2-135M-Instruct and the default-small
+    suite, 2 stages, then a report; about 15-20 minutes on 2 CPU cores, resumable (rerun to continue).
     """
-    from cropi.curriculum.demo import run_demo
+    from cropi.curriculum.loop import run_curriculum
+    from cropi.curriculum.scoring import load_run_rollouts
+    from cropi.report import build_report
+    from cropi.select import read_selection
+    from cropi.utils.io import read_json
 
     setup_env(verbose)
-    cfg = build_config(None, set_, name=name, out_dir=out_dir, model__path=model, data__suite=suite,
-                       **DEMO_DEFAULTS)
-    summary = run_demo(_run(cfg, overwrite))
-    _print_pass_rates(summary["rollouts"])
-    _print_scores(summary["scores"])
-    _print_selection(summary["selection"])
-    _print_eval(summary["eval"])
-    console.print(f"[bold]done[/] in {summary['seconds'] / 60:.1f} min: run directory {summary['run_dir']}")
+    given = {"name": name, "out_dir": out_dir, "model.path": model, "data.suite": suite,
+             "curriculum.stages": stages, "train.steps_per_stage": steps_per_stage}
+    cfg = build_config(None, set_, **{**DEMO_DEFAULTS, **{k: v for k, v in given.items() if v is not None}})
+    run = _run(cfg, overwrite)
+    summary = run_curriculum(run)
+    _print_pass_rates(load_run_rollouts(run))
+    for m in range(cfg.curriculum.stages):
+        if run.dir.scores(m).exists():
+            _print_scores(run.dir.scores(m))
+        _print_selection(read_selection(run.dir.selection(m)))
+    evals = [r for r in _read_metrics(run.dir.root) if r.get("event") == "eval"]
+    table = Table("step", "stage", "targeted", "untargeted", title="accuracy on the held-out test sets")
+    for r in evals:
+        table.add_row(str(r["step"]), str(r["stage"]), _fmt(r.get("targeted")), _fmt(r.get("untargeted")))
+    console.print(table)
+    report = build_report(run.dir.root)
+    console.print(f"[bold]done[/] in {summary['seconds'] / 60:.1f} min. Report: {report / 'report.html'}"
+                  f" (and report.md); run directory {run.dir.root}")
 
 
-# Sized to finish in about 10-15 minutes on 2 CPU cores (see docs/quickstart.md).
+def _read_metrics(root: Path) -> list[dict[str, Any]]:
+    path = root / "metrics.jsonl"
+    out = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+# Sized to finish in about 15-20 minutes on 2 CPU cores (see docs/quickstart.md).
 DEMO_DEFAULTS: dict[str, Any] = {
-    "rollout.k_pool": 8, "rollout.k_target": 16, "rollout.max_new_tokens": 48,
-    "eval.samples": 4, "eval.max_items": 50, "eval.max_new_tokens": 48,
+    "rollout.k_pool": 8, "rollout.k_target": 8, "rollout.max_new_tokens": 40,
+    "gradient.autocast_bf16": True,
+    "curriculum.stages": 2, "curriculum.eval_every": 5, "train.steps_per_stage": 10,
+    "train.prompts_per_step": 4, "train.samples_per_prompt": 8, "train.max_new_tokens": 40,
+    "eval.samples": 0, "eval.max_items": 50, "eval.max_new_tokens": 40,
 }
 
 

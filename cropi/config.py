@@ -185,6 +185,7 @@ class TrainConfig:
 class CurriculumConfig:
     stages: int = opt(2, "number of stages")
     eval_every: int = opt(10, "evaluate every this many RL steps")
+    keep_checkpoints: bool = opt(False, "keep every stage's checkpoint (default: only the latest)")
 
     def __post_init__(self) -> None:
         _check(self.stages >= 1, "curriculum", "stages", "must be >= 1")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -32,11 +33,13 @@ class Run:
 
     cfg: RunConfig
     overwrite: bool = False
+    root: Path | None = None  # default: cfg.out_dir / cfg.name
+    rollouts_root: Path | None = None  # default: ROOT/rollouts
     _policies: dict[str, Policy] = field(default_factory=dict)
 
     @cached_property
     def dir(self) -> RunDir:
-        d = RunDir(self.cfg.run_dir)
+        d = RunDir(self.root or self.cfg.run_dir, self.rollouts_root)
         d.write_config(self.cfg)
         return d
 

@@ -25,13 +25,14 @@ def _git_sha() -> str | None:
 
 
 class RunDir:
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, rollouts_root: str | Path | None = None) -> None:
         self.root = Path(root)
+        self.rollouts_root = Path(rollouts_root) if rollouts_root else self.root / "rollouts"
 
     # --- layout -------------------------------------------------------------------------
     def rollouts(self, name: str) -> Path:
-        """``pool`` or ``targets/<name>``."""
-        return self.root / "rollouts" / name
+        """``pool`` or ``targets/<name>`` (shared between the arms of a comparison)."""
+        return self.rollouts_root / name
 
     def stage(self, m: int) -> Path:
         return self.root / "stages" / f"stage_{m:03d}"

@@ -1,0 +1,71 @@
+"""`cropi compare`: the same budget, seeds and evaluation schedule for CROPI and the baselines.
+
+Layout: CMP/compare.json, CMP/rollouts/ (beta's rollouts, shared by every arm),
+CMP/arms/<arm>/seed_<s>/ (one run directory each), CMP/report/. Seeds are the outer loop so
+partial results already cover every arm; each arm run resumes like `cropi run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from cropi.config import RunConfig
+from cropi.curriculum.loop import run_curriculum
+from cropi.curriculum.phases import Run, phase_rollouts
+from cropi.utils.errors import CropiError
+from cropi.utils.io import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+ARM_POLICY = {"cropi": "influence", "influence-once": "influence", "full": "full",
+              "random": "random", "learnability": "learnability", "pass-rate": "pass-rate"}
+BASELINE = "full"
+
+
+def arm_config(cfg: RunConfig, arm: str, seed: int) -> RunConfig:
+    if arm not in ARM_POLICY:
+        raise CropiError(f"unknown arm {arm!r}", field="--arms", fix=f"use {', '.join(ARM_POLICY)}")
+    return dataclasses.replace(
+        cfg, seed=seed,
+        select=dataclasses.replace(cfg.select, policy=ARM_POLICY[arm], seed=seed),
+        train=dataclasses.replace(cfg.train, seed=seed),
+    )
+
+
+def _write_plan(root: Path, cfg: RunConfig, arms: Sequence[str], seeds: Sequence[int]) -> None:
+    plan = {"arms": list(arms), "seeds": list(seeds), "baseline": BASELINE,
+            "steps": cfg.curriculum.stages * cfg.train.steps_per_stage,
+            "stages": cfg.curriculum.stages, "eval_every": cfg.curriculum.eval_every,
+            "ratio": cfg.select.ratio}
+    path = root / "compare.json"
+    if path.exists():
+        old = read_json(path)
+        plan["arms"] = list(dict.fromkeys([*old.get("arms", []), *arms]))
+        plan["seeds"] = sorted(set(old.get("seeds", [])) | set(seeds))
+    atomic_write_json(path, plan)
+
+
+def run_compare(cfg: RunConfig, arms: Sequence[str], seeds: Sequence[int],
+                overwrite: bool = False) -> Path:
+    """Run every arm x seed (resumable), then build the comparison report. Returns the root."""
+    root = cfg.run_dir
+    for arm in arms:
+        arm_config(cfg, arm, 0)  # validate names before any work
+    root.mkdir(parents=True, exist_ok=True)
+    _write_plan(root, cfg, arms, seeds)
+    shared = Run(cfg, overwrite=overwrite, root=root, rollouts_root=root / "rollouts")
+    phase_rollouts(shared)
+    for seed in seeds:
+        for arm in arms:
+            run = Run(arm_config(cfg, arm, seed), overwrite=overwrite,
+                      root=root / "arms" / arm / f"seed_{seed}", rollouts_root=root / "rollouts")
+            log.info("compare: arm %s seed %d -> %s", arm, seed, run.dir.root)
+            run_curriculum(run, arm)
+    from cropi.report import build_report
+
+    build_report(root)
+    return root
+

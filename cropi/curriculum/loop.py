@@ -1,0 +1,105 @@
+"""The CROPI curriculum (method.md §6), read top to bottom like the recipe:
+
+    rollouts of beta (once)
+    for stage m: score at theta_m -> select -> GRPO on the subset (eval every E steps) -> theta_m+1
+
+Every phase is skipped when its output exists, so `cropi run` resumes after kill -9 anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from typing import Any
+
+from cropi.curriculum.phases import Run, phase_rollouts
+from cropi.curriculum.scoring import phase_score, phase_select
+from cropi.data.schema import PromptRecord
+from cropi.rollout.collect import make_policy
+from cropi.rollout.store import PromptRollouts
+from cropi.select import read_selection, write_selection
+from cropi.train.evaluate import evaluate
+
+log = logging.getLogger(__name__)
+
+SCORED_POLICIES = ("influence",)
+
+
+def eval_and_log(run: Run, model: Any, tokenizer: Any, stage: int, step: int) -> dict[str, Any]:
+    """Evaluate a live model on the test sets and append an ``eval`` event to metrics.jsonl."""
+    t0 = time.perf_counter()
+    policy = make_policy(model, tokenizer, run.cfg.rollout, run.cfg.model.system_prompt)
+    result = evaluate(policy, run.data.tests, run.cfg.eval)
+    was_training = model.training
+    model.train(was_training)
+    run.dir.log_metrics("eval", stage=stage, step=step, **result)
+    run.dir.log_metrics("eval_time", stage=stage, seconds=time.perf_counter() - t0)
+    return result
+
+
+def phase_eval_initial(run: Run) -> None:
+    """Step-0 evaluation of beta (once per run)."""
+    if run.dir.done(0, "evaluated_beta"):
+        return
+    policy = run.policy(run.model_path(0))
+    eval_and_log(run, policy.model, policy.tokenizer, stage=-1, step=0)
+    run.dir.mark(0, "evaluated_beta")
+
+
+def phase_train(run: Run, stage: int, ids: list[str]) -> None:
+    """GRPO on the stage's subset from theta_stage; checkpoint theta_stage+1."""
+    if run.dir.done(stage, "trained") and not run.overwrite:
+        return
+    from cropi.train.grpo import train_stage
+
+    by_id: dict[str, PromptRecord] = {r.id: r for r in run.data.pool}
+    records = [by_id[i] for i in ids]
+    tcfg = run.cfg.train
+    offset = stage * tcfg.steps_per_stage
+    run._policies.clear()  # free the scoring model before training
+
+    def on_eval(model: Any, tokenizer: Any, step: int) -> None:
+        eval_and_log(run, model, tokenizer, stage, step)
+
+    def on_log(rec: dict[str, Any]) -> None:
+        run.dir.log_metrics("train_log", stage=stage, **rec)
+
+    prev = run.dir.checkpoint(stage - 1) if stage > 0 else None
+    res = train_stage(run.model_path(stage), run.dir.checkpoint(stage), records, tcfg,
+                      system_prompt=run.cfg.model.system_prompt, step_offset=offset,
+                      init_optimizer=prev, on_eval=on_eval, eval_every=run.cfg.curriculum.eval_every,
+                      log_fn=on_log)
+    run.dir.log_metrics("train", stage=stage, seconds=res.seconds, steps=res.steps)
+    run.dir.mark(stage, "trained", steps=res.steps, seconds=res.seconds)
+    if stage > 0 and not run.cfg.curriculum.keep_checkpoints:
+        shutil.rmtree(run.dir.checkpoint(stage - 1), ignore_errors=True)
+
+
+def phase_stage_selection(run: Run, stage: int, sets: dict[str, list[PromptRollouts]],
+                          arm: str | None = None) -> list[str]:
+    """Score (when the policy needs it) and select; ``influence-once`` reuses stage 0's subset."""
+    policy = run.cfg.select.policy
+    if arm == "influence-once" and stage > 0:
+        if not run.dir.done(stage, "selected"):
+            first = read_selection(run.dir.selection(0))
+            write_selection(run.dir.selection(stage), "influence-once", first["budget"], first["ids"],
+                            first["stats"])
+            run.dir.mark(stage, "selected", policy="influence-once", n=len(first["ids"]))
+        return read_selection(run.dir.selection(stage))["ids"]
+    if policy in SCORED_POLICIES:
+        phase_score(run, stage, sets)
+    return phase_select(run, stage, sets["pool"])["ids"]
+
+
+def run_curriculum(run: Run, arm: str | None = None) -> dict[str, Any]:
+    """All stages of one run (one arm, one seed). Returns a small summary."""
+    t0 = time.perf_counter()
+    sets = phase_rollouts(run)
+    phase_eval_initial(run)
+    for stage in range(run.cfg.curriculum.stages):
+        ids = phase_stage_selection(run, stage, sets, arm)
+        phase_train(run, stage, ids)
+        run.dir.mark(stage, "evaluated")
+    return {"run_dir": str(run.dir.root), "seconds": time.perf_counter() - t0,
+            "final_model": str(run.dir.checkpoint(run.cfg.curriculum.stages - 1))}
