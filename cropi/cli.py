@@ -339,8 +339,11 @@ def compare(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = No
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         raise CropiError(f"--seeds {seeds!r} must be comma-separated integers") from None
+    from cropi.report import build_report
+
     root = run_compare(cfg, arm_list, seed_list, overwrite)
-    console.print(f"report: {root / 'report' / 'report.md'}")
+    folder = build_report(root)
+    console.print(f"report: {folder / 'report.md'} and {folder / 'report.html'}")
 
 
 @app.command()

@@ -50,7 +50,7 @@ def _write_plan(root: Path, cfg: RunConfig, arms: Sequence[str], seeds: Sequence
 
 def run_compare(cfg: RunConfig, arms: Sequence[str], seeds: Sequence[int],
                 overwrite: bool = False) -> Path:
-    """Run every arm x seed (resumable), then build the comparison report. Returns the root."""
+    """Run every arm x seed (resumable). Returns the comparison root (see `cropi report`)."""
     root = cfg.run_dir
     for arm in arms:
         arm_config(cfg, arm, 0)  # validate names before any work
@@ -64,8 +64,5 @@ def run_compare(cfg: RunConfig, arms: Sequence[str], seeds: Sequence[int],
                       root=root / "arms" / arm / f"seed_{seed}", rollouts_root=root / "rollouts")
             log.info("compare: arm %s seed %d -> %s", arm, seed, run.dir.root)
             run_curriculum(run, arm)
-    from cropi.report import build_report
-
-    build_report(root)
     return root
 

@@ -41,4 +41,21 @@ def load_sets(cfg: DataConfig) -> DataSets:
     if not targets:
         raise CropiError("no target (validation) set", field="data.targets",
                          fix="give at least one target file, e.g. --target gsm8k=val.jsonl")
+    files = {"pool": cfg.pool, **{f"targets/{n}": p for n, p in cfg.targets.items()},
+             **{f"tests/{n}": p for n, p in cfg.tests.items()}}
+    sets = {"pool": pool, **{f"targets/{n}": r for n, r in targets.items()},
+            **{f"tests/{n}": r for n, r in tests.items()}}
+    for name, records in sets.items():
+        _check_verifiers(records, files.get(name) or name)
     return DataSets(pool, targets, tests)
+
+
+def _check_verifiers(records: list[PromptRecord], where: str) -> None:
+    """Fail at load time, not hours later, when a record names an unknown verifier."""
+    from cropi.verify import list_verifiers
+
+    known = set(list_verifiers())
+    for row, rec in enumerate(records, start=1):
+        if rec.verifier not in known:
+            raise CropiError(f"names unknown verifier {rec.verifier!r}", file=where, row=row,
+                             field="meta.verifier", fix=f"use one of {', '.join(sorted(known))}")

@@ -53,7 +53,7 @@ def evaluate_set(policy: Policy, name: str, records: Sequence[PromptRecord], cfg
         modes.append((f"mean@{cfg.samples}", SamplingParams(
             n=cfg.samples, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)))
     for mode, params in modes:
-        with track(f"eval {name} {mode}", total=len(records)) as bar:
+        with track(f"eval {name} {mode}", total=len(records), transient=True) as bar:
             acc = _rewards(policy, records, params, cfg.batch_size,
                            derive_seed(cfg.seed, name, mode), bar).mean(axis=1)
         res[mode] = float(acc.mean())

@@ -41,13 +41,14 @@ class Tracker:
 
 
 @contextlib.contextmanager
-def track(description: str, total: int, unit: str = "prompts", completed: int = 0) -> Iterator[Tracker]:
+def track(description: str, total: int, unit: str = "prompts", completed: int = 0,
+          transient: bool = False) -> Iterator[Tracker]:
     if not _enabled:
         yield Tracker(None, None, unit)
         return
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
                TimeRemainingColumn()]
-    with Progress(*columns, console=_console, transient=False) as progress:
+    with Progress(*columns, console=_console, transient=transient) as progress:
         task = progress.add_task(description, total=total, completed=completed, rate="")
         yield Tracker(progress, task, unit)
