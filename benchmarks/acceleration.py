@@ -1,0 +1,59 @@
+"""The headline benchmark: `cropi compare` on a built-in suite, CROPI vs full-data GRPO and baselines.
+
+Runs every arm x seed with the same step budget and evaluation schedule on shared beta rollouts,
+then prints the acceleration table (method.md §8) and writes it to
+benchmarks/results/acceleration.json; the full report goes to RUN/report/. Resumable: the comparison
+directory keeps every finished phase, so stop it any time and run the same command again.
+
+Full size (a few hours on 2 CPU cores):
+
+    python benchmarks/acceleration.py --arms cropi,full,random,learnability --seeds 0,1 \
+        --suite default --stages 5 --steps-per-stage 20 --eval-every 10
+
+Run it in the background with `nohup ... > benchmarks/results/acceleration.log 2>&1 &`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from _common import print_table, write_result
+from cropi.cli_common import build_config, setup_env
+from cropi.curriculum.compare import run_compare
+from cropi.report import build_report
+from cropi.report.runs import load_comparison
+from cropi.report.summary import ACCEL_HEADERS, acceleration_rows, summarize
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arms", default="cropi,full,random,learnability")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--suite", default="default")
+    ap.add_argument("--stages", type=int, default=5)
+    ap.add_argument("--steps-per-stage", type=int, default=20)
+    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--name", default="acceleration")
+    ap.add_argument("--out-dir", default="runs")
+    ap.add_argument("--set", dest="sets", action="append", default=[],
+                    help="extra config overrides, e.g. --set rollout.k_pool=8")
+    args = ap.parse_args()
+    setup_env()
+    cfg = build_config(None, args.sets, name=args.name, out_dir=args.out_dir, data__suite=args.suite,
+                       curriculum__stages=args.stages, train__steps_per_stage=args.steps_per_stage,
+                       curriculum__eval_every=args.eval_every)
+    t0 = time.perf_counter()
+    root = run_compare(cfg, args.arms.split(","), [int(s) for s in args.seeds.split(",")])
+    seconds = time.perf_counter() - t0
+    folder = build_report(root)
+    rows = acceleration_rows(summarize(load_comparison(root)))
+    print_table(list(ACCEL_HEADERS), rows)
+    path = write_result("acceleration", {
+        "command": vars(args), "seconds_this_invocation": seconds, "headers": list(ACCEL_HEADERS),
+        "rows": rows, "report": str(folder / "report.md")})
+    print(f"report {folder / 'report.md'}; wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
