@@ -41,7 +41,11 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--model", default="default")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); "
+                    "use 1 when another job shares the cores, oversubscription distorts timings")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tok = load_tokenizer(args.model)
     fp32 = load_model(args.model, "fp32")
     models = {"fp32": fp32, "bf16": copy.deepcopy(fp32).to(torch.bfloat16)}
@@ -57,6 +61,8 @@ def main() -> None:
             results.append({"batch": b, "dtype": name, "seconds": sec, "tokens_per_s": tps[name],
                             "sequences_per_s": b / sec})
         rows.append([b, tps["fp32"], tps["bf16"], tps["bf16"] / tps["fp32"]])
+        print(f"batch {b}: fp32 {tps['fp32']:.0f} tok/s, bf16 {tps['bf16']:.0f} tok/s", flush=True)
+        write_result("rollout_throughput", {"new_tokens": args.new_tokens, "rows": results, "partial": True})
     print_table(["batch", "fp32 tok/s", "bf16 tok/s", "bf16/fp32"], rows)
     path = write_result("rollout_throughput", {"new_tokens": args.new_tokens, "rows": results})
     print(f"wrote {path}")
