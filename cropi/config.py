@@ -65,7 +65,7 @@ class RolloutConfig:
     max_new_tokens: int = opt(64, "maximum response length in tokens")
     batch_size: int = opt(64, "sequences generated per batch")
     dtype: str = opt("auto", "generation dtype: auto (bf16 on CPU/GPU), bf16 or fp32")
-    backend: str = opt("hf", "sampler backend: hf (transformers generate) or vllm")
+    backend: str = opt("hf", "sampler backend: hf (transformers generate); vllm is planned")
     seed: int = opt(0, "sampling seed")
 
     def __post_init__(self) -> None:

@@ -24,6 +24,7 @@ from cropi.rollout import store
 from cropi.rollout.sampler import HFSampler, Sampler, SamplingParams
 from cropi.utils.progress import track
 from cropi.utils.seeding import derive_seed
+from cropi.utils.errors import CropiError
 from cropi.verify import verify
 
 log = logging.getLogger(__name__)
@@ -58,12 +59,10 @@ def make_policy(model: torch.nn.Module, tokenizer: Any, cfg: RolloutConfig,
     device = str(next(model.parameters()).device)
     dtype = generation_dtype(cfg.dtype, device)
     gen_model = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
-    if cfg.backend == "vllm":
-        from cropi.rollout.vllm_backend import VLLMSampler  # optional extra
-
-        sampler: Sampler = VLLMSampler.from_model(model, tokenizer)
-    else:
-        sampler = HFSampler(gen_model.eval(), tokenizer)
+    if cfg.backend != "hf":
+        raise CropiError(f"the {cfg.backend!r} rollout backend is not implemented yet",
+                         field="rollout.backend", fix="use rollout.backend=hf")
+    sampler: Sampler = HFSampler(gen_model.eval(), tokenizer)
     return Policy(tokenizer, model, sampler, system_prompt)
 
 
