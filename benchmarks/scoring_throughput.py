@@ -66,13 +66,29 @@ def load1() -> float:
     return os.getloadavg()[0]
 
 
+def cpu_busy(seconds: float = 5.0) -> float:
+    """Fraction of all cores busy over ``seconds`` (from /proc/stat; NaN where unavailable)."""
+    def sample() -> tuple[int, int]:
+        vals = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return sum(vals), vals[3] + vals[4]  # total, idle + iowait
+    try:
+        t0, i0 = sample()
+        time.sleep(seconds)
+        t1, i1 = sample()
+    except OSError:
+        return float("nan")
+    return 1.0 - (i1 - i0) / max(t1 - t0, 1)
+
+
 def wait_idle(max_wait: float) -> dict[str, Any]:
-    """Wait up to ``max_wait`` s for the 1-minute load average to drop below IDLE_LOAD."""
+    """Wait up to ``max_wait`` s for load1 < IDLE_LOAD and < 25 % of the cores busy."""
     t = time.perf_counter()
-    while load1() >= IDLE_LOAD and time.perf_counter() - t < max_wait:
-        time.sleep(15)
+    busy = cpu_busy()
+    while (load1() >= IDLE_LOAD or not busy < 0.25) and time.perf_counter() - t < max_wait:
+        time.sleep(10)
+        busy = cpu_busy()
     return {"waited_s": time.perf_counter() - t, "load_at_start": os.getloadavg(),
-            "idle": load1() < IDLE_LOAD}
+            "cpu_busy_at_start": busy, "idle": load1() < IDLE_LOAD and busy < 0.25}
 
 
 def summary(name: str, tm: Timings, n: int, load: tuple[float, float], **extra: Any) -> dict[str, Any]:
@@ -379,7 +395,8 @@ def run_methods(args: argparse.Namespace, model: torch.nn.Module, params: ParamS
 def report(rows: list[dict[str, Any]], k: int) -> None:
     naive_s = rows[-1]["s_per_prompt"]
     naive_grad_s = rows[-1]["grad_s"] + rows[-1]["flatten_s"]  # naive without its projection
-    fid = {"countsketch": fidelity_of(f"countsketch-k{k}"), "factorized": fidelity_of(f"factorized-k{k}")}
+    fid = {f"countsketch k={k}": fidelity_of(f"countsketch-k{k}"),  # same features as these rows
+           f"factorized k={k}": fidelity_of(f"factorized-k{k}")}
     table = []
     for r in rows:
         if "s_per_prompt" not in r:
