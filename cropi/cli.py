@@ -111,7 +111,7 @@ def rollout(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = No
     Writes RUN/rollouts/pool and RUN/rollouts/targets/NAME (Parquet + manifest). Resumable: rerun
     the same command after an interruption and finished prompts are not recomputed.
     """
-    from cropi.curriculum.phases import family_pass_rates, phase_rollouts
+    from cropi.curriculum.phases import phase_rollouts
 
     setup_env(verbose)
     cfg = build_config(config, set_, name=name, out_dir=out_dir, model__path=model,

@@ -6,7 +6,6 @@ import dataclasses
 import functools
 import logging
 import os
-import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -100,6 +99,3 @@ def config_reference() -> str:
             lines.append(f"{section.name}: {default!r}  # {section.metadata.get('help', '')}")
     return "\n".join(lines)
 
-
-def exit_ok() -> None:
-    sys.stdout.flush()

@@ -9,14 +9,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from cropi.config import GradientConfig, ProjectionConfig
+from cropi.config import GradientConfig
 from cropi.influence.features import FeatureStore
 from cropi.influence.params import ParamSet
 from cropi.influence.popi import popi_backward
@@ -36,7 +35,6 @@ class Timings:
     store: float = 0.0
     n_prompts: int = 0
     n_zero: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         total = self.grad + self.project + self.store
@@ -98,10 +96,3 @@ def compute_features(model: torch.nn.Module, params: ParamSet, projector: Projec
     store.finalize()
     return timings
 
-
-def projection_spec(cfg: ProjectionConfig, projector: Projector) -> dict[str, Any]:
-    return {**cfg.spec(), **projector.spec()}
-
-
-def store_path(root: str | Path, name: str) -> Path:
-    return Path(root) / name

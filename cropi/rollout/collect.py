@@ -47,17 +47,15 @@ class Policy:
         return prompt_token_ids(self.tokenizer, record.prompt, self.system_prompt)
 
 
-def generation_dtype(name: str, device: str) -> torch.dtype:
-    if name == "fp32":
-        return torch.float32
-    return torch.bfloat16
+def generation_dtype(name: str) -> torch.dtype:
+    """'fp32' or bf16 ('auto' and 'bf16'): bf16 is ~1.4-2.7x faster on CPUs with AMX."""
+    return torch.float32 if name == "fp32" else torch.bfloat16
 
 
 def make_policy(model: torch.nn.Module, tokenizer: Any, cfg: RolloutConfig,
                 system_prompt: str | None = None) -> Policy:
     """Wrap an fp32 model; sampling uses a bf16 copy unless ``cfg.dtype == 'fp32'``."""
-    device = str(next(model.parameters()).device)
-    dtype = generation_dtype(cfg.dtype, device)
+    dtype = generation_dtype(cfg.dtype)
     gen_model = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
     if cfg.backend != "hf":
         raise CropiError(f"the {cfg.backend!r} rollout backend is not implemented yet",
