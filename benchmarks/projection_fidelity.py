@@ -25,7 +25,9 @@ JSON). Cells over budget are reported "not run (est. ...)" with the per-call and
 
 Resumable: per-prompt results (dot products, norms, features per config, masked gradients) are
 written under benchmarks/results/fidelity_parts/<targets-key>/ as they are computed; a rerun skips
-finished prompts and cells. Writes benchmarks/results/projection_fidelity.json.
+finished prompts and cells. The masked gradients (``masked_r*/``, r*d*4 bytes per prompt: 160 MB at
+r=0.3) are only read by the batched cells; once ``cells/<cell>.npz`` exist they may be deleted.
+Writes benchmarks/results/projection_fidelity.json.
 
     .venv/bin/python benchmarks/projection_fidelity.py [--rollouts runs/bench/rollouts]
         [--max-prompts N] [--max-targets 100] [--max-seconds-per-cell 300]
@@ -377,6 +379,12 @@ def plan_jl(cells: list[Cell], cost: dict[str, Any], d: int, n_rows: int, budget
                            f"{batched:.0f} s batched over {n_rows} prompts > {budget:.0f} s)")
 
 
+def batched_done(ctx_dir: Path, cell: Cell, n_rows: int) -> bool:
+    """True when the cell's batched features exist for all ``n_rows`` prompts (masks not needed)."""
+    part = load_part(ctx_dir / "cells" / f"{cell.name}.npz")
+    return "feats" in part and part["feats"].shape[0] == n_rows
+
+
 def run_batched(cells: Sequence[Cell], ctx: Ctx, files: Sequence[Path]) -> dict[str, np.ndarray]:
     """Features [n_files, k] of every runnable sparse-jl cell (cached under ctx.dir/cells)."""
     out = {}
@@ -587,7 +595,8 @@ def main() -> None:
     cost = get_cost(ctx, ctx.dir / "jl_cost.json", tsets[first][tidx[first][0]], n_rows)
     cells = grid()
     plan_jl(cells, cost, params.dim, n_rows, args.max_seconds_per_cell)
-    ctx.mask_rs = sorted({c.r for c in cells if c.mode == "batched" and c.status == "run"})
+    ctx.mask_rs = sorted({c.r for c in cells if c.mode == "batched" and c.status == "run"
+                          and not batched_done(ctx.dir, c, n_rows)})
     ctx.online = build_online(model, params, args.seed, int(args.cache_gb * 2**30), ctx.underflow)
     print(f"d={params.dim} pool={len(pool)} rows={n_rows} targets={ {t: len(v) for t, v in tidx.items()} } "
           f"parts={ctx.dir} sparse-jl r to mask: {ctx.mask_rs}", flush=True)
