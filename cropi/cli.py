@@ -149,11 +149,16 @@ def score(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = None
           params: Annotated[Optional[str], typer.Option(help="gradient parameters: all, lora or filter [default: all]")] = None,
           exclude: Annotated[Optional[str], typer.Option(help="regex of parameter names to drop (params=filter), e.g. 'embed|norm'")] = None,
           fusion: Annotated[Optional[str], typer.Option(help="fusion of several targets: rrf, max or mean [default: rrf]")] = None,
+          backend: Annotated[Optional[str], typer.Option(help="local (this process) or ray (shards over Ray workers) [default: local]")] = None,
+          workers: Annotated[Optional[int], typer.Option(help="ray: number of workers/shards (0 = one per GPU, else per CPU) [default: 0]")] = None,
           set_: SetOpt = None, overwrite: OverwriteOpt = False, verbose: VerboseOpt = False) -> None:
     """Score every pool prompt by POPI influence on the target sets at the stage's weights.
 
     Needs the rollouts (runs them first if missing). Writes RUN/stages/stage_NNN/features/ (a
     resumable memmap store per set) and scores.parquet (cosine per target, fused score, rank).
+    With `--backend ray` each worker fills one id range of every store (RAY_ADDRESS or
+    score.ray_address picks the cluster; without one a local cluster starts); a worker that dies
+    is retried and resumes its own shard only.
     """
     from cropi.curriculum.phases import phase_rollouts
     from cropi.curriculum.scoring import phase_score
@@ -162,6 +167,7 @@ def score(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = None
     cfg = build_config(config, set_, name=name, out_dir=out_dir, model__path=model,
                        projection__kind=projector, projection__k=k, projection__sparse_ratio=sparse_ratio,
                        gradient__params=params, gradient__exclude=exclude, score__fusion=fusion,
+                       score__backend=backend, score__workers=workers,
                        **_data_flags(suite, pool, target, None))
     run = _run(cfg, overwrite)
     sets = phase_rollouts(run)
@@ -357,6 +363,35 @@ def report(run_dir: Annotated[str, typer.Argument(help="a run directory or a `cr
     setup_env()
     folder = build_report(run_dir, out)
     console.print(f"wrote {folder / 'report.md'} and {folder / 'report.html'}")
+
+
+@app.command("export-verl")
+@user_errors
+def export_verl(run_dir: Annotated[str, typer.Argument(help="a cropi run directory")],
+                out: Annotated[str, typer.Option(help="parquet file to write")],
+                stage: Annotated[Optional[int], typer.Option(help="stage whose selection is exported [default: the latest]")] = None,
+                pool: Annotated[bool, typer.Option("--pool", help="export the whole pool instead (the train file for CropiCurriculumSampler)")] = False,
+                data_source: Annotated[str, typer.Option(help="verl data_source column (picks verl's reward function)")] = "cropi") -> None:
+    """Write a stage's selection (or the whole pool) as verl RLHFDataset parquet.
+
+    Rows keep the cropi id in extra_info.cropi_id, so `CropiCurriculumSampler` (see
+    docs/scaling.md) can serve each stage's selection from the pool file inside verl.
+    """
+    from cropi.scale.verl import export_pool_verl, export_selection_verl, selection_stages
+
+    setup_env()
+    if pool:
+        n = export_pool_verl(Path(run_dir), Path(out), data_source)
+        console.print(f"wrote {n} pool rows to {out}")
+        return
+    stages = selection_stages(Path(run_dir))
+    if stage is None:
+        if not stages:
+            raise CropiError("has no stage with a selection.json", file=run_dir,
+                             fix="run `cropi select` or `cropi run` first")
+        stage = stages[-1]
+    n = export_selection_verl(Path(run_dir), stage, Path(out), data_source)
+    console.print(f"wrote {n} rows of stage {stage}'s selection to {out}")
 
 
 @app.command()

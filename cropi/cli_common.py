@@ -73,7 +73,17 @@ def build_config(config: str | None, sets: list[str] | None = None, **flags: Any
             raise CropiError(f"--set {item!r} is not KEY=VALUE", fix="e.g. --set rollout.k_pool=4")
         key, raw = item.split("=", 1)
         _set_path(data, key.strip(), yaml.safe_load(raw))
-    return from_dict(RunConfig, data)
+    cfg = from_dict(RunConfig, data)
+    load_backends(cfg)
+    return cfg
+
+
+def load_backends(cfg: RunConfig) -> None:
+    """Import the optional engines ``cfg`` names; each registers itself with the layer it serves."""
+    if cfg.rollout.backend == "vllm":
+        import cropi.scale.vllm  # noqa: F401
+    if cfg.score.backend == "ray":
+        import cropi.scale.ray_score  # noqa: F401
 
 
 def parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:

@@ -65,7 +65,8 @@ class RolloutConfig:
     max_new_tokens: int = opt(64, "maximum response length in tokens")
     batch_size: int = opt(64, "sequences generated per batch")
     dtype: str = opt("auto", "generation dtype: auto (bf16 on CPU/GPU), bf16 or fp32")
-    backend: str = opt("hf", "sampler backend: hf (transformers generate); vllm is planned")
+    backend: str = opt("hf", "sampler backend: hf (transformers generate) or vllm (CUDA, pip install vllm)")
+    gpu_memory_utilization: float = opt(0.5, "vllm: share of GPU memory for the engine (the rest holds the fp32 model)")
     seed: int = opt(0, "sampling seed")
 
     def __post_init__(self) -> None:
@@ -77,6 +78,7 @@ class RolloutConfig:
         _check(self.batch_size >= 1, "rollout", "batch_size", "must be >= 1")
         _check(self.dtype in ("auto", "bf16", "fp32"), "rollout", "dtype", "use auto, bf16 or fp32")
         _check(self.backend in ("hf", "vllm"), "rollout", "backend", "use hf or vllm")
+        _check(0 < self.gpu_memory_utilization < 1, "rollout", "gpu_memory_utilization", "must be in (0, 1)")
 
 
 @dataclass
@@ -142,10 +144,19 @@ class ScoreConfig:
     target_max: int = opt(100, "at most this many target prompts (seeded sample) per target mean")
     fusion: str = opt("rrf", "fusion of several targets: rrf (reciprocal rank), max or mean")
     seed: int = opt(0, "seed of the target sample")
+    backend: str = opt("local", "where gradients are computed: local (this process) or ray (sharded over Ray workers)")
+    workers: int = opt(0, "ray: number of shards/workers (0 = one per GPU in the cluster, else one per CPU)")
+    ray_address: str | None = opt(None, "ray: cluster address (None = RAY_ADDRESS or a local cluster)")
+    worker_cpus: float = opt(1.0, "ray: CPUs per worker (also its torch threads)")
+    worker_gpus: float | None = opt(None, "ray: GPUs per worker (None = 1 when the cluster has GPUs, else 0)")
 
     def __post_init__(self) -> None:
         _check(self.fusion in ("rrf", "max", "mean"), "score", "fusion", "use rrf, max or mean")
         _check(self.target_max >= 1, "score", "target_max", "must be >= 1")
+        _check(self.backend in ("local", "ray"), "score", "backend", "use local or ray")
+        _check(self.workers >= 0, "score", "workers", "must be >= 0 (0 = automatic)")
+        _check(self.worker_cpus > 0, "score", "worker_cpus", "must be > 0")
+        _check(self.worker_gpus is None or self.worker_gpus >= 0, "score", "worker_gpus", "must be >= 0")
 
 
 @dataclass
@@ -186,6 +197,7 @@ class CurriculumConfig:
     stages: int = opt(2, "number of stages")
     eval_every: int = opt(10, "evaluate every this many RL steps")
     keep_checkpoints: bool = opt(False, "keep every stage's checkpoint (default: only the latest)")
+    tensorboard: bool = opt(True, "also write metrics to RUN/tensorboard/ when tensorboard is installed")
 
     def __post_init__(self) -> None:
         _check(self.stages >= 1, "curriculum", "stages", "must be >= 1")

@@ -57,7 +57,7 @@ def phase_train(run: Run, stage: int, ids: list[str]) -> None:
     records = [by_id[i] for i in ids]
     tcfg = run.cfg.train
     offset = stage * tcfg.steps_per_stage
-    run._policies.clear()  # free the scoring model before training
+    run.release_policies()  # free the scoring model before training
 
     def on_eval(model: Any, tokenizer: Any, step: int) -> None:
         eval_and_log(run, model, tokenizer, stage, step)

@@ -39,7 +39,7 @@ class Run:
 
     @cached_property
     def dir(self) -> RunDir:
-        d = RunDir(self.root or self.cfg.run_dir, self.rollouts_root)
+        d = RunDir(self.root or self.cfg.run_dir, self.rollouts_root, self.cfg.curriculum.tensorboard)
         d.write_config(self.cfg)
         return d
 
@@ -62,11 +62,20 @@ class Run:
 
     def policy(self, path: str) -> Policy:
         if path not in self._policies:
-            self._policies.clear()  # keep one model in memory
+            self.release_policies()  # keep one model in memory
             tok = load_tokenizer(path)
             model = load_model(path, "fp32", self.device)
-            self._policies[path] = make_policy(model, tok, self.cfg.rollout, self.cfg.model.system_prompt)
+            self._policies[path] = make_policy(model, tok, self.cfg.rollout, self.cfg.model.system_prompt,
+                                               model_path=path)
         return self._policies[path]
+
+    def release_policies(self) -> None:
+        """Drop the cached models (and stop an inference engine holding GPU memory)."""
+        for policy in self._policies.values():
+            close = getattr(policy.sampler, "close", None)
+            if close is not None:
+                close()
+        self._policies.clear()
 
     def base_spec(self, model_path: str) -> dict[str, Any]:
         return {"model": model_fingerprint(model_path), "system_prompt": self.cfg.model.system_prompt}

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -13,25 +13,54 @@ import numpy as np
 from cropi.curriculum.phases import Run
 from cropi.data.io import dataset_fingerprint
 from cropi.influence.features import FeatureStore
-from cropi.influence.params import ParamSet, attach_lora, select_params
-from cropi.influence.pipeline import Timings, compute_features
-from cropi.influence.projection import Projector, make_projector
+from cropi.influence.pipeline import Timings, add_timings, compute_features, prepare_scoring
 from cropi.influence.scores import cosine_scores, fuse, read_scores, score_table, target_mean, write_scores
 from cropi.rollout.collect import collect
 from cropi.rollout.store import PromptRollouts, load_rollouts
+from cropi.utils.errors import CropiError
 from cropi.select import (SelectionContext, budget, get_policy, read_selection, selection_stats,
                           write_selection)
 
 log = logging.getLogger(__name__)
 
 
-def build_projector(run: Run, model: Any, params: ParamSet) -> Projector:
-    cfg = run.cfg.projection
-    if cfg.kind == "factorized":
-        from cropi.influence.projection_factorized import FactorizedProjector
+FeatureBackend = Callable[[Run, int, dict[str, list[PromptRollouts]]], Timings]
+"""Fills complete feature stores at ``run.dir.features(stage, set)`` for every set; returns timings."""
 
-        return FactorizedProjector.from_model(model, cfg, params=list(zip(params.names, params.params)))
-    return make_projector(cfg, params.dim)
+_BACKENDS: dict[str, FeatureBackend] = {}
+
+
+def register_score_backend(name: str, fn: FeatureBackend) -> None:
+    """Make ``score.backend=name`` compute features with ``fn`` (``cropi.scale.ray_score`` registers ``ray``)."""
+    if name in _BACKENDS:
+        raise ValueError(f"score backend {name!r} is already registered")
+    _BACKENDS[name] = fn
+
+
+def store_spec(run: Run, stage: int, model_path: str, setup_spec: dict[str, Any], name: str) -> dict[str, Any]:
+    """What produced a stage's features of one set (the feature store's manifest spec)."""
+    return {**run.base_spec(model_path), **setup_spec, "stage": stage, "set": name}
+
+
+def _local_features(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]) -> Timings:
+    """One process: every set through :func:`compute_features` at the stage's weights."""
+    cfg = run.cfg
+    path = run.model_path(stage)
+    policy = run.policy(path)
+    setup = prepare_scoring(policy.model, cfg.gradient, cfg.projection)
+    timings = Timings()
+    for name, items in sets.items():
+        store = FeatureStore.open(run.dir.features(stage, name), [it.id for it in items], setup.projector.k,
+                                  cfg.projection.store_dtype, store_spec(run, stage, path, setup.spec, name),
+                                  overwrite=run.overwrite)
+        if not store.is_complete:
+            add_timings(timings, compute_features(setup.model, setup.params, setup.projector, items, store,
+                                                  cfg.gradient, policy.pad_id, name))
+    setup.release()
+    return timings
+
+
+register_score_backend("local", _local_features)
 
 
 def _onpolicy_sets(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]) -> dict[str, list[PromptRollouts]]:
@@ -53,31 +82,14 @@ def phase_score(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]) -> 
     """Project POPI gradients of the pool and the targets at the stage's weights; write scores."""
     if run.dir.done(stage, "scored") and not run.overwrite:
         return None
-    cfg = run.cfg
-    path = run.model_path(stage)
-    if cfg.gradient.mode == "onpolicy":
+    if run.cfg.gradient.mode == "onpolicy":
         sets = _onpolicy_sets(run, stage, sets)
-    policy = run.policy(path)
-    model = policy.model
-    if cfg.gradient.params == "lora":
-        model = attach_lora(copy.deepcopy(model), cfg.gradient.lora_rank)
-    params = select_params(model, cfg.gradient)
-    projector = build_projector(run, model, params)
-    spec = {**run.base_spec(path), "projection": projector.spec(), "params": params.spec(),
-            "gradient": dataclasses.asdict(cfg.gradient), "stage": stage}
-    timings = Timings()
-    stores = {}
-    for name, items in sets.items():
-        store = FeatureStore.open(run.dir.features(stage, name), [it.id for it in items], projector.k,
-                                  cfg.projection.store_dtype, {**spec, "set": name}, overwrite=run.overwrite)
-        if not store.is_complete:
-            t = compute_features(model, params, projector, items, store, cfg.gradient, policy.pad_id, name)
-            for f in ("grad", "project", "store", "n_prompts", "n_zero"):
-                setattr(timings, f, getattr(timings, f) + getattr(t, f))
-        stores[name] = FeatureStore.load(run.dir.features(stage, name))
-    params.zero_grad()
-    for p in model.parameters():
-        p.requires_grad_(True)
+    backend = _BACKENDS.get(run.cfg.score.backend)
+    if backend is None:
+        raise CropiError(f"score backend {run.cfg.score.backend!r} is not loaded", field="score.backend",
+                         fix=f"import cropi.scale.ray_score first (the cropi command does), or use one of {sorted(_BACKENDS)}")
+    timings = backend(run, stage, sets)
+    stores = {name: FeatureStore.load(run.dir.features(stage, name)) for name in sets}
     _write_stage_scores(run, stage, sets["pool"], stores)
     run.dir.mark(stage, "scored", **timings.as_dict())
     run.dir.log_metrics("score", stage=stage, **timings.as_dict())

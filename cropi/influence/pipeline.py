@@ -6,6 +6,8 @@ reads the parameters' ``.grad`` tensors in their fixed order; nothing of size d 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -15,11 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from cropi.config import GradientConfig
+from cropi.config import GradientConfig, ProjectionConfig
 from cropi.influence.features import FeatureStore
-from cropi.influence.params import ParamSet
+from cropi.influence.params import ParamSet, attach_lora, select_params
 from cropi.influence.popi import popi_backward
-from cropi.influence.projection import Projector
+from cropi.influence.projection import Projector, make_projector
 from cropi.rollout.store import PromptRollouts
 from cropi.utils.progress import track
 
@@ -51,6 +53,8 @@ def prompt_feature(model: torch.nn.Module, params: ParamSet, projector: Projecto
     t0 = time.perf_counter()
     params.zero_grad()
     has_signal = popi_backward(model, item, cfg, pad_id)
+    if params.params and params.params[0].is_cuda:  # CUDA is asynchronous: time the backward itself
+        torch.cuda.synchronize(params.params[0].device)
     t1 = time.perf_counter()
     timings.grad += t1 - t0
     if not has_signal:
@@ -96,3 +100,48 @@ def compute_features(model: torch.nn.Module, params: ParamSet, projector: Projec
     store.finalize()
     return timings
 
+
+
+@dataclass
+class ScoringSetup:
+    """What a scoring process holds: the model with its gradient parameters and the projector.
+
+    ``spec`` describes them for feature-store manifests (merged with the model fingerprint, the
+    stage and the set name by the caller), so every process that builds the same setup writes
+    stores that agree.
+    """
+
+    model: torch.nn.Module
+    params: ParamSet
+    projector: Projector
+    spec: dict[str, Any]
+
+    def release(self) -> None:
+        """Drop gradients and give the model back its trainable flags."""
+        self.params.zero_grad()
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+
+
+def prepare_scoring(model: torch.nn.Module, gradient: GradientConfig,
+                    projection: ProjectionConfig) -> ScoringSetup:
+    """Parameter selection (LoRA on a copy when ``gradient.params == "lora"``) and the projector."""
+    if gradient.params == "lora":
+        model = attach_lora(copy.deepcopy(model), gradient.lora_rank)
+    params = select_params(model, gradient)
+    if projection.kind == "factorized":
+        from cropi.influence.projection_factorized import FactorizedProjector
+
+        projector: Projector = FactorizedProjector.from_model(
+            model, projection, params=list(zip(params.names, params.params)))
+    else:
+        projector = make_projector(projection, params.dim)
+    spec = {"projection": projector.spec(), "params": params.spec(),
+            "gradient": dataclasses.asdict(gradient)}
+    return ScoringSetup(model, params, projector, spec)
+
+
+def add_timings(total: Timings, part: Timings) -> None:
+    """Accumulate ``part`` into ``total`` (in place)."""
+    for f in dataclasses.fields(Timings):
+        setattr(total, f.name, getattr(total, f.name) + getattr(part, f.name))

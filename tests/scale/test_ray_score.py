@@ -1,0 +1,114 @@
+"""score.backend=ray on a local Ray cluster with 2 CPU workers equals the single-process path,
+also when a worker dies mid-shard (only that shard is redone)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
+from parity_cli import write_parity_sets  # noqa: E402  (registers the test-only parity verifier)
+
+import cropi.scale.ray_score as ray_score  # noqa: E402
+from cropi.cli_common import build_config  # noqa: E402
+from cropi.curriculum.phases import Run, phase_rollouts  # noqa: E402
+from cropi.curriculum.scoring import phase_score  # noqa: E402
+from cropi.influence.features import FeatureStore  # noqa: E402
+from cropi.influence.scores import read_scores  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory) -> dict[str, Path]:
+    return write_parity_sets(tmp_path_factory.mktemp("data"), n_pool=12, n_target=5)
+
+
+def _run(model: Path, sets: dict[str, Path], out: Path, backend: str, rollouts: Path | None = None) -> Run:
+    cfg = build_config(None, [
+        "data.suite=null", "rollout.k_pool=4", "rollout.k_target=4", "rollout.batch_size=16",
+        "rollout.max_new_tokens=8", "projection.k=64", f"score.backend={backend}", "score.workers=2"],
+        name=backend, out_dir=str(out), model__path=str(model), data__pool=str(sets["pool"]),
+        data__targets={"a": str(sets["target"]), "b": str(sets["pool"])})
+    return Run(cfg, root=out / backend, rollouts_root=rollouts or out / "rollouts")
+
+
+def _features(run: Run, stage: int = 0) -> dict[str, tuple]:
+    out = {}
+    for name in ("pool", "targets/a", "targets/b"):
+        ids, feats, zero = FeatureStore.load(run.dir.features(stage, name)).read()
+        out[name] = (list(ids), np.array(feats), np.array(zero))
+    return out
+
+
+def _assert_same(a: Run, b: Run) -> None:
+    fa, fb = _features(a), _features(b)
+    for name in fa:
+        assert fa[name][0] == fb[name][0], name
+        assert np.array_equal(fa[name][1], fb[name][1]), name  # byte-identical features
+        assert np.array_equal(fa[name][2], fb[name][2]), name
+    ta, tb = read_scores(a.dir.scores(0)), read_scores(b.dir.scores(0))
+    for col in ta.column_names:
+        ca = ta.column(col).to_numpy(zero_copy_only=False)
+        cb = tb.column(col).to_numpy(zero_copy_only=False)
+        assert np.array_equal(ca, cb, equal_nan=True) if ca.dtype.kind == "f" else list(ca) == list(cb), col
+
+
+def _events(run: Run, event: str) -> list[dict]:
+    lines = (run.dir.root / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == event]
+
+
+def test_ray_scores_equal_single_process(tiny_model_dir, sets, tmp_path, local_ray):
+    local = _run(tiny_model_dir, sets, tmp_path, "local")
+    phase_score(local, 0, phase_rollouts(local))
+    sharded = _run(tiny_model_dir, sets, tmp_path, "ray")
+    phase_score(sharded, 0, phase_rollouts(sharded))
+    _assert_same(local, sharded)
+    shards = _events(sharded, "score_shard")
+    assert sorted(s["shard"] for s in shards) == [0, 1]
+    assert sum(s["n_prompts"] for s in shards) == 12 + 5 + 12
+    assert not (sharded.dir.stage(0) / "shards").exists()  # shard stores removed after the merge
+
+
+def test_killed_worker_redoes_only_its_shard(tiny_model_dir, sets, tmp_path, local_ray, monkeypatch):
+    local = _run(tiny_model_dir, sets, tmp_path, "local")
+    phase_score(local, 0, phase_rollouts(local))
+    # a fresh cluster so the workers see the fault switch: shard 1 dies after its first set (pool)
+    ray.shutdown()
+    monkeypatch.setenv(ray_score.FAULT_ENV, "1:1")
+    try:
+        sharded = _run(tiny_model_dir, sets, tmp_path, "ray")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {ray_score.FAULT_ENV: "1:1", "OMP_NUM_THREADS": "1"}})
+        phase_score(sharded, 0, phase_rollouts(sharded))
+    finally:
+        ray.shutdown()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    _assert_same(local, sharded)
+    attempts = {s["shard"]: s["attempts"] for s in _events(sharded, "score_shard")}
+    assert attempts == {0: 1, 1: 2}
+    # the retry resumed shard 1: its pool rows were not computed again
+    n_by_shard = {s["shard"]: s["n_prompts"] for s in _events(sharded, "score_shard")}
+    assert n_by_shard[1] == 2 + 6  # its halves of targets a (5 prompts) and b (12), not the pool again
+
+
+def test_plan_workers():
+    cfg = build_config(None, ["score.backend=ray"]).score
+    assert ray_score.plan_workers(cfg, {"CPU": 4.0}, 100) == (4, 0.0)
+    assert ray_score.plan_workers(cfg, {"CPU": 64.0, "GPU": 8.0}, 100) == (8, 1.0)
+    assert ray_score.plan_workers(cfg, {"CPU": 4.0}, 3) == (3, 0.0)
+    half = build_config(None, ["score.backend=ray", "score.worker_gpus=0.5", "score.workers=0"]).score
+    assert ray_score.plan_workers(half, {"GPU": 2.0}, 100) == (4, 0.5)
