@@ -172,7 +172,8 @@ class FactorizedProjector:
     def project_rest_batch(self, rest_grads: Sequence[torch.Tensor]) -> torch.Tensor:
         """Remainder gradients ``[B, *shape_i]`` -> ``[B, k_rest]`` float32."""
         if self.rest is None:
-            return torch.zeros(rest_grads[0].shape[0] if rest_grads else 1, 0)
+            return torch.zeros(rest_grads[0].shape[0] if rest_grads else 1, 0,
+                               device=rest_grads[0].device if rest_grads else None)
         return self.rest.project_batch(rest_grads)
 
     def _dense(self, dtype: torch.dtype) -> torch.Tensor:

@@ -21,10 +21,9 @@ from cropi.data.schema import PromptRecord
 from cropi.model.logprobs import response_logprobs
 from cropi.model.template import prompt_token_ids
 from cropi.rollout import store
-from cropi.rollout.sampler import HFSampler, Sampler, SamplingParams
+from cropi.rollout.sampler import HFSampler, Sampler, SamplingParams, make_sampler
 from cropi.utils.progress import track
 from cropi.utils.seeding import derive_seed
-from cropi.utils.errors import CropiError
 from cropi.verify import verify
 
 log = logging.getLogger(__name__)
@@ -53,15 +52,22 @@ def generation_dtype(name: str) -> torch.dtype:
 
 
 def make_policy(model: torch.nn.Module, tokenizer: Any, cfg: RolloutConfig,
-                system_prompt: str | None = None) -> Policy:
-    """Wrap an fp32 model; sampling uses a bf16 copy unless ``cfg.dtype == 'fp32'``."""
+                system_prompt: str | None = None, model_path: str | None = None) -> Policy:
+    """Wrap an fp32 model; sampling uses a bf16 copy unless ``cfg.dtype == 'fp32'``.
+
+    Other backends (``cfg.backend``, e.g. vllm) sample from ``model_path``, the folder ``model``
+    was loaded from; without it (a live model whose weights are not on disk) sampling falls back
+    to hf. Behaviour log-probs always come from ``model`` (see ``_rows_for_chunk``).
+    """
+    if cfg.backend != "hf" and model_path is not None:
+        sampler = make_sampler(cfg.backend, model, tokenizer, cfg, model_path)
+        return Policy(tokenizer, model, sampler, system_prompt)
+    if cfg.backend != "hf":
+        log.warning("rollout.backend=%s needs the model's folder; this in-memory model is "
+                    "sampled with hf", cfg.backend)
     dtype = generation_dtype(cfg.dtype)
     gen_model = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
-    if cfg.backend != "hf":
-        raise CropiError(f"the {cfg.backend!r} rollout backend is not implemented yet",
-                         field="rollout.backend", fix="use rollout.backend=hf")
-    sampler: Sampler = HFSampler(gen_model.eval(), tokenizer)
-    return Policy(tokenizer, model, sampler, system_prompt)
+    return Policy(tokenizer, model, HFSampler(gen_model.eval(), tokenizer), system_prompt)
 
 
 def _rows_for_chunk(policy: Policy, records: Sequence[PromptRecord], k: int, cfg: RolloutConfig,

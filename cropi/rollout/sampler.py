@@ -1,17 +1,22 @@
 """Samplers: turn templated prompts into K sampled responses each.
 
-``Sampler`` is the extension point (a vLLM backend lives in ``cropi.scale``); ``HFSampler`` uses
-transformers ``generate`` with a KV cache and left padding, in the dtype given (bf16 is ~1.4x faster
-than fp32 on CPUs with AMX from batch 8 up).
+``Sampler`` is the extension point; ``HFSampler`` uses transformers ``generate`` with a KV cache and
+left padding, in the dtype given (bf16 is ~1.4x faster than fp32 on CPUs with AMX from batch 8 up).
+Other backends register a factory under their ``rollout.backend`` name with
+:func:`register_sampler`; the vLLM backend lives in ``cropi.scale.vllm`` (a higher layer), which
+registers itself when imported.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+
+from cropi.config import RolloutConfig
+from cropi.utils.errors import CropiError
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,37 @@ class Sampler(Protocol):
         ...
 
 
+def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The ids that end a response: the model's generation config, else the tokenizer's EOS."""
+    eos = model.generation_config.eos_token_id
+    eos = eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id]
+    return {int(e) for e in eos}
+
+
+SamplerFactory = Callable[[torch.nn.Module, Any, RolloutConfig, str], Sampler]
+"""``(fp32 model, tokenizer, cfg, model folder holding the same weights) -> Sampler``."""
+
+_SAMPLERS: dict[str, SamplerFactory] = {}
+
+
+def register_sampler(backend: str, factory: SamplerFactory) -> None:
+    """Register a ``rollout.backend``; duplicate names are rejected."""
+    if backend in _SAMPLERS:
+        raise ValueError(f"sampler backend {backend!r} is already registered")
+    _SAMPLERS[backend] = factory
+
+
+def make_sampler(backend: str, model: torch.nn.Module, tokenizer: Any, cfg: RolloutConfig,
+                 model_path: str) -> Sampler:
+    """The registered sampler of ``backend`` (not ``hf``: see ``cropi.rollout.collect``)."""
+    factory = _SAMPLERS.get(backend)
+    if factory is None:
+        raise CropiError(f"the {backend!r} rollout backend is not loaded", field="rollout.backend",
+                         fix=f"import cropi.scale.{backend} first (the cropi CLI does), "
+                             "or use rollout.backend=hf")
+    return factory(model, tokenizer, cfg, model_path)
+
+
 def cut_at_eos(ids: Sequence[int], eos_ids: set[int]) -> list[int]:
     out: list[int] = []
     for t in ids:
@@ -45,9 +81,7 @@ class HFSampler:
     def __init__(self, model: Any, tokenizer: Any) -> None:
         self.model = model
         self.pad_id = int(tokenizer.pad_token_id)
-        eos = model.generation_config.eos_token_id
-        eos = eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id]
-        self.eos_ids = {int(e) for e in eos}
+        self.eos_ids = eos_token_ids(model, tokenizer)
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
                  seed: int) -> list[list[list[int]]]:

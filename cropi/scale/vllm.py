@@ -1,0 +1,136 @@
+"""vLLM rollout backend (``rollout.backend = "vllm"``): sampling only, never log-probs.
+
+``VLLMSampler`` implements the :class:`~cropi.rollout.sampler.Sampler` protocol on vLLM's offline
+``vllm.LLM`` engine, fed with token ids (``{"prompt_token_ids": [...]}``), so the prompts are the
+exact ids the gradient code sees. Each of the ``n`` responses of a prompt is its own request with
+``n=1`` and the seed ``derive_seed(seed, "vllm", prompt, sample)``: the samples never depend on how
+a vLLM version seeds the children of an ``n > 1`` request, and greedy decoding (temperature 0) needs
+no ``n > 1`` support. vLLM's prefix cache shares the prompt's KV blocks between the ``n`` requests.
+
+Behaviour log-probs are NOT taken from vLLM (its bf16 kernels, sampler post-processing and
+batch-dependent numerics differ from the HF forward used for gradients): ``collect`` recomputes
+them with the same teacher-forced pass (``cropi.model.logprobs.response_logprobs``) on the fp32 HF
+model whatever the backend, so the stored ``logprobs`` match the POPI gradient code exactly.
+
+Importing this module registers the backend (:func:`cropi.rollout.sampler.register_sampler`);
+``vllm`` itself is imported only when an engine is built, with a :class:`CropiError` if absent.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+from cropi.config import RolloutConfig
+from cropi.rollout.sampler import SamplingParams, cut_at_eos, eos_token_ids, register_sampler
+from cropi.utils.errors import CropiError
+from cropi.utils.seeding import derive_seed
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GPU_MEMORY_UTILIZATION: float = 0.5
+"""Share of the GPU vLLM may take (weights + KV cache); the rest is left to the HF fp32 model that
+computes behaviour log-probs and gradients in the same process."""
+
+
+def import_vllm() -> Any:
+    """The ``vllm`` module, or a one-line :class:`CropiError` saying how to get it."""
+    try:
+        import vllm
+    except ImportError as exc:
+        raise CropiError(f"the vllm rollout backend needs the vllm package ({exc})",
+                         field="rollout.backend",
+                         fix="pip install vllm on a CUDA machine, or use rollout.backend=hf") from exc
+    return vllm
+
+
+def response_ids(completion: Any, eos_ids: set[int]) -> list[int]:
+    """One vLLM ``CompletionOutput`` -> token ids, cut after the first EOS (the EOS kept).
+
+    A request stopped by a stop token reports it in ``stop_reason``; it is appended when the
+    engine left it out of ``token_ids``, so the format matches ``HFSampler`` in every version.
+    """
+    ids = cut_at_eos(completion.token_ids, eos_ids)
+    stop = getattr(completion, "stop_reason", None)
+    if (completion.finish_reason == "stop" and isinstance(stop, int) and stop in eos_ids
+            and (not ids or ids[-1] != stop)):
+        ids.append(int(stop))
+    return ids
+
+
+def group_outputs(outputs: Sequence[Any], n_prompts: int, n: int,
+                  eos_ids: set[int]) -> list[list[list[int]]]:
+    """Request outputs (``n_prompts * n`` of them, prompt-major, one completion each) ->
+    ``[n_prompts][n]`` response token ids."""
+    if len(outputs) != n_prompts * n:
+        raise CropiError(f"vLLM returned {len(outputs)} outputs for {n_prompts} prompts x {n}",
+                         fix="report this with your vllm version")
+    flat = [response_ids(out.outputs[0], eos_ids) for out in outputs]
+    return [flat[i * n:(i + 1) * n] for i in range(n_prompts)]
+
+
+def request_params(vllm: Any, params: SamplingParams, seed: int, n_prompts: int,
+                   eos_ids: set[int]) -> list[Any]:
+    """One ``vllm.SamplingParams`` (n=1) per (prompt, sample), prompt-major."""
+    common: dict[str, Any] = dict(n=1, max_tokens=params.max_new_tokens,
+                                  stop_token_ids=sorted(eos_ids), ignore_eos=False)
+    if params.greedy:
+        common.update(temperature=0.0, top_p=1.0)
+    else:
+        common.update(temperature=params.temperature, top_p=params.top_p)
+    return [vllm.SamplingParams(seed=derive_seed(seed, "vllm", i, j), **common)
+            for i in range(n_prompts) for j in range(params.n)]
+
+
+class VLLMSampler:
+    """Samples with a ``vllm.LLM`` built from ``model_path`` (the folder the HF policy loads)."""
+
+    def __init__(self, model_path: str, eos_ids: Iterable[int], *, dtype: str = "bfloat16",
+                 gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION, seed: int = 0,
+                 max_model_len: int | None = None, enforce_eager: bool = False) -> None:
+        if not 0 < gpu_memory_utilization <= 1:
+            raise CropiError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}",
+                             field="rollout.gpu_memory_utilization")
+        self.vllm = import_vllm()
+        self.model_path, self.eos_ids = str(model_path), {int(e) for e in eos_ids}
+        log.info("starting vLLM on %s (%s, gpu_memory_utilization=%s)", model_path, dtype,
+                 gpu_memory_utilization)
+        self.llm: Any = self.vllm.LLM(model=self.model_path, dtype=dtype, seed=seed,
+                                      gpu_memory_utilization=gpu_memory_utilization,
+                                      max_model_len=max_model_len, enforce_eager=enforce_eager)
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+                 seed: int) -> list[list[list[int]]]:
+        """For each prompt, ``params.n`` responses as token ids (EOS kept when generated)."""
+        if not prompts:
+            return []
+        requests = [{"prompt_token_ids": [int(t) for t in p]} for p in prompts for _ in range(params.n)]
+        sp = request_params(self.vllm, params, seed, len(prompts), self.eos_ids)
+        outputs = self.llm.generate(requests, sampling_params=sp, use_tqdm=False)
+        return group_outputs(outputs, len(prompts), params.n, self.eos_ids)
+
+    def close(self) -> None:
+        """Release the engine and its GPU memory (best effort; a new engine can then start)."""
+        llm, self.llm = getattr(self, "llm", None), None
+        engine = getattr(llm, "llm_engine", None)
+        shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+        del llm, engine
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _factory(model: torch.nn.Module, tokenizer: Any, cfg: RolloutConfig, model_path: str) -> VLLMSampler:
+    """``rollout.backend = "vllm"``: bf16 engine unless ``rollout.dtype == "fp32"``."""
+    return VLLMSampler(model_path, eos_token_ids(model, tokenizer),
+                       dtype="float32" if cfg.dtype == "fp32" else "bfloat16",
+                       gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed)
+
+
+register_sampler("vllm", _factory)
