@@ -1,7 +1,9 @@
 """Small named converters from common dataset layouts to the cropi schema.
 
 - ``verl``:  verl RL parquet rows (``prompt`` messages, ``reward_model.ground_truth``,
-             ``data_source``, optional ``extra_info.index``)
+             ``data_source``, optional ``extra_info.index``); rows written by
+             :func:`cropi.scale.verl.export_selection_verl` keep their cropi id, source, level and
+             meta in ``extra_info.cropi_*``
 - ``gsm8k``: GSM8K rows (``question``, ``answer`` ending with ``#### 42``)
 
 Each converter maps one raw row (and its 1-based row number) to a raw cropi dict, which then goes
@@ -19,6 +21,25 @@ from cropi.utils.errors import CropiError
 Converter = Callable[[dict[str, Any], int, str | None], dict[str, Any]]
 
 
+def _verl_info(raw: dict[str, Any]) -> dict[str, Any]:
+    info = raw.get("extra_info")
+    return info if isinstance(info, dict) else {}
+
+
+def verl_row_id(raw: dict[str, Any], row: int) -> str:
+    """The cropi id of a verl row (``row`` is 1-based, the last resort).
+
+    ``extra_info.cropi_id`` when present (rows cropi exported), else ``<data_source>-<id>`` with
+    the row's ``id`` or ``extra_info.index``, else ``<data_source>-<row>``.
+    """
+    info = _verl_info(raw)
+    if info.get("cropi_id") is not None:
+        return str(info["cropi_id"])
+    source = raw.get("data_source") or "verl"
+    rid = raw.get("id") or info.get("index")
+    return f"{source}-{rid}" if rid is not None else f"{source}-{row}"
+
+
 def _from_verl(raw: dict[str, Any], row: int, file: str | None) -> dict[str, Any]:
     rm = raw.get("reward_model")
     if not isinstance(rm, dict) or rm.get("ground_truth") is None:
@@ -26,18 +47,20 @@ def _from_verl(raw: dict[str, Any], row: int, file: str | None) -> dict[str, Any
             "is missing or has no 'ground_truth'", file=file, row=row, field="reward_model",
             fix="verl rows need reward_model.ground_truth",
         )
-    info = raw.get("extra_info") if isinstance(raw.get("extra_info"), dict) else {}
-    source = raw.get("data_source") or "verl"
-    rid = raw.get("id") or (info or {}).get("index")
-    rid = f"{source}-{rid}" if rid is not None else f"{source}-{row}"
+    info = _verl_info(raw)
     gt = rm["ground_truth"]
     if hasattr(gt, "tolist"):
         gt = gt.tolist()
     if isinstance(gt, list):
         gt = gt[0] if gt else ""
-    meta = {"verifier": "math", "ability": raw.get("ability")}
-    return {"id": rid, "prompt": raw.get("prompt"), "answer": gt, "source": source,
-            "level": raw.get("level"), "meta": meta}
+    out = {"id": verl_row_id(raw, row), "prompt": raw.get("prompt"), "answer": gt,
+           "source": raw.get("data_source") or "verl", "level": raw.get("level"),
+           "meta": {"verifier": "math", "ability": raw.get("ability")}}
+    if info.get("cropi_id") is not None:  # exported by cropi: restore what the row carries
+        out["source"] = info.get("cropi_source") or out["source"]
+        out["level"] = info.get("cropi_level")
+        out["meta"] = info.get("cropi_meta") or out["meta"]  # a JSON string; validated later
+    return out
 
 
 _GSM8K_TAIL = re.compile(r"####\s*(.+?)\s*$", re.S)
