@@ -10,6 +10,7 @@ from typing import Any
 
 from cropi import __version__
 from cropi.config import RunConfig, dump_config
+from cropi.curriculum.tensorboard import TensorBoardLog
 from cropi.utils.io import atomic_write_json, atomic_write_text, read_json
 
 PHASES = ("scored", "selected", "trained", "evaluated")
@@ -25,9 +26,11 @@ def _git_sha() -> str | None:
 
 
 class RunDir:
-    def __init__(self, root: str | Path, rollouts_root: str | Path | None = None) -> None:
+    def __init__(self, root: str | Path, rollouts_root: str | Path | None = None,
+                 tensorboard: bool = False) -> None:
         self.root = Path(root)
         self.rollouts_root = Path(rollouts_root) if rollouts_root else self.root / "rollouts"
+        self.tensorboard = TensorBoardLog(self.root / "tensorboard") if tensorboard else None
 
     # --- layout -------------------------------------------------------------------------
     def rollouts(self, name: str) -> Path:
@@ -84,3 +87,5 @@ class RunDir:
         rec = {"event": event, "time": time.time(), **values}
         with (self.root / "metrics.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(rec, default=str) + "\n")
+        if self.tensorboard is not None:
+            self.tensorboard.log(event, values)
