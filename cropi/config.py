@@ -125,6 +125,8 @@ class ProjectionConfig:
     distribution: str = opt("rademacher", "JL entries: rademacher or gaussian (sparse-jl)")
     seed: int = opt(0, "projection seed (the matrix is regenerated from it, never stored)")
     store_dtype: str = opt("fp16", "feature store dtype: fp16 or fp32")
+    cache_gb: float = opt(2.0, "memory (on the gradients' device) for regenerated random tables; "
+                               "count-sketch needs 8 bytes per coordinate (about 12 GB for a 1.5B model)")
 
     def __post_init__(self) -> None:
         _check(self.kind in ("countsketch", "sparse-jl", "factorized", "none"), "projection", "kind",
@@ -134,9 +136,7 @@ class ProjectionConfig:
         _check(self.distribution in ("rademacher", "gaussian"), "projection", "distribution",
                "use rademacher or gaussian")
         _check(self.store_dtype in ("fp16", "fp32"), "projection", "store_dtype", "use fp16 or fp32")
-
-    def spec(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        _check(self.cache_gb >= 0, "projection", "cache_gb", "must be >= 0 (0 regenerates every table on use)")
 
 
 @dataclass

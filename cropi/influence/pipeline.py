@@ -129,13 +129,14 @@ def prepare_scoring(model: torch.nn.Module, gradient: GradientConfig,
     if gradient.params == "lora":
         model = attach_lora(copy.deepcopy(model), gradient.lora_rank)
     params = select_params(model, gradient)
+    cache = int(projection.cache_gb * 2**30)
     if projection.kind == "factorized":
         from cropi.influence.projection_factorized import FactorizedProjector
 
         projector: Projector = FactorizedProjector.from_model(
-            model, projection, params=list(zip(params.names, params.params)))
+            model, projection, params=list(zip(params.names, params.params)), cache_bytes=cache)
     else:
-        projector = make_projector(projection, params.dim)
+        projector = make_projector(projection, params.dim, cache_bytes=cache)
     spec = {"projection": projector.spec(), "params": params.spec(),
             "gradient": dataclasses.asdict(gradient)}
     return ScoringSetup(model, params, projector, spec)
