@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -63,6 +65,33 @@ def run_compare(cfg: RunConfig, arms: Sequence[str], seeds: Sequence[int],
             run = Run(arm_config(cfg, arm, seed), overwrite=overwrite,
                       root=root / "arms" / arm / f"seed_{seed}", rollouts_root=root / "rollouts")
             log.info("compare: arm %s seed %d -> %s", arm, seed, run.dir.root)
+            if ARM_POLICY[arm] == "influence" and not overwrite:
+                reuse_stage0_features(root, run.dir.stage(0) / "features")
             run_curriculum(run, arm)
     return root
 
+
+def reuse_stage0_features(root: Path, dest: Path) -> int:
+    """Hard-link stage 0's complete feature stores from another arm or seed into ``dest``.
+
+    Stage 0 is scored at beta on the shared rollouts with the comparison's one projection seed, so
+    its features do not depend on the arm or the seed: computing them once is enough. The store
+    still checks its spec when the run opens it. Returns the number of sets linked.
+    """
+    linked = 0
+    for features in sorted(root.glob("arms/*/seed_*/stages/stage_000/features")):
+        if features.resolve() == dest.resolve():
+            continue
+        for manifest in sorted(features.glob("**/manifest.json")):
+            target = dest / manifest.parent.relative_to(features)
+            if target.exists():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".linking")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(manifest.parent, tmp, copy_function=os.link)
+            tmp.rename(target)  # appears complete or not at all
+            linked += 1
+    if linked:
+        log.info("compare: reused %d stage-0 feature stores in %s", linked, dest)
+    return linked
