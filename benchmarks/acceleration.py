@@ -5,12 +5,21 @@ then prints the acceleration table (method.md §8) and writes it to
 benchmarks/results/acceleration.json; the full report goes to RUN/report/. Resumable: the comparison
 directory keeps every finished phase, so stop it any time and run the same command again.
 
-Full size (a few hours on 2 CPU cores):
+The run reported in docs/acceleration.md (2 CPU cores, one process per seed in parallel, one
+torch thread each; about 2 h):
 
-    python benchmarks/acceleration.py --arms cropi,full,random,learnability --seeds 0,1 \
-        --suite default --stages 5 --steps-per-stage 20 --eval-every 10
+    for s in 0 1; do
+      OMP_NUM_THREADS=1 python benchmarks/acceleration.py --name accel --suite default-small \
+        --arms cropi,full,random,learnability --seeds $s --stages 2 --steps-per-stage 20 \
+        --eval-every 5 --set rollout.k_pool=8 --set rollout.k_target=16 \
+        --set rollout.max_new_tokens=48 --set train.prompts_per_step=2 \
+        --set train.samples_per_prompt=8 --set eval.max_items=50 --set eval.samples=0 \
+        --set eval.max_new_tokens=48 --set gradient.autocast_bf16=true \
+        > benchmarks/results/accel_seed$s.log 2>&1 &
+    done
 
-Run it in the background with `nohup ... > benchmarks/results/acceleration.log 2>&1 &`.
+Seeds may run in separate processes on the same comparison directory (they share the rollouts and
+stage 0's features); run `cropi report runs/accel` when both are done.
 """
 
 from __future__ import annotations
