@@ -401,7 +401,7 @@ def demo(name: Annotated[str, typer.Option(help="run name")] = "demo",
          model: ModelOpt = None, stages: StagesOpt = None, steps_per_stage: StepsOpt = None,
          set_: SetOpt = None, overwrite: OverwriteOpt = False, verbose: VerboseOpt = False) -> None:
     """The main job on the embedded default: CROPI on SmolLM2-135M-Instruct and the default-small
-    suite, 2 stages, then a report (32 min measured with 1 CPU thread); resumable: rerun to continue.
+    suite, 2 stages, then a report (about 20 min on 2 idle CPU cores); resumable: rerun to continue.
     """
     from cropi.curriculum.loop import run_curriculum
     from cropi.curriculum.scoring import load_run_rollouts

@@ -120,13 +120,16 @@ def plan_workers(cfg: ScoreConfig, resources: dict[str, float], n_items: int) ->
 
 def ray_features(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]) -> Timings:
     """The ``ray`` score backend: shard, compute on workers, merge into the stage's stores."""
-    todo = {n: items for n, items in sets.items() if not (run.dir.features(stage, n) / "manifest.json").exists()}
+    todo = {n: items for n, items in sets.items()
+            if run.overwrite or not (run.dir.features(stage, n) / "manifest.json").exists()}
     if not todo:
         return Timings()
     cfg = run.cfg
     ray = init_ray(cfg.score)
     n, gpus = plan_workers(cfg.score, ray.cluster_resources(), len(todo.get("pool", next(iter(todo.values())))))
     folder = run.dir.stage(stage) / "shards" / f"{n}_workers"
+    if run.overwrite:
+        shutil.rmtree(folder, ignore_errors=True)  # shards of an earlier spec; retries then resume
     model_path = run.model_path(stage)
     remote = ray.remote(num_cpus=cfg.score.worker_cpus, num_gpus=gpus, max_retries=MAX_RETRIES)(score_shard)
     t0 = time.perf_counter()

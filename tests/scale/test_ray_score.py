@@ -36,13 +36,14 @@ def sets(tmp_path_factory) -> dict[str, Path]:
     return write_parity_sets(tmp_path_factory.mktemp("data"), n_pool=12, n_target=5)
 
 
-def _run(model: Path, sets: dict[str, Path], out: Path, backend: str, rollouts: Path | None = None) -> Run:
+def _run(model: Path, sets: dict[str, Path], out: Path, backend: str, k: int = 64,
+         overwrite: bool = False) -> Run:
     cfg = build_config(None, [
         "data.suite=null", "rollout.k_pool=4", "rollout.k_target=4", "rollout.batch_size=16",
-        "rollout.max_new_tokens=8", "projection.k=64", f"score.backend={backend}", "score.workers=2"],
+        "rollout.max_new_tokens=8", f"projection.k={k}", f"score.backend={backend}", "score.workers=2"],
         name=backend, out_dir=str(out), model__path=str(model), data__pool=str(sets["pool"]),
         data__targets={"a": str(sets["target"]), "b": str(sets["pool"])})
-    return Run(cfg, root=out / backend, rollouts_root=rollouts or out / "rollouts")
+    return Run(cfg, overwrite=overwrite, root=out / backend, rollouts_root=out / "rollouts")
 
 
 def _features(run: Run, stage: int = 0) -> dict[str, tuple]:
@@ -103,6 +104,16 @@ def test_killed_worker_redoes_only_its_shard(tiny_model_dir, sets, tmp_path, loc
     # the retry resumed shard 1: its pool rows were not computed again
     n_by_shard = {s["shard"]: s["n_prompts"] for s in _events(sharded, "score_shard")}
     assert n_by_shard[1] == 2 + 6  # its halves of targets a (5 prompts) and b (12), not the pool again
+
+
+def test_overwrite_recomputes_with_the_new_spec(tiny_model_dir, sets, tmp_path, local_ray):
+    first = _run(tiny_model_dir, sets, tmp_path, "ray", k=32)
+    phase_score(first, 0, phase_rollouts(first))
+    local = _run(tiny_model_dir, sets, tmp_path, "local")
+    phase_score(local, 0, phase_rollouts(local))
+    again = _run(tiny_model_dir, sets, tmp_path, "ray", overwrite=True)  # k 32 -> 64
+    phase_score(again, 0, phase_rollouts(again))
+    _assert_same(local, again)
 
 
 def test_plan_workers():
