@@ -29,7 +29,6 @@ by each projector on the CPU and on CUDA with the same seed; max abs diff and re
 from __future__ import annotations
 
 import argparse
-import math
 import resource
 import time
 from collections.abc import Callable, Sequence
@@ -38,14 +37,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from _common import print_table, write_result
+from _common import estimate_sparse_jl, print_table, write_result
 from cropi.config import GradientConfig, ProjectionConfig
 from cropi.influence.params import ParamSet, select_params
 from cropi.influence.pipeline import Timings, prompt_feature
 from cropi.influence.popi import popi_backward
 from cropi.influence.projection import IDENTITY_MAX_D, make_projector
 from cropi.influence.projection_factorized import FactorizedProjector
-from cropi.influence.projection_jl import SparseJLProjector
 from cropi.model.logprobs import response_logprobs
 from cropi.rollout.store import PromptRollouts
 
@@ -111,28 +109,6 @@ class FullGradient:
 
     def project(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
         return torch.cat([g.reshape(-1).float() for g in grads])
-
-
-def sparse_jl_estimate(d: int, k: int, r: float, seed: int, device: torch.device,
-                       n_blocks: int = 2) -> dict[str, Any]:
-    """Seconds per call of sparse-jl (mask of one chunk + n_blocks P sub-blocks generated on the
-    CPU, copied to ``device``, applied), extrapolated to every chunk and sub-block."""
-    proj = SparseJLProjector(k, d, seed, sparse_ratio=r, cache_bytes=0)
-    t = time.perf_counter()
-    kept = proj._kept(0)
-    mask_s = (time.perf_counter() - t) * proj.n_chunks
-    blocks = sum(math.ceil(r * proj.chunk_len(c) / proj.block_cols) for c in range(proj.n_chunks))
-    cols = min(proj.block_cols, kept.numel())
-    v, out = torch.randn(1, cols, device=device), torch.zeros(1, k, device=device)
-    sync(device)
-    t = time.perf_counter()
-    for b in range(n_blocks):
-        out.addmm_(v, proj._block(0, b, cols).to(device))
-    sync(device)
-    block_s = (time.perf_counter() - t) / n_blocks
-    return {"per_call_s": mask_s + block_s * blocks, "blocks": blocks,
-            "random_numbers_per_call": k * r * d,
-            "note": f"extrapolated from {n_blocks} timed sub-blocks of {cols} x {k}"}
 
 
 # ---------------------------------------------------------------------------------- timing
@@ -288,7 +264,7 @@ def main() -> None:
             rows.append({"method": name, "status": f"skipped (--max-total {args.max_total:.0f} s)"})
             continue
         if kind == "sparse-jl":
-            est = sparse_jl_estimate(params.dim, args.k, 0.1, args.seed, device)
+            est = estimate_sparse_jl(params.dim, args.k, 0.1, args.seed, device)
             if est["per_call_s"] * 2 > args.time_box:  # warm-up + one timed prompt must fit
                 rows.append({"method": name, "estimate": est,
                              "status": f"not run (est. {est['per_call_s']:.3g} s/prompt)"})

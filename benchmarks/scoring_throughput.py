@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from _common import load_partial, print_table, write_result
+from _common import estimate_sparse_jl, load_partial, print_table, write_result
 from cropi.config import GradientConfig, ProjectionConfig
 from cropi.influence.features import FeatureStore
 from cropi.influence.params import ParamSet, select_params
@@ -53,7 +53,6 @@ from cropi.influence.pipeline import Timings, compute_features
 from cropi.influence.popi import grpo_advantages, popi_backward
 from cropi.influence.projection import make_projector
 from cropi.influence.projection_factorized import FactorizedHooks, FactorizedProjector
-from cropi.influence.projection_jl import SparseJLProjector
 from cropi.model.loading import load_model, load_tokenizer
 from cropi.model.logprobs import pack, token_logprobs
 from cropi.rollout.store import PromptRollouts, load_rollouts
@@ -293,25 +292,6 @@ def naive_check(model: torch.nn.Module, params: ParamSet, item: PromptRollouts,
 
 
 # --------------------------------------------------------------------------- sparse-jl estimate
-def estimate_sparse_jl(d: int, k: int, r: float, seed: int, n_blocks: int = 2) -> dict[str, Any]:
-    """Per-call seconds of SparseJLProjector(k, r): mask of one chunk and ``n_blocks`` P blocks
-    (generate + addmm) timed, extrapolated to all chunks and blocks."""
-    proj = SparseJLProjector(k, d, seed, sparse_ratio=r, cache_bytes=0)
-    t = time.perf_counter()
-    kept = proj._kept(0)
-    mask_s = (time.perf_counter() - t) * proj.n_chunks
-    total_blocks = sum(math.ceil(r * proj.chunk_len(c) / proj.block_cols) for c in range(proj.n_chunks))
-    cols = min(proj.block_cols, kept.numel())
-    v, out = torch.randn(1, cols), torch.zeros(1, k)
-    t = time.perf_counter()
-    for b in range(n_blocks):
-        out.addmm_(v, proj._block(0, b, cols))
-    block_s = (time.perf_counter() - t) / n_blocks
-    return {"per_call_s": mask_s + block_s * total_blocks, "block_s": block_s,
-            "blocks": total_blocks, "random_numbers_per_call": k * r * d,
-            "note": f"extrapolated from {n_blocks} timed blocks of {cols} x {k}"}
-
-
 def fidelity_of(cell: str) -> dict[str, Any] | None:
     """Spearman (min over targets) and precision@10% of a cell in projection_fidelity.json."""
     res = load_partial("projection_fidelity")
