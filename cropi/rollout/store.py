@@ -127,7 +127,3 @@ def load_rollouts(folder: str | Path) -> list[PromptRollouts]:
             logprobs=[np.asarray(lp, dtype=np.float32) for lp in row["logprobs"]],
         ))
     return out
-
-
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    return read_json(Path(folder) / "manifest.json")

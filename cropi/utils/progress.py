@@ -1,4 +1,4 @@
-"""Rich progress bars with item and token rates; silent when disabled or not a terminal."""
+"""Rich progress bars (on stderr) with item and token rates."""
 
 from __future__ import annotations
 
@@ -11,18 +11,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 _console = Console(stderr=True)
-_enabled = True
-
-
-def set_progress(enabled: bool) -> None:
-    global _enabled
-    _enabled = enabled
 
 
 class Tracker:
     """Advances a bar and shows items/s and tokens/s since the start."""
 
-    def __init__(self, progress: Progress | None, task: Any, unit: str) -> None:
+    def __init__(self, progress: Progress, task: Any, unit: str) -> None:
         self.progress, self.task, self.unit = progress, task, unit
         self.start = time.perf_counter()
         self.items = 0
@@ -31,8 +25,6 @@ class Tracker:
     def advance(self, items: int = 1, tokens: int = 0) -> None:
         self.items += items
         self.tokens += tokens
-        if self.progress is None:
-            return
         dt = max(time.perf_counter() - self.start, 1e-9)
         rate = f"{self.items / dt:.2f} {self.unit}/s"
         if self.tokens:
@@ -43,9 +35,6 @@ class Tracker:
 @contextlib.contextmanager
 def track(description: str, total: int, unit: str = "prompts", completed: int = 0,
           transient: bool = False) -> Iterator[Tracker]:
-    if not _enabled:
-        yield Tracker(None, None, unit)
-        return
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
                TimeRemainingColumn()]
