@@ -1,7 +1,7 @@
 """The headline benchmark: `cropi compare` on a built-in suite, CROPI vs full-data GRPO and baselines.
 
 Runs every arm x seed with the same step budget and evaluation schedule on shared beta rollouts,
-then prints the acceleration table (method.md §8) and writes it to
+then prints the acceleration table (docs/concepts.md#step-level-acceleration) and writes it to
 benchmarks/results/acceleration.json; the full report goes to RUN/report/. Resumable: the comparison
 directory keeps every finished phase, so stop it any time and run the same command again.
 
@@ -28,7 +28,7 @@ import argparse
 import time
 
 from _common import print_table, write_result
-from cropi.cli_common import build_config, setup_env
+from cropi.cli.common import build_config, setup_env
 from cropi.curriculum.compare import run_compare
 from cropi.report import build_report
 from cropi.report.runs import load_comparison
@@ -59,7 +59,7 @@ def main() -> None:
     rows = acceleration_rows(summarize(load_comparison(root)))
     print_table(list(ACCEL_HEADERS), rows)
     path = write_result("acceleration", {
-        "command": vars(args), "seconds_this_invocation": seconds, "headers": list(ACCEL_HEADERS),
+        "args": vars(args), "seconds_this_invocation": seconds, "headers": list(ACCEL_HEADERS),
         "rows": rows, "report": str(folder / "report.md")})
     print(f"report {folder / 'report.md'}; wrote {path}")
 

@@ -1,6 +1,6 @@
 """Projection fidelity: exact POPI cosines (all 134.5M parameters, float64) vs projected ones.
 
-For every pool prompt with a non-zero POPI gradient (method.md §3) the exact gradient is computed
+For every pool prompt with a non-zero POPI gradient (docs/concepts.md#popi-gradient) the exact gradient is computed
 once (fp32 accumulate) and fed to every projector of the grid; the exact cosine with each target's
 mean gradient is computed in float64 from per-tensor dot products and norms (target means are exact
 float64 tensors over the target prompts with a non-zero gradient, at most --max-targets; no pool
@@ -61,7 +61,7 @@ from cropi.influence.projection import CountSketchProjector, make_projector
 from cropi.influence.projection_core import iter_chunks
 from cropi.influence.projection_factorized import FactorizedProjector
 from cropi.influence.projection_jl import SparseJLProjector
-from cropi.influence.scores import fuse, order_desc
+from cropi.select.fusion import fuse, order_desc
 from cropi.model.loading import load_model, load_tokenizer
 from cropi.rollout.store import PromptRollouts, load_rollouts
 from cropi.utils.hashing import fingerprint

@@ -4,10 +4,11 @@ A *family* is one reasoning-gym generator with a fixed config (our label, e.g. `
 is a pool, named target (validation) sets and named test sets, each a list of (family, count).
 :mod:`cropi.data.suites` turns a spec into prompt records.
 
-Measured accuracy of SmolLM2-135M-Instruct on each family (docs: feasibility §3, n=50 each, with
-the instruction " Give only the final answer as a number."; greedy / sampled at T=1.0; "pilot" is
-beta's pass rate in pilot §2-3 at K=8 / K=32, T=1.0, max 48 tokens). "space" is the number of
-distinct questions the generator can produce (counted by enumerating 200k draws; a suite can never use more).
+Accuracy of SmolLM2-135M-Instruct on each family, measured on the development machine (2-core CPU;
+n=50 each, with the instruction " Give only the final answer as a number."; greedy / sampled at
+T=1.0; "pilot" is beta's pass rate in a pilot rollout run at K=8 / K=32, T=1.0, max 48
+tokens). "space" is the number of distinct questions the generator can produce (counted by
+enumerating 200k draws; a suite can never use more).
 
 ======== ===================================== ========== ========= ============= ===========
 family   reasoning-gym config                  greedy     T=1.0     pilot K=8/32  space
@@ -36,14 +37,14 @@ weekday  calendar_arithmetic weekday_of_date   unmeasured: chance 1/7 if it name
 
 basic_arithmetic keeps reasoning-gym's defaults for parentheses and negation (``4 + -8``), as in
 the measurements. No reasoning-gym family is "solved" by this model under sampling at T=1.0; add1
-is the closest (greedy 0.88, and feasibility §8: T=0.5 is close to greedy). Structured answers
-(lists, JSON, times) score 0 on this model (feasibility §8), so the only non-numeric families are
-one-word answers (syllog, weekday); their pass rates were not measured.
+is the closest (greedy 0.88; sampling at T=0.5 was measured to be close to greedy). Structured
+answers (lists, JSON, times) scored 0 on this model in the same measurements, so the only
+non-numeric families are one-word answers (syllog, weekday); their pass rates were not measured.
 
 Suites (``describe_suite(name)`` prints the full table):
 
 - ``default`` (pool 480) / ``default-small`` (pool 128, for the demo and CI): built to make
-  selection matter (pilot §4). Two contrastive targets, ``chain`` (cs1) and ``gcd`` (gcd20), both
+  selection matter. Two contrastive targets, ``chain`` (cs1) and ``gcd`` (gcd20), both
   learnable (10-30 % pass rate) so their target gradients rest on many prompts; the pool holds them
   plus cs2d (the next chain_sum level), learnable untargeted numeric families (arith1, prod1, add1),
   one-word-answer families with a non-zero pass rate by chance (syllog, weekday: pass-rate selection

@@ -1,4 +1,4 @@
-"""POPI: the practical off-policy policy gradient of one prompt (method.md §3).
+"""POPI: the practical off-policy policy gradient of one prompt (docs/concepts.md#popi-gradient).
 
 For prompt s with stored responses tau_1..tau_K ~ beta, rewards R_k and beta's log-probs:
 

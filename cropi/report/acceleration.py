@@ -1,4 +1,6 @@
-"""Step-level acceleration (method.md §8): smoothing, first step reaching a level, seed means.
+"""Step-level acceleration: smoothing, first step reaching a level, seed means.
+
+The definition: docs/concepts.md#step-level-acceleration.
 
 Every curve is smoothed the same way before it is compared. The default is an exponential moving
 average over the evaluation points in step order, ``alpha = 0.5``::
@@ -114,7 +116,7 @@ def format_label(ratio: float | None, reached: bool, gap: float | None,
 def acceleration(base_steps: Sequence[int] | np.ndarray, base_acc: Sequence[float] | np.ndarray,
                  arm_steps: Sequence[int] | np.ndarray, arm_acc: Sequence[float] | np.ndarray,
                  **smooth_kw: Any) -> dict[str, Any]:
-    """Step-level acceleration of an arm over the baseline (method.md §8).
+    """Step-level acceleration of an arm over the baseline (docs/concepts.md#step-level-acceleration).
 
     Both curves are smoothed with :func:`smooth` (``smooth_kw``). Returns ``a_star`` (baseline's
     final smoothed accuracy), ``s_base``, ``s_arm`` (None when never reached), ``ratio``
