@@ -31,6 +31,7 @@ from cropi.config import load_config
 from cropi.curriculum.rundir import RunDir
 from cropi.data.schema import PromptRecord
 from cropi.data.sets import load_sets
+from cropi.model.template import with_system_prompt
 from cropi.select import read_selection
 from cropi.utils.errors import CropiError
 from cropi.utils.io import atomic_path
@@ -60,9 +61,7 @@ def _schema() -> Any:
 def verl_row(rec: PromptRecord, index: int, data_source: str = "cropi",
              stage: int | None = None, system_prompt: str | None = None) -> dict[str, Any]:
     """One verl RL row for ``rec``; ``index`` is its position in the written file."""
-    messages = [dict(m) for m in rec.prompt]
-    if system_prompt is not None and messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system", "content": system_prompt})  # as model.template does
+    messages = with_system_prompt(rec.prompt, system_prompt)
     return {
         "data_source": data_source,
         "prompt": messages,

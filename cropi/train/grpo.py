@@ -26,8 +26,9 @@ from transformers.trainer_callback import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from cropi.config import TrainConfig
-from cropi.data.schema import Messages, PromptRecord
+from cropi.data.schema import PromptRecord
 from cropi.model.loading import load_model, load_tokenizer, resolve_device
+from cropi.model.template import with_system_prompt
 from cropi.train.grpo_sampler import StageSampler
 from cropi.train.grpo_state import (
     OPTIMIZER_FILE,
@@ -64,14 +65,6 @@ class StageResult:
 
 
 # ----------------------------------------------------------------------------- data and reward
-def with_system(messages: Messages, system_prompt: str | None) -> Messages:
-    """``messages`` with ``system_prompt`` prepended, by the rule of ``prompt_token_ids``."""
-    msgs = [dict(m) for m in messages]
-    if system_prompt is not None and (not msgs or msgs[0]["role"] != "system"):
-        msgs = [{"role": "system", "content": system_prompt}, *msgs]
-    return msgs
-
-
 def stage_dataset(records: Sequence[PromptRecord], tokenizer: Any,
                   system_prompt: str | None = None) -> Any:
     """A map-style ``datasets.Dataset`` with columns ``prompt`` and ``idx`` (row -> record).
@@ -87,7 +80,7 @@ def stage_dataset(records: Sequence[PromptRecord], tokenizer: Any,
     chat = bool(getattr(tokenizer, "chat_template", None))
     prompts: list[Any] = []
     for rec in records:
-        msgs = with_system(rec.prompt, system_prompt)
+        msgs = with_system_prompt(rec.prompt, system_prompt)
         prompts.append(msgs if chat else "\n".join(m["content"] for m in msgs) + "\n")
     return Dataset.from_dict({"prompt": prompts, "idx": list(range(len(records)))})
 
