@@ -1,0 +1,156 @@
+"""Two stage variants on a tiny random model with the parity verifier of tests/e2e:
+
+* ``gradient.mode=onpolicy`` scores fresh samples of the stage's model, written to
+  RUN/stages/stage_NNN/onpolicy/, instead of beta's stored rollouts;
+* the ``influence-once`` arm of ``cropi compare`` selects once at stage 0 and reuses that subset
+  (no scoring at later stages).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cropi.config import (CurriculumConfig, DataConfig, EvalConfig, GradientConfig, ModelConfig,
+                          ProjectionConfig, RolloutConfig, RunConfig, SelectConfig)
+from cropi.curriculum.phases import Run, phase_rollouts
+from cropi.influence.features import FeatureStore
+from cropi.influence.pipeline import compute_features, prepare_scoring
+from cropi.model.loading import load_model, load_tokenizer
+from cropi.model.logprobs import response_logprobs
+from cropi.rollout.store import load_rollouts
+from cropi.select import read_selection
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
+from parity_cli import write_parity_sets  # noqa: E402  (also registers the parity verifier)
+
+
+def _config(model: Path, sets: dict[str, Path], mode: str = "offpolicy", out_dir: str = "unused",
+            name: str = "r") -> RunConfig:
+    return RunConfig(
+        name=name, out_dir=out_dir, model=ModelConfig(path=str(model), device="cpu"),
+        data=DataConfig(suite=None, pool=str(sets["pool"]), targets={"a": str(sets["target"])},
+                        tests={"targeted/a": str(sets["test_t"])}),
+        rollout=RolloutConfig(k_pool=4, k_target=4, batch_size=16, max_new_tokens=8, dtype="fp32"),
+        eval=EvalConfig(samples=0, max_new_tokens=8),
+        gradient=GradientConfig(mode=mode), projection=ProjectionConfig(k=64, store_dtype="fp32"),
+        select=SelectConfig(ratio=0.25), curriculum=CurriculumConfig(stages=2, tensorboard=False))
+
+
+@pytest.fixture(scope="module")
+def beta_rollouts(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """Parity data sets and beta's rollouts of them, sampled once for the module."""
+    tmp = tmp_path_factory.mktemp("modes")
+    sets = write_parity_sets(tmp / "data")
+    run = Run(_config(tiny_model_dir, sets), root=tmp / "seed", rollouts_root=tmp / "rollouts")
+    phase_rollouts(run)
+    run.release_policies()
+    return sets, tmp / "rollouts"
+
+
+def _run(model: Path, sets: dict, rollouts: Path, root: Path, **kw) -> Run:
+    shutil.copytree(rollouts, root / "rollouts")
+    return Run(_config(model, sets, **kw), root=root)
+
+
+def _theta1(tiny_model_dir: Path, out: Path) -> Path:
+    """A 'stage 0 checkpoint': beta with noise on its weights, so that theta_1 != beta."""
+    model = load_model(str(tiny_model_dir), "fp32", "cpu")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    model.save_pretrained(str(out), safe_serialization=True)
+    load_tokenizer(str(tiny_model_dir)).save_pretrained(str(out))
+    return out
+
+
+def test_onpolicy_scores_fresh_samples_of_the_stage_model(tiny_model_dir, beta_rollouts, tmp_path):
+    from cropi.curriculum.scoring import phase_score
+
+    sets, rollouts = beta_rollouts
+    on = _run(tiny_model_dir, sets, rollouts, tmp_path / "on", mode="onpolicy")
+    off = _run(tiny_model_dir, sets, rollouts, tmp_path / "off", mode="offpolicy")
+    beta_sets = phase_rollouts(on)  # already complete: loaded, nothing sampled
+    theta1 = _theta1(tiny_model_dir, on.dir.checkpoint(0))
+    shutil.copytree(theta1, off.dir.checkpoint(0))
+    phase_score(on, 1, beta_sets)
+    phase_score(off, 1, beta_sets)
+    on.release_policies(), off.release_policies()
+
+    assert not (off.dir.stage(1) / "onpolicy").exists()
+    fresh = {name: load_rollouts(on.dir.stage(1) / "onpolicy" / name) for name in ("pool", "targets/a")}
+    model = load_model(str(theta1), "fp32", "cpu")
+    beta = load_model(str(tiny_model_dir), "fp32", "cpu")
+    pad = int(load_tokenizer(str(theta1)).pad_token_id)
+    for name, items in fresh.items():
+        stored = beta_sets[name]
+        assert [it.id for it in items] == [it.id for it in stored]
+        assert [len(it.response_ids) for it in items] == [len(it.response_ids) for it in stored]
+        assert any(a.response_ids != b.response_ids for a, b in zip(items, stored))  # new samples
+        # sampled (and log-probed) by theta_1, the stage's model, not by beta
+        flat_p = [it.prompt_ids for it in items for _ in it.response_ids]
+        flat_r = [r for it in items for r in it.response_ids]
+        recorded = np.concatenate([lp for it in items for lp in it.logprobs])
+        by_theta = np.concatenate(response_logprobs(model, flat_p, flat_r, pad))
+        by_beta = np.concatenate(response_logprobs(beta, flat_p, flat_r, pad))
+        np.testing.assert_allclose(recorded, by_theta, atol=1e-4)
+        assert np.abs(recorded - by_beta).max() > 1e-2
+
+    # the stage's features are those of the fresh rollouts, computed directly
+    cfg = on.cfg
+    setup = prepare_scoring(model, cfg.gradient, cfg.projection)
+    for name, items in fresh.items():
+        ids, feats, zero = FeatureStore.load(on.dir.features(1, name)).read()
+        store = FeatureStore.open(tmp_path / "direct" / name, [it.id for it in items], setup.projector.k,
+                                  "fp32", {"direct": name})
+        compute_features(setup.model, setup.params, setup.projector, items, store, cfg.gradient, pad)
+        d_ids, d_feats, d_zero = FeatureStore.load(tmp_path / "direct" / name).read()
+        assert ids == d_ids and zero.tolist() == d_zero.tolist()
+        assert zero.tolist() == [it.zero_variance for it in items]
+        np.testing.assert_allclose(feats, d_feats, rtol=1e-5, atol=1e-7)
+        # ... and not those of beta's rollouts at the same weights
+        o_ids, o_feats, o_zero = FeatureStore.load(off.dir.features(1, name)).read()
+        assert o_ids == ids
+        both = ~zero & ~o_zero
+        assert both.any()
+        assert not np.allclose(feats[both], o_feats[both], rtol=1e-2, atol=1e-6)
+
+
+def test_influence_once_reuses_stage0_selection_without_scoring(tiny_model_dir, beta_rollouts, tmp_path,
+                                                                monkeypatch):
+    import cropi.curriculum.loop as loop
+    from cropi.curriculum.compare import run_compare
+
+    sets, rollouts = beta_rollouts
+    root = tmp_path / "cmp"
+    shutil.copytree(rollouts, root / "rollouts")  # the comparison's shared beta rollouts
+    cfg = _config(tiny_model_dir, sets, out_dir=str(tmp_path), name="cmp")
+    scored, trained = [], []
+    real_score = loop.phase_score
+
+    def spy_score(run, stage, *a, **kw):
+        scored.append(stage)
+        return real_score(run, stage, *a, **kw)
+
+    monkeypatch.setattr(loop, "phase_score", spy_score)
+    monkeypatch.setattr(loop, "phase_train", lambda run, stage, ids: trained.append((stage, list(ids))))
+    monkeypatch.setattr(loop, "phase_eval_initial", lambda run: None)
+    run_compare(cfg, ["influence-once"], [0])
+
+    run_root = root / "arms" / "influence-once" / "seed_0"
+    first = read_selection(run_root / "stages/stage_000/selection.json")
+    second = read_selection(run_root / "stages/stage_001/selection.json")
+    assert first["policy"] == "influence" and len(first["ids"]) == 4
+    assert second["ids"] == first["ids"] and second["budget"] == first["budget"]
+    assert second["policy"] == "influence-once"
+    assert scored == [0]  # stage 1 is never scored
+    assert (run_root / "stages/stage_000/scores.parquet").exists()
+    assert not (run_root / "stages/stage_001/scores.parquet").exists()
+    assert not (run_root / "stages/stage_001/features").exists()
+    assert trained == [(0, first["ids"]), (1, first["ids"])]
