@@ -14,9 +14,6 @@ stored samples. Prompts whose rewards are all equal have A = 0 and g = 0 exactly
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import numpy as np
 import torch
 
 from cropi.config import GradientConfig
@@ -86,7 +83,3 @@ def popi_backward(model: torch.nn.Module, item: PromptRollouts, cfg: GradientCon
         obj = _surrogate(new.float(), old, batch.response_mask, adv[idx].to(device), lens, cfg.clip_eps)
         (-obj / k).backward()
     return True
-
-
-def pass_rates(items: Sequence[PromptRollouts]) -> np.ndarray:
-    return np.asarray([it.pass_rate for it in items], dtype=np.float64)
