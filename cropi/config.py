@@ -182,6 +182,8 @@ class TrainConfig:
     beta: float = opt(0.0, "KL coefficient (0: no reference model)")
     clip_eps: float = opt(0.2, "PPO clip epsilon")
     lora: bool = opt(False, "train LoRA adapters instead of all parameters")
+    lora_rank: int = opt(8, "LoRA rank r of the adapters (with train.lora)")
+    lora_alpha: float = opt(16.0, "LoRA alpha: the adapter update is scaled by lora_alpha / lora_rank")
     bf16: bool = opt(False, "bf16 mixed precision")
     reset_optimizer: bool = opt(False, "reset optimizer state at each stage")
     seed: int = opt(0, "training seed")
@@ -190,6 +192,8 @@ class TrainConfig:
         _check(self.steps_per_stage >= 1, "train", "steps_per_stage", "must be >= 1")
         _check(self.samples_per_prompt >= 2, "train", "samples_per_prompt", "must be >= 2")
         _check(self.learning_rate > 0, "train", "learning_rate", "must be > 0")
+        _check(self.lora_rank >= 1, "train", "lora_rank", "must be >= 1")
+        _check(self.lora_alpha > 0, "train", "lora_alpha", "must be > 0")
 
 
 @dataclass

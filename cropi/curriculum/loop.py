@@ -27,12 +27,18 @@ SCORED_POLICIES = ("influence",)
 
 
 def eval_and_log(run: Run, model: Any, tokenizer: Any, stage: int, step: int) -> dict[str, Any]:
-    """Evaluate a live model on the test sets and append an ``eval`` event to metrics.jsonl."""
+    """Evaluate a live model on the test sets and append an ``eval`` event to metrics.jsonl.
+
+    ``make_policy`` switches the model to eval mode (it samples from it when the rollout dtype is
+    fp32); the model's train/eval mode is restored afterwards.
+    """
     t0 = time.perf_counter()
-    policy = make_policy(model, tokenizer, run.cfg.rollout, run.cfg.model.system_prompt)
-    result = evaluate(policy, run.data.tests, run.cfg.eval)
     was_training = model.training
-    model.train(was_training)
+    try:
+        policy = make_policy(model, tokenizer, run.cfg.rollout, run.cfg.model.system_prompt)
+        result = evaluate(policy, run.data.tests, run.cfg.eval)
+    finally:
+        model.train(was_training)
     run.dir.log_metrics("eval", stage=stage, step=step, **result)
     run.dir.log_metrics("eval_time", stage=stage, seconds=time.perf_counter() - t0)
     return result
@@ -69,9 +75,12 @@ def phase_train(run: Run, stage: int, ids: list[str]) -> None:
     res = train_stage(run.model_path(stage), run.dir.checkpoint(stage), records, tcfg,
                       system_prompt=run.cfg.model.system_prompt, step_offset=offset,
                       init_optimizer=prev, on_eval=on_eval, eval_every=run.cfg.curriculum.eval_every,
-                      log_fn=on_log)
-    run.dir.log_metrics("train", stage=stage, seconds=res.seconds, steps=res.steps)
-    run.dir.mark(stage, "trained", steps=res.steps, seconds=res.seconds)
+                      log_fn=on_log, device=run.cfg.model.device)
+    # seconds: training alone; the evaluations inside it are eval_seconds (and eval_time events)
+    run.dir.log_metrics("train", stage=stage, seconds=res.seconds, eval_seconds=res.eval_seconds,
+                        steps=res.steps)
+    run.dir.mark(stage, "trained", steps=res.steps, seconds=res.seconds,
+                 eval_seconds=res.eval_seconds)
     if stage > 0 and not run.cfg.curriculum.keep_checkpoints:
         shutil.rmtree(run.dir.checkpoint(stage - 1), ignore_errors=True)
 

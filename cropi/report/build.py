@@ -135,6 +135,8 @@ def _detail_section(doc: Document, cmp: Comparison, out: Path) -> None:
     doc.add(Heading("Time (seconds, mean over seeds)"))
     headers, rows = time_rows(cmp)
     doc.add(Table(headers, rows))
+    doc.add(Paragraph("Training excludes the evaluations run during it (those are under "
+                      "evaluation), so total = rollouts + scoring + training + evaluation."))
     run = _detail_run(cmp)
     seed = f", seed {run.seed}" if run.seed is not None else ""
     doc.add(Heading(f"Stages of {run.arm}{seed}"))

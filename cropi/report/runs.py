@@ -26,7 +26,9 @@ from cropi.utils.io import read_json
 
 log = logging.getLogger(__name__)
 
-# report category -> (metrics.jsonl event, key holding its seconds)
+# report category -> (metrics.jsonl event, key holding its seconds). The categories do not
+# overlap: a ``train`` event's seconds exclude the evaluations run during training (logged as
+# ``eval_time`` events, summed in the train event's ``eval_seconds``).
 TIME_EVENTS: dict[str, tuple[str, str]] = {
     "rollouts": ("rollouts", "seconds"),
     "scoring": ("score", "total_s"),
@@ -126,18 +128,27 @@ def _stage_label(stage: Any) -> str:
 def time_breakdown(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Seconds per stage label ("setup", "beta", "stage 0", ...) and category (:data:`TIME_EVENTS`).
 
-    Events without a ``stage`` (rollouts) go to "setup"; labels are in stage order.
+    Events without a ``stage`` (rollouts) go to "setup"; labels are in stage order. The categories
+    add up to the time spent: training excludes evaluation. A ``train`` event written before
+    training was timed apart (no ``eval_seconds`` key: its seconds include the stage's
+    evaluations) has the stage's ``eval_time`` seconds taken out.
     """
     per: dict[Any, dict[str, float]] = {}
+    legacy: set[Any] = set()  # stages whose train seconds include their evaluations
     for rec in records:
+        stage = rec.get("stage")
+        stage = int(stage) if _number(stage) is not None else None
         for category, (event, key) in TIME_EVENTS.items():
             seconds = _number(rec.get(key)) if rec.get("event") == event else None
             if seconds is None:
                 continue
-            stage = rec.get("stage")
-            stage = int(stage) if _number(stage) is not None else None
             slot = per.setdefault(stage, dict.fromkeys(TIME_EVENTS, 0.0))
             slot[category] += seconds
+            if event == "train" and "eval_seconds" not in rec:
+                legacy.add(stage)
+    for stage in legacy:
+        slot = per[stage]
+        slot["training"] = max(0.0, slot["training"] - slot["evaluation"])
     order = sorted(per, key=lambda s: -math.inf if s is None else s)
     return {_stage_label(s): per[s] for s in order}
 

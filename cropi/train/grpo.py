@@ -42,8 +42,6 @@ from cropi.verify import verify
 
 log = logging.getLogger(__name__)
 
-LORA_RANK = 8
-LORA_ALPHA = 16
 REWARD_NAME = "verify"  # TRL logs "rewards/verify/mean" and "rewards/verify/std"
 
 EvalFn = Callable[[torch.nn.Module, Any, int], None]
@@ -52,7 +50,10 @@ LogFn = Callable[[dict], None]
 
 @dataclass
 class StageResult:
-    """What one stage did: optimizer steps, wall seconds, and the per-step TRL logs.
+    """What one stage did: optimizer steps, seconds, and the per-step TRL logs.
+
+    ``seconds`` is the wall time of training alone: ``trainer.train()`` less the evaluations run
+    inside it by ``on_eval``, whose wall time is ``eval_seconds``.
 
     Every log dict has ``"step"`` = stage-local step + ``step_offset``, ``"step_seconds"`` (wall
     time of that step: generation + reward + update), ``"reward"`` (mean over the step's
@@ -61,6 +62,7 @@ class StageResult:
 
     steps: int
     seconds: float
+    eval_seconds: float = 0.0
     log: list[dict] = field(default_factory=list)
 
 
@@ -105,9 +107,13 @@ def make_reward_fn(records: Sequence[PromptRecord]) -> Callable[..., list[float]
 
 
 # ----------------------------------------------------------------------------- trainer pieces
-def grpo_args(cfg: TrainConfig, work_dir: Path, seed: int) -> GRPOConfig:
-    """The ``GRPOConfig`` of a stage: one generation batch of ``P x K`` completions per step."""
-    on_gpu = torch.cuda.is_available()
+def grpo_args(cfg: TrainConfig, work_dir: Path, seed: int, device: str = "auto") -> GRPOConfig:
+    """The ``GRPOConfig`` of a stage: one generation batch of ``P x K`` completions per step.
+
+    ``device`` is the run's ``model.device``: "cpu" trains on the CPU (``use_cpu``) even where
+    CUDA is available; "auto" uses CUDA when available.
+    """
+    on_gpu = resolve_device(device) != "cpu"
     return GRPOConfig(
         output_dir=str(work_dir),
         max_steps=cfg.steps_per_stage,
@@ -138,11 +144,12 @@ def grpo_args(cfg: TrainConfig, work_dir: Path, seed: int) -> GRPOConfig:
     )
 
 
-def lora_config() -> Any:
-    """LoRA adapters on every linear layer of the decoder (rank 8, alpha 16, no dropout)."""
+def lora_config(cfg: TrainConfig) -> Any:
+    """LoRA adapters on every linear layer of the decoder (``train.lora_rank``,
+    ``train.lora_alpha``, no dropout)."""
     from peft import LoraConfig
 
-    return LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=0.0,
+    return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                       target_modules="all-linear", task_type="CAUSAL_LM")
 
 
@@ -169,7 +176,10 @@ class StageGRPOTrainer(GRPOTrainer):
 
 
 class StageCallback(TrainerCallback):
-    """Optimizer restore, step timing, offset step logs and the periodic evaluation hook."""
+    """Optimizer restore, step timing, offset step logs and the periodic evaluation hook.
+
+    ``eval_seconds`` sums the wall time of the evaluations it ran (to take out of training time).
+    """
 
     def __init__(self, step_offset: int, init_optimizer: Path | None, on_eval: EvalFn | None,
                  eval_every: int, log_fn: LogFn | None) -> None:
@@ -180,6 +190,7 @@ class StageCallback(TrainerCallback):
         self.log_fn = log_fn
         self.logs: list[dict] = []
         self.last_eval: int | None = None
+        self.eval_seconds = 0.0
         self._t0 = 0.0
         self._step_seconds: dict[int, float] = {}
 
@@ -218,12 +229,14 @@ class StageCallback(TrainerCallback):
     def _evaluate(self, model: Any, tokenizer: Any, step: int) -> None:
         if self.on_eval is None:
             return
+        t0 = time.perf_counter()
         was_training = model.training
         model.eval()
         try:
             self.on_eval(model, tokenizer, step)
         finally:
             model.train(was_training)
+            self.eval_seconds += time.perf_counter() - t0
         self.last_eval = step
 
 
@@ -244,19 +257,19 @@ def _optimizer_source(init_optimizer: str | Path | None, cfg: TrainConfig) -> Pa
 
 def _build_trainer(model_path: str, records: Sequence[PromptRecord], cfg: TrainConfig,
                    work_dir: Path, seed: int, system_prompt: str | None,
-                   callback: StageCallback) -> tuple[StageGRPOTrainer, Any]:
-    """Load the policy and tokenizer and wire them into a :class:`StageGRPOTrainer`."""
+                   callback: StageCallback, device: str = "auto") -> tuple[StageGRPOTrainer, Any]:
+    """Load the policy (on ``device``) and tokenizer and wire them into a :class:`StageGRPOTrainer`."""
     tokenizer = load_tokenizer(model_path)
     tokenizer.padding_side = "left"
-    model = load_model(model_path, "fp32", resolve_device("auto")).train()
+    model = load_model(model_path, "fp32", resolve_device(device)).train()
     trainer = StageGRPOTrainer(
         model=model,
         reward_funcs=make_reward_fn(records),
-        args=grpo_args(cfg, work_dir, seed),
+        args=grpo_args(cfg, work_dir, seed, device),
         train_dataset=stage_dataset(records, tokenizer, system_prompt),
         processing_class=tokenizer,
         callbacks=[callback],
-        peft_config=lora_config() if cfg.lora else None,
+        peft_config=lora_config(cfg) if cfg.lora else None,
         stage_seed=seed,
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; StageCallback logs instead
@@ -283,7 +296,7 @@ def train_stage(model_path: str, out_dir: str | Path, records: Sequence[PromptRe
                 system_prompt: str | None = None, step_offset: int = 0,
                 init_optimizer: str | Path | None = None,
                 on_eval: EvalFn | None = None, eval_every: int = 0,
-                log_fn: LogFn | None = None) -> StageResult:
+                log_fn: LogFn | None = None, device: str = "auto") -> StageResult:
     """Train ``cfg.steps_per_stage`` GRPO steps on ``records`` from ``model_path``; save to ``out_dir``.
 
     Args:
@@ -294,8 +307,10 @@ def train_stage(model_path: str, out_dir: str | Path, records: Sequence[PromptRe
         step_offset: RL steps done before this stage (logs, eval steps and the order's seed).
         init_optimizer: previous stage's checkpoint folder (or its optimizer.pt) to continue the
             AdamW state from; ignored when ``cfg.reset_optimizer``.
-        on_eval: ``on_eval(model, tokenizer, step)`` every ``eval_every`` global steps and at the end.
+        on_eval: ``on_eval(model, tokenizer, step)`` every ``eval_every`` global steps and at the end;
+            its wall time is ``StageResult.eval_seconds``, not part of ``StageResult.seconds``.
         log_fn: receives each TRL log dict, with ``"step"`` = local step + ``step_offset``.
+        device: the run's ``model.device`` ("auto", "cpu", "cuda", ...) to train on.
     """
     out_dir = Path(out_dir)
     seed = cfg.seed + step_offset
@@ -308,19 +323,22 @@ def train_stage(model_path: str, out_dir: str | Path, records: Sequence[PromptRe
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
                                     category=FutureWarning)
             trainer, _ = _build_trainer(model_path, records, cfg, work_dir, seed, system_prompt,
-                                        callback)
+                                        callback, device)
             log.info("GRPO stage: %d steps x %d prompts x %d samples on %d records (offset %d)",
                      cfg.steps_per_stage, cfg.prompts_per_step, cfg.samples_per_prompt,
                      len(records), step_offset)
             t0 = time.perf_counter()
             trainer.train()
-            seconds = time.perf_counter() - t0
+            eval_seconds = callback.eval_seconds
+            seconds = time.perf_counter() - t0 - eval_seconds  # training alone
         steps = int(trainer.state.global_step)
         state = {"steps": steps, "step_offset": step_offset, "seconds": seconds,
+                 "eval_seconds": eval_seconds,
                  "records": len(records), "seed": seed, "lora": cfg.lora,
                  "optimizer_from": str(callback.init_optimizer) if callback.init_optimizer else None}
         _save_stage(trainer, model_path, out_dir, cfg, state)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    log.info("GRPO stage done: %d steps in %.1f s -> %s", steps, seconds, out_dir)
-    return StageResult(steps=steps, seconds=seconds, log=callback.logs)
+    log.info("GRPO stage done: %d steps in %.1f s (+ %.1f s of evaluation) -> %s", steps, seconds,
+             eval_seconds, out_dir)
+    return StageResult(steps=steps, seconds=seconds, eval_seconds=eval_seconds, log=callback.logs)

@@ -11,7 +11,8 @@ import pytest
 
 from cropi.influence.scores import score_table, write_scores
 from cropi.report import build_report
-from cropi.report.runs import eval_curve, read_metrics, time_breakdown
+from cropi.report.runs import Comparison, RunData, eval_curve, read_metrics, time_breakdown
+from cropi.report.summary import time_rows
 from cropi.select import SelectionContext, selection_stats, write_selection
 from cropi.utils.errors import CropiError
 
@@ -46,7 +47,8 @@ def make_run(root: Path, targeted: list[float], seed: int, policy: str = "influe
     for m in range(stages):
         lines += [{"event": "score", "stage": m, "total_s": 5.0, "grad_s": 3.0, "project_s": 1.0,
                    "store_s": 1.0},
-                  {"event": "train", "stage": m, "seconds": 20.0, "steps": 50},
+                  {"event": "train", "stage": m, "seconds": 20.0, "eval_seconds": 4.0,
+                   "steps": 50},
                   {"event": "eval_time", "stage": m, "seconds": 4.0}]
     root.mkdir(parents=True)
     (root / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
@@ -153,6 +155,36 @@ def test_metrics_readers(tmp_path: Path) -> None:
     assert times["setup"]["rollouts"] == 12.0
     assert times["stage 1"] == {"rollouts": 0.0, "scoring": 5.0, "training": 20.0,
                                 "evaluation": 4.0}
+
+
+def _timed_records(legacy: bool) -> list[dict]:
+    """Rollouts 12 s, beta eval 3 s; per stage: scoring 5 s, 20 s of training steps and two
+    evaluations of 2 s during training. ``legacy``: the train event of older runs, whose
+    seconds included those evaluations (and had no eval_seconds)."""
+    recs: list[dict] = [{"event": "rollouts", "seconds": 12.0},
+                        {"event": "eval_time", "stage": -1, "seconds": 3.0}]
+    for m in range(2):
+        train = ({"event": "train", "stage": m, "seconds": 24.0, "steps": 50} if legacy else
+                 {"event": "train", "stage": m, "seconds": 20.0, "eval_seconds": 4.0, "steps": 50})
+        recs += [{"event": "score", "stage": m, "total_s": 5.0},
+                 {"event": "eval_time", "stage": m, "seconds": 2.0},
+                 {"event": "eval_time", "stage": m, "seconds": 2.0}, train]
+    return recs
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_time_breakdown_does_not_count_evaluation_twice(legacy: bool) -> None:
+    records = _timed_records(legacy)
+    times = time_breakdown(records)
+    assert times["beta"]["evaluation"] == 3.0
+    for m in range(2):
+        assert times[f"stage {m}"] == {"rollouts": 0.0, "scoring": 5.0, "training": 20.0,
+                                       "evaluation": 4.0}
+    run = RunData(Path("run"), "cropi", 0, records)
+    headers, rows = time_rows(Comparison(Path("."), {"cropi": [run]}, None, {}))
+    assert headers == ["arm", "rollouts", "scoring", "training", "evaluation", "total"]
+    spent = 12.0 + 3.0 + 2 * (5.0 + 20.0 + 4.0)  # each second once
+    assert rows == [["cropi", "12.0", "10.0", "40.0", "11.0", f"{spent:.1f}"]]
 
 
 def test_not_a_run_directory(tmp_path: Path) -> None:

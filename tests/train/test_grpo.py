@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,6 +126,42 @@ def test_trainer_wiring_template_and_sampler(tiny_model_dir: Path, tmp_path: Pat
     assert [row["idx"] for b in batches for row in b] == list(sampler)
 
 
+def test_grpo_args_honour_the_model_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert grpo.grpo_args(_cfg(), tmp_path, 0, "cpu").use_cpu is True  # cpu even with CUDA
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert grpo.grpo_args(_cfg(), tmp_path, 0, "auto").use_cpu is True
+
+
+def test_lora_settings_and_device_reach_the_trainer(tiny_model_dir: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(CropiError, match="lora_rank"):
+        _cfg(lora_rank=0)
+    with pytest.raises(CropiError, match="lora_alpha"):
+        _cfg(lora_alpha=0.0)
+    cfg = _cfg(lora=True, lora_rank=4, lora_alpha=12.0)
+    assert (grpo.lora_config(cfg).r, grpo.lora_config(cfg).lora_alpha) == (4, 12.0)
+    devices: list[str] = []
+    original = grpo.load_model
+
+    def spy(path: str, dtype: str = "fp32", device: str = "cpu"):
+        devices.append(device)
+        return original(path, dtype, "cpu")
+
+    monkeypatch.setattr(grpo, "load_model", spy)
+    # as on a CUDA machine: "auto" would be cuda, but the run's device is cpu
+    monkeypatch.setattr(grpo, "resolve_device", lambda d: "cuda" if d == "auto" else d)
+    cb = grpo.StageCallback(0, None, None, 0, None)
+    trainer, _ = grpo._build_trainer(str(tiny_model_dir), RECORDS, cfg, tmp_path, seed=0,
+                                     system_prompt=None, callback=cb, device="cpu")
+    assert devices == ["cpu"] and trainer.args.use_cpu
+    lora_a = [m for n, m in trainer.model.named_modules() if n.endswith("lora_A.default")]
+    assert lora_a and all(m.weight.shape[0] == 4 for m in lora_a)
+    scalings = {m.scaling["default"] for m in trainer.model.modules()
+                if isinstance(getattr(m, "scaling", None), dict)}  # peft LoRA layers
+    assert scalings == {3.0}  # lora_alpha / lora_rank
+
+
 def test_reward_fn_uses_the_verifier() -> None:
     fn = grpo.make_reward_fn(RECORDS)
     comps = [[{"role": "assistant", "content": "The answer is 2"}],
@@ -155,6 +192,32 @@ def test_stage_writes_loadable_changed_checkpoint(stage1, tiny_model_dir: Path) 
     before, after = _weights(tiny_model_dir), _weights(out)
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_train_seconds_exclude_evaluation(tiny_model_dir: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evaluations run inside ``trainer.train()``: their time is eval_seconds, not training."""
+    pause = 1.0
+    walls: list[float] = []
+    original = grpo.StageGRPOTrainer.train
+
+    def timed_train(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            walls.append(time.perf_counter() - t0)
+
+    monkeypatch.setattr(grpo.StageGRPOTrainer, "train", timed_train)
+    res = grpo.train_stage(str(tiny_model_dir), tmp_path / "out", RECORDS, _cfg(),
+                           on_eval=lambda model, tok, step: time.sleep(pause), eval_every=1)
+    (wall,) = walls
+    assert res.eval_seconds >= 2 * pause  # evaluated after steps 1 and 2
+    assert res.seconds == pytest.approx(wall - res.eval_seconds, abs=0.05)
+    assert 0 < res.seconds <= wall - 2 * pause
+    assert res.seconds >= sum(e["step_seconds"] for e in res.log)  # the steps are training
+    state = json.loads((tmp_path / "out" / "train_state.json").read_text())
+    assert (state["seconds"], state["eval_seconds"]) == (res.seconds, res.eval_seconds)
 
 
 def test_optimizer_state_continues(stage1, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

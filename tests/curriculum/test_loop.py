@@ -1,0 +1,75 @@
+"""The curriculum loop's train and eval phases, wired to stubs (no GRPO step, no generation)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from cropi.config import CurriculumConfig, ModelConfig, RolloutConfig, RunConfig
+from cropi.curriculum import loop
+from cropi.curriculum.phases import Run
+from cropi.data.schema import PromptRecord
+from cropi.model.loading import load_model, load_tokenizer
+from cropi.train import grpo
+
+POOL = [PromptRecord(id=f"p{i}", prompt=[{"role": "user", "content": f"What is {i}+1?"}],
+                     answer=str(i + 1), source="add") for i in range(3)]
+
+
+def _run(tmp_path: Path, model_dir: Path, **model: Any) -> Run:
+    cfg = RunConfig(model=ModelConfig(path=str(model_dir), **model),
+                    rollout=RolloutConfig(dtype="fp32"),  # the sampler uses the live model itself
+                    curriculum=CurriculumConfig(stages=1, tensorboard=False))
+    run = Run(cfg, root=tmp_path / "run")
+    # the cached_property, pre-filled; evaluate() is stubbed in the tests that evaluate
+    run.__dict__["data"] = SimpleNamespace(pool=POOL, tests={"targeted/t": POOL[:1]})
+    return run
+
+
+def _events(run: Run, event: str) -> list[dict[str, Any]]:
+    lines = (run.dir.root / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == event]
+
+
+def test_eval_and_log_restores_the_train_mode(tiny_model_dir: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """make_policy switches the (fp32) model to eval mode; eval_and_log switches it back."""
+    run = _run(tmp_path, tiny_model_dir)
+    model, tok = load_model(str(tiny_model_dir)).train(), load_tokenizer(str(tiny_model_dir))
+    modes: list[bool] = []
+
+    def fake_evaluate(policy: Any, tests: Any, cfg: Any) -> dict[str, Any]:
+        modes.append(policy.model.training)
+        return {"sets": {}, "metric": "greedy"}
+
+    monkeypatch.setattr(loop, "evaluate", fake_evaluate)
+    loop.eval_and_log(run, model, tok, stage=0, step=5)
+    assert modes == [False]  # evaluated in eval mode
+    assert model.training  # and handed back in train mode
+    model.eval()
+    loop.eval_and_log(run, model, tok, stage=0, step=6)
+    assert not model.training
+    assert [e["step"] for e in _events(run, "eval")] == [5, 6]
+
+
+def test_phase_train_passes_the_device_and_times_training_apart(
+        tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = _run(tmp_path, tiny_model_dir, device="cpu")
+    calls: list[dict[str, Any]] = []
+
+    def fake_train_stage(model_path: str, out_dir: Any, records: list, cfg: Any,
+                         **kw: Any) -> grpo.StageResult:
+        calls.append({"records": [r.id for r in records], **kw})
+        return grpo.StageResult(steps=cfg.steps_per_stage, seconds=7.0, eval_seconds=3.0)
+
+    monkeypatch.setattr(grpo, "train_stage", fake_train_stage)
+    loop.phase_train(run, 0, ["p2", "p0"])
+    (call,) = calls
+    assert call["records"] == ["p2", "p0"] and call["device"] == "cpu"
+    (train,) = _events(run, "train")
+    assert (train["seconds"], train["eval_seconds"]) == (7.0, 3.0)
+    assert run.dir.state(0)["trained"]["seconds"] == 7.0
