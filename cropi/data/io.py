@@ -16,6 +16,7 @@ from cropi.data.schema import PromptRecord, check_unique_ids, validate_record
 from cropi.utils.errors import CropiError
 from cropi.utils.hashing import fingerprint
 from cropi.utils.io import atomic_path
+from cropi.utils.text import decode_utf8, looks_like_utf16, not_utf8
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,18 @@ def _detect_format(path: Path) -> str:
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    """``(line number, parsed object)`` per non-blank line; the file must be UTF-8 (a BOM is dropped)."""
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            line = decode_utf8(raw, path, first_line=lineno, line_is_row=True)
             if not line.strip():
                 continue
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as exc:
+                if looks_like_utf16(raw):  # UTF-16 without a BOM decodes as UTF-8 with NUL bytes
+                    raise not_utf8(raw, raw.index(b"\x00"), path, first_line=lineno,
+                                   line_is_row=True) from None
                 raise CropiError(
                     f"is not valid JSON ({exc.msg} at column {exc.colno})", file=path, row=lineno,
                     fix="one JSON object per line",
@@ -63,7 +69,11 @@ def _iter_table(path: Path, fmt: str) -> Iterator[tuple[int, Any]]:
     else:
         import datasets
 
-        obj = datasets.load_from_disk(str(path))
+        try:
+            obj = datasets.load_from_disk(str(path))
+        except Exception as exc:  # missing arrow files, bad JSON metadata, version mismatches
+            raise CropiError(f"cannot be read as a saved HF dataset ({type(exc).__name__}: {exc})",
+                             file=path, fix="write it again with Dataset.save_to_disk") from None
         if isinstance(obj, datasets.DatasetDict):
             raise CropiError(
                 f"holds several splits ({', '.join(obj)})", file=path, fix="pass one split's folder"
