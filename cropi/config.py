@@ -278,8 +278,10 @@ def load_config(path: str | Path) -> RunConfig:
     path = Path(path)
     if not path.exists():
         raise CropiError("does not exist", file=path)
+    from cropi.utils.text import read_text_utf8  # not UTF-8: one line naming the file and line
+
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text_utf8(path)) or {}
     except yaml.YAMLError as exc:
         raise CropiError(f"is not valid YAML ({exc})", file=path) from None
     try:
