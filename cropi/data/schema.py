@@ -9,10 +9,16 @@ A record has:
 - ``source``  task family or dataset name (e.g. ``chain_sum``, ``gsm8k``)
 - ``level``   difficulty label (optional, string)
 - ``meta``    free-form JSON object; ``meta["verifier"]`` names the verifier (default ``math``)
+
+A prompt longer than :func:`max_prompt_chars` characters (all messages together; default
+:data:`MAX_PROMPT_CHARS`, changed with the environment variable ``CROPI_MAX_PROMPT_CHARS``) is
+refused at load time, before any model work. The model's own token limit is checked once its
+tokenizer is loaded (``cropi.model.limits``).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +26,26 @@ from cropi.utils.errors import CropiError
 
 ROLES = ("system", "user", "assistant")
 Messages = list[dict[str, str]]
+
+MAX_PROMPT_CHARS = 100_000
+"""Default limit on a prompt's characters (all messages). About 25k tokens of English: far more
+than any context a verifiable-reward prompt needs, far less than what exhausts memory."""
+MAX_PROMPT_CHARS_ENV = "CROPI_MAX_PROMPT_CHARS"
+
+
+def max_prompt_chars() -> int:
+    """The prompt length limit in characters: ``$CROPI_MAX_PROMPT_CHARS`` or :data:`MAX_PROMPT_CHARS`."""
+    raw = os.environ.get(MAX_PROMPT_CHARS_ENV, "").strip()
+    if not raw:
+        return MAX_PROMPT_CHARS
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise CropiError(f"{MAX_PROMPT_CHARS_ENV}={raw!r} must be a positive integer",
+                         fix=f"e.g. {MAX_PROMPT_CHARS_ENV}=200000, or unset it for {MAX_PROMPT_CHARS}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -30,6 +56,10 @@ class PromptRecord:
     source: str
     level: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # Where the record was read from (None for generated suites): for error messages only, not
+    # part of the record's identity, its dict or its fingerprint.
+    file: str | None = field(default=None, compare=False, repr=False)
+    row: int | None = field(default=None, compare=False, repr=False)
 
     @property
     def verifier(self) -> str:
@@ -54,7 +84,9 @@ def _messages(value: Any, file: str | None, row: int | None) -> Messages:
     if isinstance(value, str):
         if not value.strip():
             raise CropiError("is empty", **_where(file, row, "prompt"), fix="give the question text")
-        return [{"role": "user", "content": value}]
+        out = [{"role": "user", "content": value}]
+        _check_length(out, file, row)
+        return out
     if hasattr(value, "tolist"):  # numpy arrays from Parquet
         value = value.tolist()
     if not isinstance(value, (list, tuple)) or not value:
@@ -85,7 +117,18 @@ def _messages(value: Any, file: str | None, row: int | None) -> Messages:
             "the last message must have role 'user'", **_where(file, row, "prompt"),
             fix="the model answers the last user message",
         )
+    _check_length(out, file, row)
     return out
+
+
+def _check_length(messages: Messages, file: str | None, row: int | None) -> None:
+    limit = max_prompt_chars()
+    n = sum(len(m["content"]) for m in messages)
+    if n > limit:
+        raise CropiError(
+            f"is {n:,} characters long, over the limit of {limit:,}", **_where(file, row, "prompt"),
+            fix=f"shorten or drop this prompt, or raise the limit with {MAX_PROMPT_CHARS_ENV}={n}",
+        )
 
 
 def validate_record(raw: Any, *, file: str | None = None, row: int | None = None) -> PromptRecord:
@@ -131,18 +174,21 @@ def validate_record(raw: Any, *, file: str | None = None, row: int | None = None
         source=source.strip(),
         level=None if level is None else str(level),
         meta=meta,
+        file=None if file is None else str(file),
+        row=row,
     )
 
 
 def check_unique_ids(records: list[PromptRecord], file: str | None = None) -> None:
     seen: dict[str, int] = {}
-    for i, rec in enumerate(records):
+    for i, rec in enumerate(records, start=1):
+        row = rec.row if rec.row is not None else i  # the file's line for JSONL, else the position
         if rec.id in seen:
             raise CropiError(
                 f"duplicate id {rec.id!r} (first seen in row {seen[rec.id]})",
-                file=file, row=i, field="id", fix="ids must be unique within a set",
+                file=file, row=row, field="id", fix="ids must be unique within a set",
             )
-        seen[rec.id] = i
+        seen[rec.id] = row
 
 
 _FIELD_HELP = {

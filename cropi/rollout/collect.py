@@ -18,6 +18,7 @@ import torch
 
 from cropi.config import RolloutConfig
 from cropi.data.schema import PromptRecord
+from cropi.model.limits import check_prompts_fit
 from cropi.model.logprobs import response_logprobs
 from cropi.model.template import prompt_token_ids
 from cropi.rollout import store
@@ -44,6 +45,13 @@ class Policy:
 
     def prompt_ids(self, record: PromptRecord) -> list[int]:
         return prompt_token_ids(self.tokenizer, record.prompt, self.system_prompt)
+
+    def check_fit(self, records: Sequence[PromptRecord], max_new_tokens: int, setting: str,
+                  where: str | None = None) -> None:
+        """Refuse (one-line CropiError) a record whose prompt plus ``max_new_tokens`` exceeds the
+        model's context; call it before generating anything for ``records``."""
+        check_prompts_fit(self.tokenizer, records, max_new_tokens, setting=setting,
+                          system_prompt=self.system_prompt, model=self.model, where=where)
 
 
 def generation_dtype(name: str) -> torch.dtype:
@@ -108,9 +116,15 @@ def collect(records: Sequence[PromptRecord], folder: str | Path, policy: Callabl
         store.prepare_dir(folder, full_spec)  # raises when the spec changed
         log.info("%s: rollouts already complete in %s", name, folder)
         return 0
-    store.prepare_dir(folder, full_spec, overwrite=overwrite)
+    if (folder / "spec.json").exists() and not overwrite:
+        store.prepare_dir(folder, full_spec)  # only checks: a changed spec fails before any work
     per_chunk = max(1, cfg.batch_size // k)
     chunks = [list(records[i:i + per_chunk]) for i in range(0, len(records), per_chunk)]
+    todo = [c for c in range(len(chunks)) if overwrite or not store.part_path(folder, c).exists()]
+    if todo:  # too-long prompts fail here, before the folder is written or anything generated
+        policy().check_fit([r for c in todo for r in chunks[c]], cfg.max_new_tokens,
+                           "rollout.max_new_tokens", where=name)
+    store.prepare_dir(folder, full_spec, overwrite=overwrite)
     done = [c for c in range(len(chunks)) if store.part_path(folder, c).exists()]
     if done:
         log.info("%s: resuming, %d of %d chunks already sampled", name, len(done), len(chunks))

@@ -43,8 +43,20 @@ def _breakdown(records: Sequence[PromptRecord], acc: np.ndarray, key: str) -> di
     return {g: float(np.mean(v)) for g, v in sorted(groups.items())}
 
 
+def _evaluated(records: Sequence[PromptRecord], cfg: EvalConfig) -> list[PromptRecord]:
+    """The items of a test set that are evaluated (the first ``cfg.max_items``)."""
+    return list(records)[: cfg.max_items] if cfg.max_items else list(records)
+
+
+def check_tests_fit(policy: Policy, tests: dict[str, Sequence[PromptRecord]], cfg: EvalConfig) -> None:
+    """Refuse a test prompt that does not fit the model's context with ``eval.max_new_tokens``."""
+    for name, records in tests.items():
+        policy.check_fit(_evaluated(records, cfg), cfg.max_new_tokens, "eval.max_new_tokens",
+                         where=f"tests/{name}")
+
+
 def evaluate_set(policy: Policy, name: str, records: Sequence[PromptRecord], cfg: EvalConfig) -> dict[str, Any]:
-    records = list(records)[: cfg.max_items] if cfg.max_items else list(records)
+    records = _evaluated(records, cfg)
     res: dict[str, Any] = {"n": len(records)}
     modes = []
     if cfg.greedy:
@@ -67,7 +79,11 @@ def is_targeted(name: str) -> bool:
 
 
 def evaluate(policy: Policy, tests: dict[str, Sequence[PromptRecord]], cfg: EvalConfig) -> dict[str, Any]:
-    """Evaluate every test set; ``targeted`` / ``untargeted`` average the sets of each kind."""
+    """Evaluate every test set; ``targeted`` / ``untargeted`` average the sets of each kind.
+
+    Every set's prompts are checked against the model's context before anything is generated.
+    """
+    check_tests_fit(policy, tests, cfg)
     sets = {name: evaluate_set(policy, name, recs, cfg) for name, recs in tests.items()}
     out: dict[str, Any] = {"sets": sets}
     metric = "greedy" if cfg.greedy else f"mean@{cfg.samples}"
