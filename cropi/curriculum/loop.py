@@ -60,6 +60,15 @@ def phase_train(run: Run, stage: int, ids: list[str]) -> None:
     from cropi.train.grpo import train_stage
 
     by_id: dict[str, PromptRecord] = {r.id: r for r in run.data.pool}
+    unknown = [(n, i) for n, i in enumerate(ids) if i not in by_id]
+    if unknown:
+        from cropi.utils.errors import CropiError
+
+        n, i = unknown[0]
+        raise CropiError(f"ids[{n}] = {i!r} is not in the pool ({len(unknown)} of {len(ids)} ids "
+                         "are not)", file=run.dir.selection(stage), field="ids",
+                         fix="the pool changed since this selection: select again with --overwrite, "
+                             "or give the pool it was made from")
     records = [by_id[i] for i in ids]
     tcfg = run.cfg.train
     offset = stage * tcfg.steps_per_stage

@@ -53,11 +53,22 @@ class Run:
 
     def model_path(self, stage: int) -> str:
         """Weights at the start of ``stage``: beta for stage 0, else the previous checkpoint."""
+        n = self.cfg.curriculum.stages
+        if not 0 <= stage < n:
+            from cropi.utils.errors import CropiError
+
+            raise CropiError(f"stage {stage} is not a stage of this run (curriculum.stages={n}: "
+                             f"stages 0 to {n - 1})", file=self.root or self.cfg.run_dir,
+                             fix=f"use --stage 0 to {n - 1}, or the run's own curriculum.stages")
         if stage == 0:
             return resolve_model_path(self.cfg.model.path)
         ckpt = self.dir.checkpoint(stage - 1)
         if not (ckpt / "config.json").exists():
-            raise FileNotFoundError(f"stage {stage - 1} has no checkpoint at {ckpt}")
+            from cropi.utils.errors import CropiError
+
+            raise CropiError(f"stage {stage - 1} has no checkpoint (stage {stage} starts from it)",
+                             file=ckpt, fix=f"run stage {stage - 1}'s training first with `cropi run`, "
+                                            "or use --stage 0")
         return str(ckpt)
 
     def policy(self, path: str) -> Policy:
