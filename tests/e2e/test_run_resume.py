@@ -106,5 +106,67 @@ def test_compare_two_arms_builds_acceleration_table(tiny_model_dir, parity_sets,
     assert not (root / "arms" / "full" / "seed_0" / "rollouts").exists()
     full = read_selection(root / "arms/full/seed_0/stages/stage_000/selection.json")
     assert full["n_selected"] == 16
+    # the table `cropi compare` wrote shows the numbers of the arms' own metrics.jsonl
     report = (root / "report" / "report.md").read_text()
-    assert "cropi" in report and "full" in report and "acceleration" in report.lower()
+    assert _row(report, "cropi") == _expected_row(root, "cropi", "4/16 (25%)")
+    assert _row(report, "full") == _expected_row(root, "full", "16/16 (100%)")
+    # known curves on this run directory (eval steps 0, 2, 4), the report's numbers by hand:
+    # EMA (alpha 0.5) of full 0.5, 0.25, 0.75 -> 0.5, 0.375, 0.5625: a* = 0.5625 first at step 4;
+    # cropi 0.25, 1.0, 0.5 -> 0.25, 0.625, 0.5625: reaches a* at step 2, acceleration 4 / 2;
+    # final accuracies are the raw last evaluations (cropi 0.5, not its best 1.0)
+    _set_targeted(root / "arms/full/seed_0", {0: 0.5, 2: 0.25, 4: 0.75})
+    _set_targeted(root / "arms/cropi/seed_0", {0: 0.25, 2: 1.0, 4: 0.5})
+    from cropi.report import build_report
+
+    known = (build_report(root, tmp_path / "known") / "report.md").read_text()
+    untargeted = {arm: _eval_curve(root / f"arms/{arm}/seed_0", "untargeted")[1][-1] for arm in ("cropi", "full")}
+    assert _row(known, "cropi") == f"| cropi | 0 | 0.500 | {untargeted['cropi']:.3f} | 2 | 2.00x | — | 4/16 (25%) |"
+    assert _row(known, "full") == f"| full | 0 | 0.750 | {untargeted['full']:.3f} | 4 | 1.00x | — | 16/16 (100%) |"
+    assert "a* = 0.5625" in known
+
+
+def _row(md: str, arm: str) -> str:
+    return next(line for line in md.splitlines() if line.startswith(f"| {arm} |"))
+
+
+def _eval_curve(run_root: Path, key: str) -> tuple[list[int], list[float]]:
+    by_step = {rec["step"]: rec[key] for rec in _metric_events(run_root, "eval")}  # last one wins
+    return sorted(by_step), [by_step[s] for s in sorted(by_step)]
+
+
+def _ema(values: list[float], alpha: float = 0.5) -> list[float]:
+    out: list[float] = []
+    for v in values:
+        out.append(v if not out else alpha * v + (1 - alpha) * out[-1])
+    return out
+
+
+def _expected_row(root: Path, arm: str, data: str) -> str:
+    """The acceleration table's row of a one-seed arm, recomputed from metrics.jsonl: a* = the
+    baseline's (full) final EMA-smoothed targeted accuracy; first step whose smoothed accuracy
+    reaches it; the ratio of the two; final raw accuracies."""
+    b_steps, b_vals = _eval_curve(root / "arms/full/seed_0", "targeted")
+    steps, vals = _eval_curve(root / f"arms/{arm}/seed_0", "targeted")
+    a_star = _ema(b_vals)[-1]
+
+    def reach(st: list[int], v: list[float]) -> int | None:
+        return next((s for s, x in zip(st, _ema(v)) if x >= a_star - 1e-12), None)
+
+    s_base, s_arm = reach(b_steps, b_vals), reach(steps, vals)
+    if s_arm is None:
+        step, label = "—", f"< 1 (gap {a_star - max(_ema(vals)):.3f})"
+    else:
+        step, label = str(s_arm), "reached at step 0" if s_arm == 0 else f"{s_base / s_arm:.2f}x"
+    untargeted = _eval_curve(root / f"arms/{arm}/seed_0", "untargeted")[1][-1]
+    return f"| {arm} | 0 | {vals[-1]:.3f} | {untargeted:.3f} | {step} | {label} | — | {data} |"
+
+
+def _set_targeted(run_root: Path, values: dict[int, float]) -> None:
+    """Rewrite the targeted accuracy of every eval event of a run (by step)."""
+    lines = []
+    for line in (run_root / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("event") == "eval":
+            rec["targeted"] = values[rec["step"]]
+        lines.append(json.dumps(rec))
+    (run_root / "metrics.jsonl").write_text("\n".join(lines) + "\n")
