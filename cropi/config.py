@@ -274,7 +274,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def load_config(path: str | Path) -> RunConfig:
+def read_config_data(path: str | Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds (only the keys it names), unvalidated."""
     path = Path(path)
     if not path.exists():
         raise CropiError("does not exist", file=path)
@@ -284,6 +285,14 @@ def load_config(path: str | Path) -> RunConfig:
         data = yaml.safe_load(read_text_utf8(path)) or {}
     except yaml.YAMLError as exc:
         raise CropiError(f"is not valid YAML ({exc})", file=path) from None
+    if not isinstance(data, dict):
+        raise CropiError("must be a YAML mapping of config sections", file=path,
+                         fix="see `cropi config` for the keys")
+    return data
+
+
+def load_config(path: str | Path) -> RunConfig:
+    data = read_config_data(path)
     try:
         return from_dict(RunConfig, data)
     except CropiError as exc:

@@ -68,6 +68,7 @@ def run_compare(cfg: RunConfig, arms: Sequence[str], seeds: Sequence[int],
             if ARM_POLICY[arm] == "influence" and not overwrite:
                 reuse_stage0_features(root, run.dir.stage(0) / "features")
             run_curriculum(run, arm)
+            run.save_config()
     return root
 
 

@@ -1,4 +1,4 @@
-"""The CROPI curriculum (method.md §6), read top to bottom like the recipe:
+"""The CROPI curriculum (docs/concepts.md#the-curriculum), read top to bottom like the recipe:
 
     rollouts of beta (once)
     for stage m: score at theta_m -> select -> GRPO on the subset (eval every E steps) -> theta_m+1
@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from cropi.curriculum.phases import Run, phase_rollouts
-from cropi.curriculum.scoring import phase_score, phase_select
+from cropi.curriculum.scoring import SCORED_POLICIES, phase_score, phase_select
 from cropi.data.schema import PromptRecord
 from cropi.rollout.collect import make_policy
 from cropi.rollout.store import PromptRollouts
@@ -23,15 +23,14 @@ from cropi.train.evaluate import evaluate
 
 log = logging.getLogger(__name__)
 
-SCORED_POLICIES = ("influence",)
-
-
 def eval_and_log(run: Run, model: Any, tokenizer: Any, stage: int, step: int) -> dict[str, Any]:
     """Evaluate a live model on the test sets and append an ``eval`` event to metrics.jsonl.
 
     ``make_policy`` switches the model to eval mode (it samples from it when the rollout dtype is
     fp32); the model's train/eval mode is restored afterwards.
     """
+    if not run.data.tests:
+        return {}
     t0 = time.perf_counter()
     was_training = model.training
     try:
@@ -45,7 +44,12 @@ def eval_and_log(run: Run, model: Any, tokenizer: Any, stage: int, step: int) ->
 
 
 def phase_eval_initial(run: Run) -> None:
-    """Step-0 evaluation of beta (once per run)."""
+    """Step-0 evaluation of beta (once per run). Without test sets, say once that every
+    evaluation of the run is skipped."""
+    if not run.data.tests:
+        log.warning("no test sets (a pool of your own without --test): evaluation is skipped; "
+                    "give --test NAME=FILE to measure accuracy")
+        return
     if run.dir.done(0, "evaluated_beta"):
         return
     policy = run.policy(run.model_path(0))

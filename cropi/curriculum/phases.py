@@ -23,6 +23,7 @@ from cropi.model.fingerprint import model_fingerprint
 from cropi.model.loading import load_model, load_tokenizer, resolve_device, resolve_model_path
 from cropi.rollout.collect import Policy, collect, make_policy
 from cropi.rollout.store import PromptRollouts, load_rollouts
+from cropi.utils.errors import CropiError
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,13 @@ class Run:
 
     @cached_property
     def dir(self) -> RunDir:
-        d = RunDir(self.root or self.cfg.run_dir, self.rollouts_root, self.cfg.curriculum.tensorboard)
-        d.write_config(self.cfg)
-        return d
+        """The run directory. Its config.yaml is written by the first phase that computes something
+        (:func:`phase_rollouts`) and updated by :meth:`save_config` when a command succeeds."""
+        return RunDir(self.root or self.cfg.run_dir, self.rollouts_root, self.cfg.curriculum.tensorboard)
+
+    def save_config(self) -> list[str]:
+        """Record this command's config after it succeeded (see :meth:`RunDir.write_config`)."""
+        return self.dir.write_config(self.cfg)
 
     @cached_property
     def data(self) -> DataSets:
@@ -51,21 +56,21 @@ class Run:
     def device(self) -> str:
         return resolve_device(self.cfg.model.device)
 
-    def model_path(self, stage: int) -> str:
-        """Weights at the start of ``stage``: beta for stage 0, else the previous checkpoint."""
+    def check_stage(self, stage: int) -> None:
+        """Refuse a stage index outside ``0 .. curriculum.stages - 1``."""
         n = self.cfg.curriculum.stages
         if not 0 <= stage < n:
-            from cropi.utils.errors import CropiError
-
             raise CropiError(f"stage {stage} is not a stage of this run (curriculum.stages={n}: "
                              f"stages 0 to {n - 1})", file=self.root or self.cfg.run_dir,
                              fix=f"use --stage 0 to {n - 1}, or the run's own curriculum.stages")
+
+    def model_path(self, stage: int) -> str:
+        """Weights at the start of ``stage``: beta for stage 0, else the previous checkpoint."""
+        self.check_stage(stage)
         if stage == 0:
             return resolve_model_path(self.cfg.model.path)
         ckpt = self.dir.checkpoint(stage - 1)
         if not (ckpt / "config.json").exists():
-            from cropi.utils.errors import CropiError
-
             raise CropiError(f"stage {stage - 1} has no checkpoint (stage {stage} starts from it)",
                              file=ckpt, fix=f"run stage {stage - 1}'s training first with `cropi run`, "
                                             "or use --stage 0")
@@ -99,6 +104,8 @@ def phase_rollouts(run: Run) -> dict[str, list[PromptRollouts]]:
     cfg = run.cfg.rollout
     sets = [("pool", run.data.pool, cfg.k_pool)]
     sets += [(f"targets/{n}", recs, cfg.k_target) for n, recs in run.data.targets.items()]
+    if not run.dir.config_path.is_file():  # a new run describes itself before computing anything
+        run.dir.write_config(run.cfg)
     t0 = time.perf_counter()
     out = {}
     sampled: dict[str, int] = {}
@@ -109,7 +116,8 @@ def phase_rollouts(run: Run) -> dict[str, list[PromptRollouts]]:
                     overwrite=run.overwrite)
         out[name] = load_rollouts(folder)
         sampled[name] = n
-    run.dir.log_metrics("rollouts", seconds=time.perf_counter() - t0, sampled=sampled)
+    if any(sampled.values()):
+        run.dir.log_metrics("rollouts", seconds=time.perf_counter() - t0, sampled=sampled)
     return out
 
 
@@ -119,6 +127,6 @@ def family_pass_rates(items: list[PromptRollouts]) -> dict[str, dict[str, float]
     for it in items:
         fam.setdefault(it.source, []).append(it)
     return {f: {"n": len(v), "pass_rate": float(np.mean([i.pass_rate for i in v])),
-                "zero_var": float(np.mean([i.zero_variance for i in v]))}
+                "zero_grad": float(np.mean([i.zero_grad for i in v]))}
             for f, v in sorted(fam.items())}
 

@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from cropi.report import figures
 from cropi.report.acceleration import describe_smoothing, smooth
 from cropi.report.render import Document, Heading, Image, Paragraph, Table, to_html, to_markdown
@@ -117,7 +119,8 @@ def _stage_figures(doc: Document, run: RunData, out: Path) -> None:
         doc.add(Image(path, f"stage {stage.index} pass rate") if path else None)
         score = stats.get("score")
         if score is None and stage.scores_path is not None:
-            score = score_stats_from_table(stage.scores_path, stage.selection["ids"])
+            score = score_stats_from_table(stage.scores_path, stage.selection["ids"],
+                                           stage.selection.get("fusion", "rrf"))
         path = figures.histogram_figure(Path(f"{base}_score.png"),
                                         f"stage {stage.index}: fused score", score, "fused score")
         doc.add(Image(path, f"stage {stage.index} score") if path else None)
@@ -150,6 +153,30 @@ def _detail_section(doc: Document, cmp: Comparison, out: Path) -> None:
     _stage_figures(doc, run, out)
 
 
+SETTINGS = ("model.path", "data.suite", "data.pool", "data.targets", "data.tests", "rollout.k_pool",
+            "rollout.k_target", "rollout.temperature", "rollout.max_new_tokens", "gradient.params",
+            "projection.kind", "projection.k", "score.scorer", "score.fusion", "select.policy",
+            "select.ratio", "curriculum.stages", "train.steps_per_stage", "train.prompts_per_step",
+            "train.samples_per_prompt", "train.learning_rate", "eval.max_items")
+"""Config keys the report shows, read from the run's own config.yaml."""
+
+
+def _settings_section(doc: Document, path: Path) -> None:
+    """The settings the run (or comparison) was made with, from its own config.yaml."""
+    config = path / "config.yaml"
+    if not config.is_file():
+        return
+    data = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    rows = []
+    for key in SETTINGS:
+        section, name = key.split(".")
+        if isinstance(data.get(section), dict) and name in data[section]:
+            rows.append([key, str(data[section][name])])
+    doc.add(Heading("Settings"))
+    doc.add(Paragraph(f"From {config} (arms of a comparison differ only in policy and seed)."))
+    doc.add(Table(["key", "value"], rows))
+
+
 def build_report(path: str | Path, out: str | Path | None = None, **smooth_kw: Any) -> Path:
     """Build the report of a run or comparison directory; returns the report folder.
 
@@ -165,6 +192,7 @@ def build_report(path: str | Path, out: str | Path | None = None, **smooth_kw: A
     summaries = summarize(cmp, smooth_kw)
     doc = Document(title=f"cropi report: {path.resolve().name}")
     _intro(doc, cmp, summaries, smooth_kw)
+    _settings_section(doc, path)
     _accuracy_section(doc, cmp, summaries, out, smooth_kw)
     if cmp.arms:
         _detail_section(doc, cmp, out)

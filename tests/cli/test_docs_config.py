@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cropi.cli_common import config_reference
+from cropi.cli.common import config_reference
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 

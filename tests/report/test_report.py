@@ -130,8 +130,7 @@ def test_single_run_report(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run", linear(50), 0, stages=1, scored=False)
     ctx = _ctx(0, scored=True)  # scores.parquet present although the selection has no scores
     write_scores(run / "stages" / "stage_000" / "scores.parquet",
-                 score_table(ctx.ids, {"t": ctx.fused}, ctx.fused, ctx.pass_rate, ctx.source,
-                             ctx.level))
+                 score_table(ctx.ids, {"t": ctx.fused}, ctx.pass_rate, ctx.source, ctx.level))
     with (run / "metrics.jsonl").open("a") as fh:
         fh.write('{"event": "eval", "step": 11')  # a run still writing its last line
     out = build_report(run)
@@ -142,6 +141,16 @@ def test_single_run_report(tmp_path: Path) -> None:
     assert (out / "run_stage_000_score.png").exists()
     assert (out / "run_stage_000_pass_rate.png").exists()
     assert not (out / "steps_to_a_star.png").exists()
+
+
+def test_report_shows_the_runs_own_settings(tmp_path: Path) -> None:
+    from cropi.config import RunConfig, RolloutConfig, dump_config
+
+    run = make_run(tmp_path / "run", linear(50), 0, stages=1)
+    cfg = RunConfig(rollout=RolloutConfig(k_pool=5, temperature=0.5))
+    (run / "config.yaml").write_text(dump_config(cfg))
+    md = (build_report(run) / "report.md").read_text()
+    assert "| rollout.k_pool | 5 |" in md and "| rollout.temperature | 0.5 |" in md
 
 
 def test_metrics_readers(tmp_path: Path) -> None:

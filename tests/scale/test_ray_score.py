@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
 from parity_cli import write_parity_sets  # noqa: E402  (registers the test-only parity verifier)
 
 import cropi.scale.ray_score as ray_score  # noqa: E402
-from cropi.cli_common import build_config  # noqa: E402
+from cropi.cli.common import build_config  # noqa: E402
 from cropi.curriculum.phases import Run, phase_rollouts  # noqa: E402
 from cropi.curriculum.scoring import phase_score  # noqa: E402
 from cropi.influence.features import FeatureStore  # noqa: E402

@@ -1,0 +1,3 @@
+from cropi.cli import main
+
+main()
