@@ -318,10 +318,10 @@ def pool_pass(ctx: Ctx, items: Sequence[PromptRollouts], means: Sequence[Sequenc
               ) -> list[Path | None]:
     """Per pool prompt: its part file (None for zero-gradient prompts)."""
     paths: list[Path | None] = []
-    n_nz = sum(not it.zero_variance for it in items)
+    n_nz = sum(not it.zero_grad for it in items)
     done = 0
     for i, item in enumerate(items):
-        if item.zero_variance:
+        if item.zero_grad:
             paths.append(None)
             continue
         path = ctx.dir / f"pool_{i:04d}.npz"
@@ -541,7 +541,7 @@ def print_results(res: dict[str, Any], targets: Sequence[str]) -> None:
 
 def choose_targets(items: Sequence[PromptRollouts], max_n: int, seed: int) -> list[int]:
     """Target prompts with a non-zero gradient; a seeded sample of max_n if more (as target_mean)."""
-    valid = np.array([i for i, it in enumerate(items) if not it.zero_variance], dtype=np.int64)
+    valid = np.array([i for i, it in enumerate(items) if not it.zero_grad], dtype=np.int64)
     if valid.size > max_n:
         valid = np.sort(np.random.default_rng(seed).choice(valid, size=max_n, replace=False))
     return valid.tolist()
@@ -589,7 +589,7 @@ def main() -> None:
     tidx = {t: v for t, v in tidx.items() if v or print(f"target {t}: no non-zero gradient, skipped")}
     key = fingerprint({"targets": {t: [tsets[t][i].id for i in v] for t, v in tidx.items()},
                        "seed": args.seed, "d": params.dim, "rollouts": str(root.resolve())})
-    n_rows = sum(map(len, tidx.values())) + sum(not it.zero_variance for it in pool)
+    n_rows = sum(map(len, tidx.values())) + sum(not it.zero_grad for it in pool)
     ctx = Ctx(model, params, tok.pad_token_id, GradientConfig(), {}, [], args.seed, PARTS / key)
     first = next(iter(tidx))
     cost = get_cost(ctx, ctx.dir / "jl_cost.json", tsets[first][tidx[first][0]], n_rows)

@@ -8,13 +8,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from cropi.curriculum.phases import Run
 from cropi.data.io import dataset_fingerprint
 from cropi.influence.features import FeatureStore
 from cropi.influence.pipeline import Timings, add_timings, compute_features, prepare_scoring
-from cropi.influence.scores import cosine_scores, fuse, read_scores, score_table, target_mean, write_scores
+from cropi.influence.scores import (cosine_scores, read_scores, score_table, target_mean, target_scores,
+                                    write_scores)
 from cropi.rollout.collect import collect
 from cropi.rollout.store import PromptRollouts, load_rollouts
 from cropi.utils.errors import CropiError
@@ -22,6 +21,9 @@ from cropi.select import (SelectionContext, budget, get_policy, read_selection, 
                           write_selection)
 
 log = logging.getLogger(__name__)
+
+SCORED_POLICIES = ("influence",)
+"""Selection policies that need the stage's influence scores."""
 
 
 FeatureBackend = Callable[[Run, int, dict[str, list[PromptRollouts]]], Timings]
@@ -107,37 +109,67 @@ def _write_stage_scores(run: Run, stage: int, pool: list[PromptRollouts], stores
         means[label], _ = target_mean(t_feats, t_zero, t_ids, run.cfg.score.target_max,
                                       run.cfg.score.seed, name=label)
     scores = cosine_scores(feats, means, zero)
-    n_sel = budget(len(ids), run.cfg.select.ratio)
-    fused = fuse(scores, n_sel, run.cfg.score.fusion)
-    table = score_table(ids, scores, fused, [it.pass_rate for it in pool], [it.source for it in pool],
+    table = score_table(ids, scores, [it.pass_rate for it in pool], [it.source for it in pool],
                         [it.level for it in pool])
     write_scores(run.dir.scores(stage), table)
 
 
 def selection_context(run: Run, stage: int, pool: list[PromptRollouts], with_scores: bool) -> SelectionContext:
-    fused = None
-    if with_scores:
-        table = read_scores(run.dir.scores(stage))
-        by_id = dict(zip(table.column("id").to_pylist(), table.column("fused").to_numpy(zero_copy_only=False)))
-        fused = np.asarray([by_id[it.id] for it in pool], dtype=np.float64)
-    return SelectionContext(ids=[it.id for it in pool], pass_rate=[it.pass_rate for it in pool],
-                            fused=fused, source=[it.source for it in pool],
-                            level=[it.level for it in pool], seed=run.cfg.select.seed + stage)
+    """What the selection policies see; ``with_scores``: the stage's per-target scores, fused with
+    ``score.fusion`` for the budget of the selection being made."""
+    ids = [it.id for it in pool]
+    scores = target_scores(read_scores(run.dir.scores(stage)), ids) if with_scores else None
+    return SelectionContext(ids=ids, pass_rate=[it.pass_rate for it in pool], fused=None,
+                            source=[it.source for it in pool], level=[it.level for it in pool],
+                            seed=run.cfg.select.seed + stage, scores=scores, fusion=run.cfg.score.fusion)
+
+
+def selection_spec(run: Run, policy: str, n_pool: int) -> dict[str, Any]:
+    """What makes a selection: policy, budget, ratio, seed (and fusion for influence)."""
+    cfg = run.cfg.select
+    spec: dict[str, Any] = {"policy": policy, "budget": budget(n_pool, cfg.ratio), "ratio": cfg.ratio}
+    if policy in ("random", "pass-rate", "learnability"):
+        spec["seed"] = cfg.seed
+    if policy == "influence":
+        spec["fusion"] = run.cfg.score.fusion
+    return spec
+
+
+def _check_stored_selection(run: Run, stage: int, stored: dict[str, Any], spec: dict[str, Any]) -> None:
+    """Refuse to reuse a stored selection that was made differently from ``spec``."""
+    diff = [f"{k}: {stored[k]!r} -> {v!r}" for k, v in spec.items() if k in stored and stored[k] != v]
+    if diff:
+        raise CropiError(f"stage {stage} already has a selection made differently ({'; '.join(diff)})",
+                     file=run.dir.selection(stage),
+                     fix="rerun with --overwrite to replace it, or use another --name")
 
 
 def phase_select(run: Run, stage: int, pool: list[PromptRollouts], policy: str | None = None) -> dict[str, Any]:
-    """Select the stage's subset with ``policy`` (default: the config's) and write selection.json."""
+    """Select the stage's subset with ``policy`` (default: the config's) and write selection.json.
+
+    A stored selection is reused when it was made with the same policy, budget and fusion; a
+    different request is refused (``--overwrite`` recomputes).
+    """
+    run.check_stage(stage)
     path = run.dir.selection(stage)
-    if run.dir.done(stage, "selected") and not run.overwrite:
-        return read_selection(path)
     name = policy or run.cfg.select.policy
+    spec = selection_spec(run, name, len(pool))
+    if run.dir.done(stage, "selected") and path.exists() and not run.overwrite:
+        stored = read_selection(path)
+        _check_stored_selection(run, stage, stored, spec)
+        return stored
+    scored = run.dir.scores(stage).exists()
+    if name in SCORED_POLICIES and not scored:
+        raise CropiError("does not exist: the influence policy selects by the stage's scores",
+                         file=run.dir.scores(stage),
+                         fix=f"run `cropi score --stage {stage}` first, or choose another --policy")
     t0 = time.perf_counter()
-    ctx = selection_context(run, stage, pool, with_scores=run.dir.scores(stage).exists())
-    n = budget(len(pool), run.cfg.select.ratio)
+    ctx = selection_context(run, stage, pool, with_scores=scored)
+    n = spec["budget"]
     ids = get_policy(name).select(ctx, n)
     prev = read_selection(run.dir.selection(stage - 1))["ids"] if stage > 0 and run.dir.selection(stage - 1).exists() else None
     stats = selection_stats(ctx, ids, prev)
-    write_selection(path, name, n, ids, stats)
+    write_selection(path, name, n, ids, stats, **{k: v for k, v in spec.items() if k not in ("policy", "budget")})
     run.dir.mark(stage, "selected", policy=name, n=len(ids), seconds=time.perf_counter() - t0)
     return read_selection(path)
 

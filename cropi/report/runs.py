@@ -1,6 +1,6 @@
 """Reading what a report needs from run directories and comparison directories.
 
-A run directory (architecture.md): ``metrics.jsonl`` (events ``eval``, ``train_log``,
+A run directory (docs/concepts.md#the-run-directory): ``metrics.jsonl`` (events ``eval``, ``train_log``,
 ``rollouts``, ``score``, ``train``, ``eval_time``) and ``stages/stage_NNN/selection.json`` (+
 optional ``scores.parquet``). A comparison directory: ``compare.json`` and
 ``arms/<arm>/seed_<s>/`` run directories.
@@ -8,7 +8,6 @@ optional ``scores.parquet``). A comparison directory: ``compare.json`` and
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -18,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from cropi.influence.scores import read_scores
+from cropi.curriculum.rundir import stage_folders
+from cropi.influence.scores import read_scores, target_scores
 from cropi.report.acceleration import Curve
-from cropi.select import read_selection
+from cropi.select import fuse, read_selection
 from cropi.utils.errors import CropiError
-from cropi.utils.io import read_json
+from cropi.utils.io import read_json, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ TIME_EVENTS: dict[str, tuple[str, str]] = {
     "evaluation": ("eval_time", "seconds"),
 }
 SCORE_BINS = 20
-_STAGE_RE = re.compile(r"^stage_(\d+)$")
 _SEED_RE = re.compile(r"^seed_(-?\d+)$")
 
 
@@ -78,22 +77,9 @@ class Comparison:
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """Records of ``metrics.jsonl`` (``[]`` when missing); unreadable lines are skipped, logged."""
-    path = Path(path)
-    if not path.exists():
+    if not Path(path).exists():
         log.warning("%s does not exist: no metrics to report", path)
-        return []
-    records = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            log.warning("%s: line %d is not JSON (a run still writing?); skipped", path, lineno)
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
-    return records
+    return read_jsonl(path)
 
 
 def _number(value: Any) -> float | None:
@@ -155,12 +141,8 @@ def time_breakdown(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]
 
 def read_stages(run: Path) -> list[StageData]:
     """The ``stages/stage_NNN`` folders of a run, in stage order."""
-    root = run / "stages"
     found = []
-    for path in root.iterdir() if root.is_dir() else []:
-        match = _STAGE_RE.match(path.name)
-        if not (match and path.is_dir()):
-            continue
+    for index, path in stage_folders(run):
         selection = None
         if (path / "selection.json").exists():
             try:
@@ -168,9 +150,8 @@ def read_stages(run: Path) -> list[StageData]:
             except CropiError as exc:
                 log.warning("skipping an unreadable selection: %s", exc)
         scores = path / "scores.parquet"
-        found.append(StageData(int(match.group(1)), path, selection,
-                               scores if scores.exists() else None))
-    return sorted(found, key=lambda s: s.index)
+        found.append(StageData(index, path, selection, scores if scores.exists() else None))
+    return found
 
 
 def load_run(path: str | Path, arm: str | None = None, seed: int | None = None) -> RunData:
@@ -226,14 +207,20 @@ def load_any(path: str | Path) -> Comparison:
                      "directory (compare.json)", file=path, fix="pass a run or compare folder")
 
 
-def score_stats_from_table(path: Path, selected: list[str]) -> dict[str, Any] | None:
+def score_stats_from_table(path: Path, selected: list[str], fusion: str = "rrf") -> dict[str, Any] | None:
     """Histogram of the fused scores of ``scores.parquet`` (pool vs ``selected``), like
-    ``selection.json``'s ``stats.score``; None when no score is finite."""
+    ``selection.json``'s ``stats.score``, fused for a budget of ``len(selected)`` (tables written
+    before fusion moved to selection time carry their own ``fused`` column); None when no score is
+    finite."""
     table = read_scores(path)
-    if "fused" not in table.column_names:
-        return None
-    fused = np.array(table.column("fused").to_pylist(), dtype=np.float64)
     ids = table.column("id").to_pylist()
+    if "fused" in table.column_names:
+        fused = np.array(table.column("fused").to_pylist(), dtype=np.float64)
+    else:
+        scores = target_scores(table, ids)
+        if not scores:
+            return None
+        fused = fuse(scores, max(len(selected), 1), fusion)
     chosen = set(selected)
     mask = np.array([i in chosen for i in ids], dtype=bool)
     finite = np.isfinite(fused)

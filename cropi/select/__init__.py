@@ -3,6 +3,7 @@
 Policies receive arrays; this package never imports ``cropi.influence``, the stores or torch.
 """
 
+from cropi.select.fusion import FUSIONS, fuse, order_desc, rank_order
 from cropi.select.policies import (
     FullPolicy,
     InfluencePolicy,
@@ -20,6 +21,10 @@ from cropi.select.policies import (
 from cropi.select.stats import read_selection, selection_stats, write_selection
 
 __all__ = [
+    "FUSIONS",
+    "fuse",
+    "order_desc",
+    "rank_order",
     "FullPolicy",
     "InfluencePolicy",
     "LearnabilityPolicy",

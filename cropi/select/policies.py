@@ -4,8 +4,8 @@ Policies receive arrays (:class:`SelectionContext`); they never read stores and 
 ``cropi.influence`` or torch. Every policy returns prompt ids, in selection order (best first for
 ranked policies, sampled order for random ones), and is deterministic given ``ctx.seed``.
 
-Ties in ranked policies: ``influence`` breaks ties of the fused score by pool position (earlier
-first); ``learnability`` breaks ties of p(1-p) by a seeded random order.
+Ties in ranked policies: ``influence`` orders by :func:`cropi.select.fusion.rank_order` (fused
+score for the selection's budget, then the full-ranking reciprocal-rank sum, then pool position); ``learnability`` breaks ties of p(1-p) by a seeded random order.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from cropi.select.fusion import fuse, order_desc, rank_order
 from cropi.utils.errors import CropiError
 
 log = logging.getLogger(__name__)
@@ -26,9 +27,11 @@ class SelectionContext:
     """What a policy may look at, one entry per pool prompt (``n`` of them).
 
     ids: prompt ids ``[n]``; pass_rate: beta's pass rate per prompt ``[n]`` float (NaN: unknown);
-    fused: fused influence score ``[n]`` (NaN: zero gradient) or None when not scored;
+    fused: a ready fused influence score ``[n]`` (NaN: zero gradient), or None;
     source: task family ``[n]``; level: difficulty level ``[n]`` (None: no level); seed: for the
-    random policies.
+    random policies; scores: per-target influence scores ``{target: [n]}`` (NaN: zero gradient),
+    fused with ``fusion`` for the budget of each selection (see :mod:`cropi.select.fusion`); when
+    both are given, ``scores`` wins. Neither: the pool was not scored.
     """
 
     ids: list[str]
@@ -37,6 +40,8 @@ class SelectionContext:
     source: list[str]
     level: list[str | None]
     seed: int = 0
+    scores: dict[str, np.ndarray] | None = None
+    fusion: str = "rrf"
 
     def __post_init__(self) -> None:
         self.ids = [str(i) for i in self.ids]
@@ -48,6 +53,9 @@ class SelectionContext:
                    "level": len(self.level)}
         if self.fused is not None:
             lengths["fused"] = len(self.fused)
+        if self.scores is not None:
+            self.scores = {t: np.asarray(v, dtype=np.float64) for t, v in self.scores.items()}
+            lengths.update({f"scores[{t}]": len(v) for t, v in self.scores.items()})
         bad = {key: value for key, value in lengths.items() if value != n}
         if bad:
             raise ValueError(f"SelectionContext: {n} ids but lengths {bad}")
@@ -56,6 +64,25 @@ class SelectionContext:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def scored(self) -> bool:
+        return bool(self.scores) or self.fused is not None
+
+    def fused_scores(self, n_select: int) -> np.ndarray | None:
+        """The fused score ``[n]`` for a selection of ``n_select`` prompts (None: not scored)."""
+        if self.scores:
+            return fuse(self.scores, n_select, self.fusion)
+        return self.fused
+
+    def influence_order(self, n_select: int) -> np.ndarray:
+        """Positions of every scored prompt, best first, for a selection of ``n_select``."""
+        if self.scores:
+            return rank_order(self.scores, n_select, self.fusion)
+        if self.fused is None:
+            raise CropiError("the influence policy needs influence scores",
+                             fix="run the scoring step first, or choose another select.policy")
+        return order_desc(self.fused)
 
 
 @runtime_checkable
@@ -97,11 +124,7 @@ class InfluencePolicy:
 
     def select(self, ctx: SelectionContext, n: int) -> list[str]:
         n = _check_n(n)
-        if ctx.fused is None:
-            raise CropiError("the influence policy needs fused scores",
-                             fix="run the scoring step first, or choose another select.policy")
-        finite = np.flatnonzero(np.isfinite(ctx.fused))
-        order = finite[np.argsort(-ctx.fused[finite], kind="stable")]
+        order = ctx.influence_order(max(n, 1))
         return _take(ctx, order, n, self.name, "scored (non-zero-gradient)")
 
 

@@ -79,14 +79,15 @@ def selection_stats(ctx: SelectionContext, selected: Sequence[str],
                     scores: np.ndarray | None = None) -> dict[str, Any]:
     """Counts, family/level mix, pass-rate and score histograms, overlap with ``previous``.
 
-    ``scores [n]``: the scores to histogram (default ``ctx.fused``; NaN/inf ignored).
-    Overlap = |selected ∩ previous| / |selected| (None without a previous selection).
-    ``n_zero_grad``: pool prompts with a NaN fused score, excluded from influence selection
-    (None when the pool was not scored).
+    ``scores [n]``: the scores to histogram (default: the fused score for a budget of
+    ``len(selected)``; NaN/inf ignored). Overlap = |selected ∩ previous| / |selected| (None without
+    a previous selection). ``n_zero_grad``: pool prompts with a NaN fused score, excluded from
+    influence selection (None when the pool was not scored).
     """
     pos = _positions(ctx, selected, "selected")
     all_pos = np.arange(len(ctx))
-    scores = ctx.fused if scores is None else np.asarray(scores, dtype=np.float64)
+    fused = ctx.fused_scores(max(len(selected), 1))
+    scores = fused if scores is None else np.asarray(scores, dtype=np.float64)
     if scores is not None and scores.shape != (len(ctx),):
         raise ValueError(f"scores {scores.shape} do not match the pool ({len(ctx)})")
     overlap = None
@@ -98,7 +99,7 @@ def selection_stats(ctx: SelectionContext, selected: Sequence[str],
     return {
         "n_pool": len(ctx),
         "n_selected": len(selected),
-        "n_zero_grad": None if ctx.fused is None else int(np.count_nonzero(np.isnan(ctx.fused))),
+        "n_zero_grad": None if fused is None else int(np.count_nonzero(np.isnan(fused))),
         "source_mix": {"pool": _mix(ctx.source, all_pos), "selected": _mix(ctx.source, pos)},
         "level_mix": {"pool": _mix(ctx.level, all_pos), "selected": _mix(ctx.level, pos)},
         "pass_rate": {**_histogram(p, pos, np.linspace(0.0, 1.0, PASS_RATE_BINS + 1)),
@@ -109,8 +110,9 @@ def selection_stats(ctx: SelectionContext, selected: Sequence[str],
 
 
 def write_selection(path: str | Path, policy: str, n: int, ids: Sequence[str],
-                    stats: dict[str, Any]) -> None:
-    """Write ``selection.json`` atomically: policy, budget ``n``, ids in order, stats."""
+                    stats: dict[str, Any], **spec: Any) -> None:
+    """Write ``selection.json`` atomically: policy, budget ``n``, ids in order, stats, and what
+    else made the selection (``spec``: e.g. ratio, fusion, scorer)."""
     atomic_write_json(path, {
         "format_version": FORMAT_VERSION,
         "cropi_version": __version__,
@@ -119,6 +121,7 @@ def write_selection(path: str | Path, policy: str, n: int, ids: Sequence[str],
         "n_selected": len(ids),
         "ids": [str(i) for i in ids],
         "stats": stats,
+        **spec,
     })
     log.info("wrote selection of %d prompts (%s, budget %d) to %s", len(ids), policy, n, path)
 

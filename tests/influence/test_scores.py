@@ -1,4 +1,4 @@
-"""Scores: float64 references against naive loops, RRF by hand, ties, NaN handling, Parquet."""
+"""Scores: float64 references against naive loops, NaN handling, Parquet (fusion: tests/select)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import pytest
 
 from cropi.influence.scores import (
     cosine_scores,
-    fuse,
-    order_desc,
     read_scores,
     score_table,
     target_mean,
+    target_scores,
     write_scores,
 )
 from cropi.utils.errors import CropiError
@@ -61,7 +60,7 @@ def test_cosine_matches_naive_loop_and_nan_rows() -> None:
     zero = np.zeros(9, dtype=bool)
     zero[7] = True
     means = {"a": rng.standard_normal(6), "b": rng.standard_normal(6)}
-    got = cosine_scores(pool, means, zero_mask=zero)
+    got = cosine_scores(pool, means, zero_grad=zero)
     for name, mean in means.items():
         assert got[name].dtype == np.float64
         for i in range(9):
@@ -79,63 +78,22 @@ def test_cosine_zero_target_mean_raises() -> None:
         cosine_scores(np.ones((2, 3)), {"t": np.zeros(3)})
 
 
-def test_rrf_hand_computed() -> None:
-    # positions:   0    1    2    3    4     5
-    a = np.array([0.9, 0.1, 0.8, 0.7, np.nan, 0.2])  # top-3: 0 (1), 2 (2), 3 (3)
-    b = np.array([0.1, 0.9, 0.7, 0.8, np.nan, 0.3])  # top-3: 1 (1), 3 (2), 2 (3)
-    fused = fuse({"a": a, "b": b}, n_select=3)
-    expected = [1.0, 1.0, 1 / 2 + 1 / 3, 1 / 3 + 1 / 2, np.nan, 0.0]
-    np.testing.assert_allclose(fused, expected)
-
-
-def test_rrf_ties_broken_by_position() -> None:
-    a = np.array([0.5, 0.9, 0.5, 0.5])  # ranks: 1 -> 1, then ties 0, 2, 3 in position order
-    fused = fuse({"a": a}, n_select=3)
-    np.testing.assert_allclose(fused, [1 / 2, 1.0, 1 / 3, 0.0])
-    np.testing.assert_array_equal(order_desc(np.array([0.5, np.nan, 0.9, 0.5])), [2, 0, 3])
-
-
-def test_rrf_naive_reference_random() -> None:
-    rng = np.random.default_rng(5)
-    scores = {t: rng.standard_normal(40) for t in "abc"}
-    nan_rows = [3, 17]
-    for s in scores.values():
-        s[nan_rows] = np.nan
-    got = fuse(scores, n_select=8)
-    ref = [0.0] * 40
-    for s in scores.values():
-        valid = sorted((i for i in range(40) if not math.isnan(s[i])), key=lambda i: (-s[i], i))
-        for rank, i in enumerate(valid[:8], start=1):
-            ref[i] += 1 / rank
-    for i in nan_rows:
-        ref[i] = float("nan")
-    np.testing.assert_allclose(got, ref)
-
-
-def test_max_mean_fusion() -> None:
-    a = np.array([0.1, 0.5, np.nan])
-    b = np.array([0.3, -0.5, np.nan])
-    np.testing.assert_allclose(fuse({"a": a, "b": b}, 1, "max"), [0.3, 0.5, np.nan])
-    np.testing.assert_allclose(fuse({"a": a, "b": b}, 1, "mean"), [0.2, 0.0, np.nan])
-    with pytest.raises(CropiError, match="rrf, max or mean"):
-        fuse({"a": a}, 1, "median")
-
-
 def test_score_table_roundtrip(tmp_path: Path) -> None:
     ids = ["p0", "p1", "p2", "p3"]
     scores = {"gsm8k": np.array([0.2, np.nan, 0.9, 0.2]), "math": np.array([0.1, np.nan, 0.3, 0.5])}
-    fused = fuse(scores, n_select=2)
-    table = score_table(ids, scores, fused, [0.5, 0.0, 0.25, 1.0], ["a", "b", "a", "c"],
-                        ["1", None, "2", "1"])
+    table = score_table(ids, scores, [0.5, 0.0, 0.25, 1.0], ["a", "b", "a", "c"], ["1", None, "2", "1"])
     assert table.column_names == ["id", "source", "level", "pass_rate", "zero_grad",
-                                  "score_gsm8k", "score_math", "fused", "rank"]
+                                  "score_gsm8k", "score_math"]
     write_scores(tmp_path / "scores.parquet", table)
-    rows = read_scores(tmp_path / "scores.parquet").to_pylist()
+    back = read_scores(tmp_path / "scores.parquet")
+    rows = back.to_pylist()
     assert [r["zero_grad"] for r in rows] == [False, True, False, False]
-    # gsm8k top-2: p2, p0 (p0 beats p3 in the 0.2 tie by position); math top-2: p3, p2
-    # fused: p2 = 1 + 1/2, p3 = 1, p0 = 1/2
-    assert [r["rank"] for r in rows] == [3, None, 1, 2]
-    assert rows[1]["level"] is None and math.isnan(rows[1]["fused"])
+    assert rows[1]["level"] is None
     assert not list(tmp_path.glob(".tmp-*"))
+    got = target_scores(back, ["p3", "p0", "p2", "p1"])  # aligned to any id order
+    np.testing.assert_array_equal(got["math"][:3], [0.5, 0.1, 0.3])
+    assert math.isnan(got["gsm8k"][3])
+    with pytest.raises(CropiError, match="no row"):
+        target_scores(back, ["p0", "zz"])
     with pytest.raises(ValueError, match="lengths"):
-        score_table(ids[:3], scores, fused, [0.5] * 4, ["a"] * 4, ["1"] * 4)
+        score_table(ids[:3], scores, [0.5] * 4, ["a"] * 4, ["1"] * 4)

@@ -86,7 +86,7 @@ def test_influence_ties_by_position_and_short_pool(caplog: pytest.LogCaptureFixt
     with caplog.at_level(logging.WARNING):
         assert select_ids("influence", ctx, 4) == ["c", "a", "d"]
     assert "only 3" in caplog.text
-    with pytest.raises(CropiError, match="fused scores"):
+    with pytest.raises(CropiError, match="influence scores"):
         select_ids("influence", make_ctx(fused=False), 3)
 
 
