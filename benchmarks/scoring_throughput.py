@@ -405,7 +405,7 @@ def main() -> None:
     tok = load_tokenizer("default")
     model = load_model("default", "fp32")
     params = select_params(model, GradientConfig())
-    items = [it for it in load_rollouts(Path(args.rollouts) / "pool") if not it.zero_variance]
+    items = [it for it in load_rollouts(Path(args.rollouts) / "pool") if not it.zero_grad]
     items = items[:args.n_prompts]
     pad_id = tok.pad_token_id
     check = naive_check(model, params, items[0], GradientConfig(), pad_id)  # also warms up

@@ -36,12 +36,12 @@ class Timings:
     project: float = 0.0
     store: float = 0.0
     n_prompts: int = 0
-    n_zero: int = 0
+    n_zero_grad: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         total = self.grad + self.project + self.store
         return {"grad_s": self.grad, "project_s": self.project, "store_s": self.store,
-                "total_s": total, "n_prompts": self.n_prompts, "n_zero": self.n_zero,
+                "total_s": total, "n_prompts": self.n_prompts, "n_zero_grad": self.n_zero_grad,
                 "project_share": self.project / total if total else 0.0}
 
 
@@ -58,7 +58,7 @@ def prompt_feature(model: torch.nn.Module, params: ParamSet, projector: Projecto
     t1 = time.perf_counter()
     timings.grad += t1 - t0
     if not has_signal:
-        timings.n_zero += 1
+        timings.n_zero_grad += 1
         return None
     feat = projector.project(params.grads()).detach().float().cpu().numpy()
     timings.project += time.perf_counter() - t1

@@ -64,7 +64,7 @@ def _reweight(model: torch.nn.Module, item: PromptRollouts, pad_id: int) -> torc
 def popi_backward(model: torch.nn.Module, item: PromptRollouts, cfg: GradientConfig,
                   pad_id: int) -> bool:
     """Accumulate g(s) into the parameters' ``.grad`` (fp32). Returns False for a zero-signal prompt."""
-    if item.zero_variance:
+    if item.zero_grad:
         return False
     device = next(model.parameters()).device
     rewards = torch.as_tensor(item.rewards, dtype=torch.float32)

@@ -56,7 +56,7 @@ class PromptRollouts:
         return float(np.mean(self.rewards))
 
     @property
-    def zero_variance(self) -> bool:
+    def zero_grad(self) -> bool:
         return bool(np.all(self.rewards == self.rewards[0]))
 
 

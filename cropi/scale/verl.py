@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from cropi.config import load_config
-from cropi.curriculum.rundir import RunDir
+from cropi.curriculum.rundir import RunDir, selection_stages
 from cropi.data.schema import PromptRecord
 from cropi.data.sets import load_sets
 from cropi.model.template import with_system_prompt
@@ -38,7 +37,6 @@ from cropi.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-_STAGE_DIR = re.compile(r"^stage_(\d+)$")
 
 
 def _schema() -> Any:
@@ -92,16 +90,6 @@ def write_verl_parquet(records: Sequence[PromptRecord], out: str | Path, data_so
         pq.write_table(table, tmp)
     log.info("wrote %d verl rows (data_source %s) to %s", len(rows), data_source, out)
     return len(rows)
-
-
-def selection_stages(run_dir: str | Path) -> list[int]:
-    """Stages of a run directory that hold a ``selection.json``, ascending."""
-    stages = Path(run_dir) / "stages"
-    if not stages.is_dir():
-        return []
-    found = [int(m.group(1)) for p in stages.iterdir()
-             if (m := _STAGE_DIR.match(p.name)) and (p / "selection.json").is_file()]
-    return sorted(found)
 
 
 def _run_config(run: RunDir) -> Any:

@@ -29,9 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from cropi.curriculum.rundir import RunDir
+from cropi.curriculum.rundir import RunDir, selection_stages
 from cropi.data.converters import verl_row_id
-from cropi.scale.verl import selection_stages
 from cropi.select import read_selection
 from cropi.utils.errors import CropiError
 

@@ -27,6 +27,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from cropi.config import TrainConfig
 from cropi.data.schema import PromptRecord
+from cropi.model.limits import check_prompts_fit
 from cropi.model.loading import load_model, load_tokenizer, resolve_device
 from cropi.model.template import with_system_prompt
 from cropi.train.grpo_sampler import StageSampler
@@ -262,6 +263,8 @@ def _build_trainer(model_path: str, records: Sequence[PromptRecord], cfg: TrainC
     tokenizer = load_tokenizer(model_path)
     tokenizer.padding_side = "left"
     model = load_model(model_path, "fp32", resolve_device(device)).train()
+    check_prompts_fit(tokenizer, records, cfg.max_new_tokens, setting="train.max_new_tokens",
+                      system_prompt=system_prompt, model=model)
     trainer = StageGRPOTrainer(
         model=model,
         reward_funcs=make_reward_fn(records),

@@ -271,8 +271,6 @@ def test_select_without_rollouts(rolled_run: Path, tmp_path: Path) -> None:
     assert not (root / "stages").exists() and not (root / "rollouts").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="phase_select (cropi/curriculum/scoring.py) does not yet name "
-                                       "the missing scores.parquet; the policy's error has no file")
 def test_select_stage_without_scores(rolled_run: Path, tmp_path: Path) -> None:
     runs = _copy_run(rolled_run, tmp_path)
     before = _files(runs)

@@ -112,7 +112,7 @@ def test_onpolicy_scores_fresh_samples_of_the_stage_model(tiny_model_dir, beta_r
         compute_features(setup.model, setup.params, setup.projector, items, store, cfg.gradient, pad)
         d_ids, d_feats, d_zero = FeatureStore.load(tmp_path / "direct" / name).read()
         assert ids == d_ids and zero.tolist() == d_zero.tolist()
-        assert zero.tolist() == [it.zero_variance for it in items]
+        assert zero.tolist() == [it.zero_grad for it in items]
         np.testing.assert_allclose(feats, d_feats, rtol=1e-5, atol=1e-7)
         # ... and not those of beta's rollouts at the same weights
         o_ids, o_feats, o_zero = FeatureStore.load(off.dir.features(1, name)).read()
