@@ -139,9 +139,18 @@ class ProjectionConfig:
         _check(self.cache_gb >= 0, "projection", "cache_gb", "must be >= 0 (0 regenerates every table on use)")
 
 
+SCORER_NAMES = ("paper", "differential", "centred", "unitmean", "knn", "eb", "source")
+"""The scorers of ``cropi.influence.scorers`` (checked against its registry by a test)."""
+
+
 @dataclass
 class ScoreConfig:
     target_max: int = opt(100, "at most this many target prompts (seeded sample) per target mean")
+    scorer: str = opt("paper", "how a pool gradient is compared with a target's: paper (cosine with the "
+                      "target mean), differential, centred, unitmean, knn, eb or source "
+                      "(docs/influence.md, 'Scorers')")
+    scorer_options: dict[str, Any] = opt({}, "options of the scorer, e.g. {reduce: max} for "
+                                         "differential or {neighbours: 5} for knn")
     fusion: str = opt("rrf", "fusion of several targets: rrf (reciprocal rank), max or mean")
     seed: int = opt(0, "seed of the target sample")
     backend: str = opt("local", "where gradients are computed: local (this process) or ray (sharded over Ray workers)")
@@ -152,6 +161,7 @@ class ScoreConfig:
 
     def __post_init__(self) -> None:
         _check(self.fusion in ("rrf", "max", "mean"), "score", "fusion", "use rrf, max or mean")
+        _check(self.scorer in SCORER_NAMES, "score", "scorer", f"use one of {', '.join(SCORER_NAMES)}")
         _check(self.target_max >= 1, "score", "target_max", "must be >= 1")
         _check(self.backend in ("local", "ray"), "score", "backend", "use local or ray")
         _check(self.workers >= 0, "score", "workers", "must be >= 0 (0 = automatic)")

@@ -8,7 +8,7 @@ import typer
 
 from cropi.cli.app import app
 from cropi.cli.common import (ConfigArg, EvalEveryOpt, ModelOpt, NameOpt, OutOpt, OverwriteOpt, PoolOpt,
-                              SetOpt, StageOpt, StagesOpt, StepsOpt, SuiteOpt, TargetOpt, TestOpt,
+                              ScorerOpt, SetOpt, StageOpt, StagesOpt, StepsOpt, SuiteOpt, TargetOpt, TestOpt,
                               VerboseOpt, build_config, console, data_flags, finish_run, open_run,
                               setup_env, user_errors)
 from cropi.cli.show import print_eval, print_pass_rates, print_scores, print_selection
@@ -61,13 +61,16 @@ def score(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = None
           params: Annotated[Optional[str], typer.Option(help="gradient parameters: all, lora or filter [default: all]")] = None,
           exclude: Annotated[Optional[str], typer.Option(help="regex of parameter names to drop (params=filter), e.g. 'embed|norm'")] = None,
           fusion: Annotated[Optional[str], typer.Option(help="fusion of several targets at selection time: rrf, max or mean [default: rrf]")] = None,
+          scorer: ScorerOpt = None,
           backend: Annotated[Optional[str], typer.Option(help="local (this process) or ray (shards over Ray workers) [default: local]")] = None,
           workers: Annotated[Optional[int], typer.Option(help="ray: number of workers/shards (0 = one per GPU, else per CPU) [default: 0]")] = None,
           set_: SetOpt = None, overwrite: OverwriteOpt = False, verbose: VerboseOpt = False) -> None:
     """Score every pool prompt by POPI influence on the target sets at the stage's weights.
 
     Needs the rollouts (runs them first if missing). Writes RUN/stages/stage_NNN/features/ (a
-    resumable memmap store per set) and scores.parquet (one score column per target). The printed
+    resumable memmap store per set) and scores.parquet (one score column per target, made by
+    score.scorer). A stage scored with another --scorer is refused, or with --overwrite rescored
+    from its stored features without new gradients. The printed
     ranking fuses the targets for a selection at select.ratio; `cropi select` fuses for its own
     budget. With `--backend ray` each worker fills one id range of every store (RAY_ADDRESS or
     score.ray_address picks the cluster; without one a local cluster starts); a worker that dies
@@ -80,7 +83,7 @@ def score(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = None
     cfg = build_config(config, set_, name=name, out_dir=out_dir, model__path=model,
                        projection__kind=projector, projection__k=k, projection__sparse_ratio=sparse_ratio,
                        gradient__params=params, gradient__exclude=exclude, score__fusion=fusion,
-                       score__backend=backend, score__workers=workers,
+                       score__scorer=scorer, score__backend=backend, score__workers=workers,
                        **data_flags(suite, pool, target, None))
     run = open_run(cfg, overwrite)
     run.model_path(stage)  # a stage out of range or without its checkpoint fails before any work
@@ -103,6 +106,7 @@ def select(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = Non
            policy: Annotated[Optional[str], typer.Option(help="influence, random, pass-rate, learnability or full [default: influence]")] = None,
            ratio: Annotated[Optional[float], typer.Option(help="fraction of the pool kept [default: 0.10]")] = None,
            fusion: Annotated[Optional[str], typer.Option(help="fusion of several targets: rrf, max or mean [default: rrf]")] = None,
+           scorer: ScorerOpt = None,
            set_: SetOpt = None, overwrite: OverwriteOpt = False, verbose: VerboseOpt = False) -> None:
     """Select the stage's training subset and write RUN/stages/stage_NNN/selection.json.
 
@@ -110,14 +114,17 @@ def select(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = Non
     each target's top N, N = round(ratio * pool)). A stage that already has a selection made with
     another policy, budget or fusion is refused unless --overwrite.
     """
-    from cropi.curriculum.scoring import load_run_rollouts, phase_select
+    from cropi.curriculum.scoring import load_run_rollouts, phase_select, rescore
 
     setup_env(verbose)
     cfg = build_config(config, set_, name=name, out_dir=out_dir, select__policy=policy,
-                       select__ratio=ratio, score__fusion=fusion, **data_flags(suite, pool, target, None))
+                       select__ratio=ratio, score__fusion=fusion, score__scorer=scorer,
+                       **data_flags(suite, pool, target, None))
     run = open_run(cfg, overwrite)
     run.check_stage(stage)
-    sel = phase_select(run, stage, load_run_rollouts(run)["pool"])
+    sets = load_run_rollouts(run)
+    rescore(run, stage, sets)  # another --scorer (with --overwrite): rescored from stored features
+    sel = phase_select(run, stage, sets["pool"])
     finish_run(run)
     print_selection(sel)
 

@@ -37,6 +37,7 @@ TestOpt = Annotated[Optional[list[str]], typer.Option("--test", help="test set N
 StageOpt = Annotated[int, typer.Option(help="curriculum stage (0 = scored at the initial model)")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="recompute outputs whose spec differs instead of failing")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log at INFO level")]
+ScorerOpt = Annotated[Optional[str], typer.Option(help="scorer: paper, differential, centred, unitmean, knn, eb or source [default: paper]")]
 StagesOpt = Annotated[Optional[int], typer.Option(help="number of curriculum stages [default: 2]")]
 StepsOpt = Annotated[Optional[int], typer.Option(help="GRPO steps per stage [default: 20]")]
 EvalEveryOpt = Annotated[Optional[int], typer.Option(help="evaluate every this many RL steps [default: 10]")]

@@ -28,7 +28,7 @@ def print_scores(run: Any, stage: int, n: int = 5) -> None:
     """The stage's ranking for a selection at the config's ratio and fusion: the top and bottom
     ``n`` prompts. Prompts outside every target's top list (fused 0 with rrf) are ordered by the
     reciprocal-rank sum of the full per-target rankings (:func:`cropi.select.fusion.rank_order`)."""
-    from cropi.influence.scores import read_scores, target_scores
+    from cropi.influence.scores import read_scores, scorer_spec, target_scores
     from cropi.select import budget, fuse, rank_order
 
     table_in = read_scores(run.dir.scores(stage))
@@ -41,7 +41,8 @@ def print_scores(run: Any, stage: int, n: int = 5) -> None:
     order = rank_order(scores, n_sel, fusion)
     table = Table("rank", "id", "family", "level", "pass rate", *[f"score_{t}" for t in scores],
                   f"fused ({fusion}, N={n_sel})",
-                  title=f"top and bottom prompts ({order.size} with a gradient) - {run.dir.scores(stage)}")
+                  title=f"top and bottom prompts ({order.size} with a gradient; scorer "
+                        f"{scorer_spec(table_in)['scorer']}) - {run.dir.scores(stage)}")
     shown = list(enumerate(order, start=1))
     if len(shown) > 2 * n:
         shown = shown[:n] + shown[-n:]

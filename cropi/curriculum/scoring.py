@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+
+import numpy as np
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +14,8 @@ from cropi.curriculum.phases import Run
 from cropi.data.io import dataset_fingerprint
 from cropi.influence.features import FeatureStore
 from cropi.influence.pipeline import Timings, add_timings, compute_features, prepare_scoring
-from cropi.influence.scores import (cosine_scores, read_scores, score_table, target_mean, target_scores,
+from cropi.influence.scorers import score as run_scorer
+from cropi.influence.scores import (read_scores, score_table, scorer_spec, target_mean, target_scores,
                                     write_scores)
 from cropi.rollout.collect import collect
 from cropi.rollout.store import PromptRollouts, load_rollouts
@@ -80,8 +83,44 @@ def _onpolicy_sets(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]) 
     return out
 
 
+def current_scorer(run: Run) -> dict[str, Any]:
+    """The scorer spec a stage's scores are made with (stored in scores.parquet)."""
+    return {"scorer": run.cfg.score.scorer, "scorer_options": dict(run.cfg.score.scorer_options)}
+
+
+def _rescore_only(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]) -> bool:
+    """True when the stage is scored with another scorer and its stored features are complete;
+    another scorer without ``--overwrite`` is refused."""
+    if not (run.dir.done(stage, "scored") and run.dir.scores(stage).exists()):
+        return False
+    stored = scorer_spec(read_scores(run.dir.scores(stage)))
+    if stored == current_scorer(run):
+        return False
+    if not run.overwrite:
+        raise CropiError(f"stage {stage} was scored with {stored}, this command asks for {current_scorer(run)}",
+                         file=run.dir.scores(stage),
+                         fix="rerun with --overwrite to rescore from the stored features (no new gradients)")
+    return all((run.dir.features(stage, name) / "manifest.json").exists() for name in sets)
+
+
+def rescore(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]) -> bool:
+    """Rewrite a scored stage's scores with the configured scorer from its stored features when it
+    was scored with another one (needs ``--overwrite``); True when it did."""
+    if not _rescore_only(run, stage, sets):
+        return False
+    stores = {name: FeatureStore.load(run.dir.features(stage, name)) for name in sets}
+    _write_stage_scores(run, stage, sets["pool"], stores)
+    run.dir.log_metrics("rescore", stage=stage, **current_scorer(run))
+    return True
+
+
 def phase_score(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]) -> Timings | None:
-    """Project POPI gradients of the pool and the targets at the stage's weights; write scores."""
+    """Project POPI gradients of the pool and the targets at the stage's weights; write scores.
+
+    A stage already scored is skipped; one scored with another scorer is refused, or with
+    ``--overwrite`` rescored from its stored features (the scorer needs no new gradients)."""
+    if rescore(run, stage, sets):
+        return Timings()
     if run.dir.done(stage, "scored") and not run.overwrite:
         return None
     if run.cfg.gradient.mode == "onpolicy":
@@ -100,17 +139,24 @@ def phase_score(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]) -> 
 
 def _write_stage_scores(run: Run, stage: int, pool: list[PromptRollouts], stores: dict[str, FeatureStore]) -> None:
     ids, feats, zero = stores["pool"].read()
-    means = {}
+    means, rows = {}, {}
     for name, store in stores.items():
         if name == "pool":
             continue
         t_ids, t_feats, t_zero = store.read()
         label = name.removeprefix("targets/")
-        means[label], _ = target_mean(t_feats, t_zero, t_ids, run.cfg.score.target_max,
-                                      run.cfg.score.seed, name=label)
-    scores = cosine_scores(feats, means, zero)
-    table = score_table(ids, scores, [it.pass_rate for it in pool], [it.source for it in pool],
-                        [it.level for it in pool])
+        means[label], used = target_mean(t_feats, t_zero, t_ids, run.cfg.score.target_max,
+                                         run.cfg.score.seed, name=label)
+        index = {i: pos for pos, i in enumerate(t_ids)}
+        rows[label] = np.asarray(t_feats[[index[i] for i in used]], dtype=np.float64)
+    by_id = {it.id: it for it in pool}
+    items = [by_id[i] for i in ids]
+    scores = run_scorer(run.cfg.score.scorer, feats, zero, means, target_feats=rows,
+                        n_correct=np.array([int(np.sum(it.rewards > 0)) for it in items]),
+                        n_responses=np.array([len(it.rewards) for it in items]),
+                        sources=[it.source for it in items], **run.cfg.score.scorer_options)
+    table = score_table(ids, scores, [it.pass_rate for it in items], [it.source for it in items],
+                        [it.level for it in items], spec=current_scorer(run))
     write_scores(run.dir.scores(stage), table)
 
 
@@ -132,6 +178,7 @@ def selection_spec(run: Run, policy: str, n_pool: int) -> dict[str, Any]:
         spec["seed"] = cfg.seed
     if policy == "influence":
         spec["fusion"] = run.cfg.score.fusion
+        spec.update(current_scorer(run))
     return spec
 
 

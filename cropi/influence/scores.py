@@ -9,9 +9,11 @@ the selection being made (:mod:`cropi.select.fusion`).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -89,10 +91,17 @@ def cosine_scores(pool_feats: np.ndarray, target_means: Mapping[str, np.ndarray]
     return {name: out[i] for i, name in enumerate(names)}
 
 
+SPEC_KEY = b"cropi.score_spec"
+"""Parquet schema metadata key of a score table: JSON of what made the scores (the scorer)."""
+
+
 def score_table(ids: Sequence[str], scores: Mapping[str, np.ndarray],
                 pass_rate: Sequence[float] | np.ndarray, source: Sequence[str],
-                level: Sequence[str | None]) -> pa.Table:
+                level: Sequence[str | None], spec: Mapping[str, Any] | None = None) -> pa.Table:
     """One row per pool prompt: id, source, level, pass_rate, zero_grad, score_<target>...
+
+    ``spec`` (e.g. ``{"scorer": "paper", "scorer_options": {}}``) is stored in the schema metadata
+    (:func:`scorer_spec` reads it back).
 
     ``zero_grad`` is True where any target's score is NaN (the prompt has no gradient). Fused
     scores and ranks are not stored: they depend on the budget of a selection and are computed by
@@ -117,7 +126,18 @@ def score_table(ids: Sequence[str], scores: Mapping[str, np.ndarray],
     }
     for target, values in scores.items():
         columns[f"score_{target}"] = pa.array(np.asarray(values, dtype=np.float64), pa.float64())
-    return pa.table(columns)
+    table = pa.table(columns)
+    if spec is not None:
+        table = table.replace_schema_metadata({SPEC_KEY: json.dumps(dict(spec), sort_keys=True)})
+    return table
+
+
+def scorer_spec(table: pa.Table) -> dict[str, Any]:
+    """What made a score table's scores; tables written before scorers existed are ``paper``."""
+    meta = table.schema.metadata or {}
+    if SPEC_KEY in meta:
+        return json.loads(meta[SPEC_KEY])
+    return {"scorer": "paper", "scorer_options": {}}
 
 
 def target_scores(table: pa.Table, ids: Sequence[str]) -> dict[str, np.ndarray]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 from conftest import run_cli
 
+from cropi.influence.scores import read_scores, scorer_spec
 from cropi.select import read_selection
 
 SMALL = ["--set", "rollout.batch_size=4", "--set", "rollout.max_new_tokens=8",
@@ -73,3 +74,15 @@ def test_changes_are_refused_or_kept_in_history(tiny_model_dir: Path, parity_set
     assert history[0]["changes"] == {"select.ratio": {"old": 0.25, "new": 0.5}}
     assert history[0]["previous"] == yaml.safe_load(config)
     assert read_selection(run_dir / "stages" / "stage_000" / "selection.json")["budget"] == 8
+
+    # another scorer: refused without --overwrite; with it, rescored from the stored features
+    stage = run_dir / "stages" / "stage_000"
+    features = {p: p.stat().st_mtime_ns for p in (stage / "features").rglob("*.npy")}
+    refused = run_cli(["select", *where, "--scorer", "centred"])
+    assert refused.returncode == 2 and "--overwrite" in refused.stderr and "paper" in refused.stderr
+    _ok(run_cli(["select", *where, "--scorer", "centred", "--overwrite"]))
+    assert {p: p.stat().st_mtime_ns for p in (stage / "features").rglob("*.npy")} == features
+    table = read_scores(stage / "scores.parquet")
+    assert scorer_spec(table) == {"scorer": "centred", "scorer_options": {}}
+    sel = read_selection(stage / "selection.json")
+    assert sel["scorer"] == "centred" and sel["budget"] == 8

@@ -306,3 +306,10 @@ def test_sequence_logw() -> None:
     lw = scorers.sequence_logw([np.array([-1.0, -2.0]), np.array([-0.5])],
                                [np.array([-1.5, -2.0]), np.array([-0.25])])
     np.testing.assert_allclose(lw, [0.5, -0.25])
+
+
+def test_config_names_every_registered_scorer() -> None:
+    from cropi.config import SCORER_NAMES
+    from cropi.influence.scorers import SCORERS
+
+    assert tuple(SCORERS) == SCORER_NAMES
