@@ -151,6 +151,10 @@ class ScoreConfig:
                       "(docs/influence.md, 'Scorers')")
     scorer_options: dict[str, Any] = opt({}, "options of the scorer, e.g. {reduce: max} for "
                                          "differential or {neighbours: 5} for knn")
+    drift: bool = opt(True, "stages > 0: measure each pool prompt's ESS/K of its importance weights "
+                      "(a forward pass per prompt with a gradient; column ess, metrics event drift)")
+    resample_below_ess: float | None = opt(None, "stages > 0: re-sample prompts whose ESS/K is below "
+                                           "this with the current policy before scoring (None: never)")
     fusion: str = opt("rrf", "fusion of several targets: rrf (reciprocal rank), max or mean")
     seed: int = opt(0, "seed of the target sample")
     backend: str = opt("local", "where gradients are computed: local (this process) or ray (sharded over Ray workers)")
@@ -162,6 +166,8 @@ class ScoreConfig:
     def __post_init__(self) -> None:
         _check(self.fusion in ("rrf", "max", "mean"), "score", "fusion", "use rrf, max or mean")
         _check(self.scorer in SCORER_NAMES, "score", "scorer", f"use one of {', '.join(SCORER_NAMES)}")
+        _check(self.resample_below_ess is None or 0 < self.resample_below_ess <= 1, "score",
+               "resample_below_ess", "must be in (0, 1] or None")
         _check(self.target_max >= 1, "score", "target_max", "must be >= 1")
         _check(self.backend in ("local", "ray"), "score", "backend", "use local or ray")
         _check(self.workers >= 0, "score", "workers", "must be >= 0 (0 = automatic)")

@@ -12,6 +12,7 @@ from typing import Any
 
 from cropi.curriculum.phases import Run
 from cropi.data.io import dataset_fingerprint
+from cropi.influence.drift import drift_summary, pool_ess
 from cropi.influence.features import FeatureStore
 from cropi.influence.pipeline import Timings, add_timings, compute_features, prepare_scoring
 from cropi.influence.scorers import score as run_scorer
@@ -44,7 +45,10 @@ def register_score_backend(name: str, fn: FeatureBackend) -> None:
 
 def store_spec(run: Run, stage: int, model_path: str, setup_spec: dict[str, Any], name: str) -> dict[str, Any]:
     """What produced a stage's features of one set (the feature store's manifest spec)."""
-    return {**run.base_spec(model_path), **setup_spec, "stage": stage, "set": name}
+    spec = {**run.base_spec(model_path), **setup_spec, "stage": stage, "set": name}
+    if stage > 0 and name == "pool" and run.cfg.score.resample_below_ess is not None:
+        spec["resample_below_ess"] = run.cfg.score.resample_below_ess
+    return spec
 
 
 def _local_features(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]) -> Timings:
@@ -109,7 +113,12 @@ def rescore(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]) -> bool
     if not _rescore_only(run, stage, sets):
         return False
     stores = {name: FeatureStore.load(run.dir.features(stage, name)) for name in sets}
-    _write_stage_scores(run, stage, sets["pool"], stores)
+    old = read_scores(run.dir.scores(stage))
+    extra = None
+    if "ess" in old.column_names:  # the drift measured when the stage was scored stays
+        by_id = dict(zip(old.column("id").to_pylist(), old.column("ess").to_pylist()))
+        extra = {"ess": np.array([by_id.get(it.id, np.nan) for it in sets["pool"]], dtype=np.float64)}
+    _write_stage_scores(run, stage, sets["pool"], stores, extra)
     run.dir.log_metrics("rescore", stage=stage, **current_scorer(run))
     return True
 
@@ -123,21 +132,53 @@ def phase_score(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]) -> 
         return Timings()
     if run.dir.done(stage, "scored") and not run.overwrite:
         return None
+    extra: dict[str, np.ndarray] = {}
     if run.cfg.gradient.mode == "onpolicy":
         sets = _onpolicy_sets(run, stage, sets)
+    elif stage > 0 and (run.cfg.score.drift or run.cfg.score.resample_below_ess is not None):
+        extra["ess"], sets = _drift(run, stage, sets)
     backend = _BACKENDS.get(run.cfg.score.backend)
     if backend is None:
         raise CropiError(f"score backend {run.cfg.score.backend!r} is not loaded", field="score.backend",
                          fix=f"import cropi.scale.ray_score first (the cropi command does), or use one of {sorted(_BACKENDS)}")
     timings = backend(run, stage, sets)
     stores = {name: FeatureStore.load(run.dir.features(stage, name)) for name in sets}
-    _write_stage_scores(run, stage, sets["pool"], stores)
+    _write_stage_scores(run, stage, sets["pool"], stores, extra)
     run.dir.mark(stage, "scored", **timings.as_dict())
     run.dir.log_metrics("score", stage=stage, **timings.as_dict())
     return timings
 
 
-def _write_stage_scores(run: Run, stage: int, pool: list[PromptRollouts], stores: dict[str, FeatureStore]) -> None:
+def _drift(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]
+           ) -> tuple[np.ndarray, dict[str, list[PromptRollouts]]]:
+    """ESS/K of every pool prompt's stored responses at the stage's weights (logged as a ``drift``
+    event); with ``score.resample_below_ess``, the prompts below it get fresh rollouts from the
+    stage's model (seeded, under ``stage_NNN/resampled/pool``) that replace beta's for scoring."""
+    path = run.model_path(stage)
+    policy = run.policy(path)
+    pool = sets["pool"]
+    ess_k = pool_ess(policy.model, pool, policy.pad_id, run.cfg.gradient.max_batch_tokens)
+    threshold = run.cfg.score.resample_below_ess
+    summary = drift_summary(ess_k, 0.5 if threshold is None else threshold)
+    low = [it.id for it, e in zip(pool, ess_k) if threshold is not None and np.isfinite(e) and e < threshold]
+    run.dir.log_metrics("drift", stage=stage, **summary, resampled=len(low))
+    log.info("stage %d drift: mean ESS/K %s, %s of %d prompts below %s", stage, summary["mean_ess"],
+             summary["share_below"], summary["n"], summary["threshold"])
+    if not low:
+        return ess_k, sets
+    wanted = set(low)
+    records = [r for r in run.data.pool if r.id in wanted]
+    folder = run.dir.stage(stage) / "resampled" / "pool"
+    cfg = dataclasses.replace(run.cfg.rollout, seed=run.cfg.rollout.seed + 1000 * (stage + 1))
+    spec = {**run.base_spec(path), "dataset": dataset_fingerprint(records), "resample_below_ess": threshold}
+    collect(records, folder, lambda: run.policy(path), run.cfg.rollout.k_pool, cfg, spec,
+            name="resampled pool", overwrite=run.overwrite)
+    fresh = {it.id: it for it in load_rollouts(folder)}
+    return ess_k, {**sets, "pool": [fresh.get(it.id, it) for it in pool]}
+
+
+def _write_stage_scores(run: Run, stage: int, pool: list[PromptRollouts], stores: dict[str, FeatureStore],
+                        extra: dict[str, np.ndarray] | None = None) -> None:
     ids, feats, zero = stores["pool"].read()
     means, rows = {}, {}
     for name, store in stores.items():
@@ -156,7 +197,7 @@ def _write_stage_scores(run: Run, stage: int, pool: list[PromptRollouts], stores
                         n_responses=np.array([len(it.rewards) for it in items]),
                         sources=[it.source for it in items], **run.cfg.score.scorer_options)
     table = score_table(ids, scores, [it.pass_rate for it in items], [it.source for it in items],
-                        [it.level for it in items], spec=current_scorer(run))
+                        [it.level for it in items], spec=current_scorer(run), extra=extra)
     write_scores(run.dir.scores(stage), table)
 
 

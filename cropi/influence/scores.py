@@ -97,11 +97,12 @@ SPEC_KEY = b"cropi.score_spec"
 
 def score_table(ids: Sequence[str], scores: Mapping[str, np.ndarray],
                 pass_rate: Sequence[float] | np.ndarray, source: Sequence[str],
-                level: Sequence[str | None], spec: Mapping[str, Any] | None = None) -> pa.Table:
+                level: Sequence[str | None], spec: Mapping[str, Any] | None = None,
+                extra: Mapping[str, np.ndarray] | None = None) -> pa.Table:
     """One row per pool prompt: id, source, level, pass_rate, zero_grad, score_<target>...
 
     ``spec`` (e.g. ``{"scorer": "paper", "scorer_options": {}}``) is stored in the schema metadata
-    (:func:`scorer_spec` reads it back).
+    (:func:`scorer_spec` reads it back). ``extra``: more float columns ``[n]`` (e.g. ``ess``).
 
     ``zero_grad`` is True where any target's score is NaN (the prompt has no gradient). Fused
     scores and ranks are not stored: they depend on the budget of a selection and are computed by
@@ -126,6 +127,10 @@ def score_table(ids: Sequence[str], scores: Mapping[str, np.ndarray],
     }
     for target, values in scores.items():
         columns[f"score_{target}"] = pa.array(np.asarray(values, dtype=np.float64), pa.float64())
+    for name, values in (extra or {}).items():
+        if len(values) != n:
+            raise ValueError(f"score_table: {n} ids but column {name!r} has {len(values)}")
+        columns[name] = pa.array(np.asarray(values, dtype=np.float64), pa.float64())
     table = pa.table(columns)
     if spec is not None:
         table = table.replace_schema_metadata({SPEC_KEY: json.dumps(dict(spec), sort_keys=True)})

@@ -154,3 +154,49 @@ def test_influence_once_reuses_stage0_selection_without_scoring(tiny_model_dir, 
     assert not (run_root / "stages/stage_001/scores.parquet").exists()
     assert not (run_root / "stages/stage_001/features").exists()
     assert trained == [(0, first["ids"]), (1, first["ids"])]
+
+
+def test_drift_ess_matches_float64_and_resamples_low_prompts(tiny_model_dir, beta_rollouts, tmp_path):
+    """Stage 1 measures ESS/K of each pool prompt's importance weights at theta_1 (1 at beta), and
+    ``score.resample_below_ess`` replaces the prompts below it by fresh samples of theta_1."""
+    import json
+    import math
+
+    from cropi.curriculum.scoring import phase_score
+    from cropi.influence.drift import pool_ess
+    from cropi.influence.scores import read_scores
+
+    sets, rollouts = beta_rollouts
+    run = _run(tiny_model_dir, sets, rollouts, tmp_path / "d")
+    run.cfg.score.resample_below_ess = 0.9
+    beta_sets = phase_rollouts(run)
+    theta1 = _theta1(tiny_model_dir, run.dir.checkpoint(0))
+    pool = beta_sets["pool"]
+    beta = load_model(str(tiny_model_dir), "fp32", "cpu")
+    pad = int(load_tokenizer(str(theta1)).pad_token_id)
+    at_beta = pool_ess(beta, pool, pad)
+    assert np.allclose(at_beta[np.isfinite(at_beta)], 1.0, atol=1e-4)  # theta = beta: equal weights
+
+    phase_score(run, 1, beta_sets)
+    run.release_policies()
+    got = dict(zip(*[read_scores(run.dir.scores(1)).column(c).to_pylist() for c in ("id", "ess")]))
+    model = load_model(str(theta1), "fp32", "cpu")
+    expected = {}
+    for it in pool:
+        if it.zero_grad:
+            assert got[it.id] is None or math.isnan(got[it.id])
+            continue
+        lp = response_logprobs(model, [it.prompt_ids] * len(it.response_ids), it.response_ids, pad)
+        w = [math.exp(sum(a) - float(np.sum(np.asarray(b, np.float64)))) for a, b in zip(lp, it.logprobs)]
+        expected[it.id] = sum(w) ** 2 / (len(w) * sum(x * x for x in w))
+        assert got[it.id] == pytest.approx(expected[it.id], rel=1e-4)
+    low = sorted(i for i, e in expected.items() if e < 0.9)
+    assert low, "the perturbation should move some prompts below the threshold"
+    events = [json.loads(line) for line in (run.dir.root / "metrics.jsonl").read_text().splitlines()]
+    drift = [e for e in events if e["event"] == "drift"]
+    assert len(drift) == 1 and drift[0]["resampled"] == len(low)
+    assert drift[0]["share_below"] == pytest.approx(len(low) / len(expected))
+    fresh = load_rollouts(run.dir.stage(1) / "resampled" / "pool")
+    assert sorted(it.id for it in fresh) == low
+    spec = json.loads((run.dir.features(1, "pool") / "spec.json").read_text())["spec"]
+    assert spec["resample_below_ess"] == 0.9
