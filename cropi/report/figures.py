@@ -48,9 +48,12 @@ def save_figure(fig: Figure, path: Path) -> Path:
 
 
 def accuracy_figure(path: Path, key: str, arms: Mapping[str, Sequence[Curve]],
-                    smooth_kw: Mapping[str, Any], a_star: float | None = None) -> Path | None:
+                    smooth_kw: Mapping[str, Any], a_star: float | None = None,
+                    bands: Mapping[str, Mapping[str, Any]] | None = None) -> Path | None:
     """``key`` accuracy vs step for every arm: raw (thin), smoothed (thick); with several seeds the
-    raw line is the seed mean on common steps and a band spans the seeds' min..max."""
+    raw line is the seed mean on common steps and a band spans the seeds' min..max, or, for the
+    arms in ``bands`` (``steps``, ``lo``, ``hi``: :func:`cropi.report.stats.bootstrap`), the 95 %
+    bootstrap interval of the seed mean."""
     fig = _figure()
     ax = fig.add_subplot()
     drawn = False
@@ -61,7 +64,11 @@ def accuracy_figure(path: Path, key: str, arms: Mapping[str, Sequence[Curve]],
         steps, values = stack_curves(curves)
         mean = values.mean(axis=0)
         color = arm_color(i)
-        if values.shape[0] > 1:
+        band = (bands or {}).get(arm)
+        if band is not None:
+            ax.fill_between(band["steps"], band["lo"], band["hi"], color=color, alpha=0.15,
+                            linewidth=0)
+        elif values.shape[0] > 1:
             ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=color, alpha=0.15,
                             linewidth=0)
         ax.plot(steps, mean, color=color, linewidth=0.8, alpha=0.5)
@@ -75,7 +82,28 @@ def accuracy_figure(path: Path, key: str, arms: Mapping[str, Sequence[Curve]],
         ax.axhline(a_star, color="black", linestyle="--", linewidth=0.8, label="a* (baseline)")
     ax.set_xlabel("RL step")
     ax.set_ylabel(f"{key} accuracy")
-    ax.set_title(f"{key} accuracy (thin: raw, thick: smoothed)")
+    what = "95 % bootstrap band" if bands else "band: seeds' min..max"
+    ax.set_title(f"{key} accuracy (thin: raw, thick: smoothed; {what})", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def wallclock_figure(path: Path, arms: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+                     a_star: float | None = None) -> Path | None:
+    """Seed-mean targeted accuracy vs seconds of work (evaluation excluded; beta's rollouts and
+    scoring counted for the arms that use them): ``arms`` maps an arm to (seconds, accuracy)."""
+    if not arms:
+        return None
+    fig = _figure()
+    ax = fig.add_subplot()
+    for i, (arm, (seconds, acc)) in enumerate(arms.items()):
+        ax.plot(seconds, acc, color=arm_color(i), marker="o", markersize=3, linewidth=1.6, label=arm)
+    if a_star is not None:
+        ax.axhline(a_star, color="black", linestyle="--", linewidth=0.8, label="a* (baseline)")
+    ax.set_xlabel("seconds of work (rollouts + scoring + training; evaluation excluded)")
+    ax.set_ylabel("targeted accuracy (seed mean)")
+    ax.set_title("targeted accuracy vs wall-clock work")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, path)

@@ -1,9 +1,11 @@
 """Reading what a report needs from run directories and comparison directories.
 
 A run directory (docs/concepts.md#the-run-directory): ``metrics.jsonl`` (events ``eval``, ``train_log``,
-``rollouts``, ``score``, ``train``, ``eval_time``) and ``stages/stage_NNN/selection.json`` (+
-optional ``scores.parquet``). A comparison directory: ``compare.json`` and
-``arms/<arm>/seed_<s>/`` run directories.
+``rollouts``, ``score``, ``train``, ``eval_time``), ``stages/stage_NNN/selection.json`` (+
+optional ``scores.parquet``) and, when the evaluation stored them, per-item results
+``evals/step_NNNNNN.parquet`` (:func:`read_item_results`). A comparison directory:
+``compare.json``, its own ``metrics.jsonl`` (the shared rollouts) and ``arms/<arm>/seed_<s>/`` run
+directories.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from cropi.curriculum.rundir import stage_folders
 from cropi.influence.scores import read_scores, target_scores
@@ -36,6 +39,20 @@ TIME_EVENTS: dict[str, tuple[str, str]] = {
     "evaluation": ("eval_time", "seconds"),
 }
 SCORE_BINS = 20
+ITEMS_DIR = "evals"
+ITEM_COLUMNS = ("set", "id", "mode", "reward")
+"""Per-item results, one Parquet file per evaluation: ``RUN/evals/step_NNNNNN.parquet`` with one row
+per (test set, item, mode): ``set`` (test set name, e.g. ``targeted/chain``), ``id``, ``mode``
+(``greedy`` or ``mean@k``), ``reward`` (0/1 greedy, the mean over the k samples for mean@k) and,
+optionally, ``strict`` (share of the item's completions whose final answer has the strict form) and
+``answer`` (the extracted answer of the first completion)."""
+_ITEM_RE = re.compile(r"^step_(\d+)\.parquet$")
+ROLLOUT_SETS: dict[str, tuple[str, ...]] = {
+    "influence": ("pool", "targets"), "influence-once": ("pool", "targets"),
+    "learnability": ("pool",), "pass-rate": ("pool",), "oracle": ("pool",),
+    "random": (), "full": ()}
+"""Which of beta's rollouts a selection policy needs (pool pass rates, target gradients): the
+wall-clock axis charges their sampling time to the arms that use them (:func:`work_clock`)."""
 _SEED_RE = re.compile(r"^seed_(-?\d+)$")
 
 
@@ -63,6 +80,34 @@ class RunData:
         """``eval`` curve of ``key`` ("targeted" / "untargeted"); see :func:`eval_curve`."""
         return eval_curve(self.records, key)
 
+    @property
+    def policy(self) -> str | None:
+        """The selection policy of the run's first stage (None: no selection.json)."""
+        for stage in self.stages:
+            if stage.selection is not None:
+                return str(stage.selection.get("policy"))
+        return None
+
+    def metric(self) -> str | None:
+        """The accuracy metric of the run's ``eval`` events (``greedy`` / ``mean@k``)."""
+        for rec in reversed(self.records):
+            if rec.get("event") == "eval" and isinstance(rec.get("metric"), str):
+                return rec["metric"]
+        return None
+
+    def item_rewards(self, targeted: bool = True) -> dict[int, dict[tuple[str, str], float]]:
+        """step -> {(set, id): reward} of the per-item results for the run's metric, for the
+        targeted (or untargeted) test sets; ``{}`` without per-item results."""
+        metric = self.metric()
+        out: dict[int, dict[tuple[str, str], float]] = {}
+        for step, rows in read_item_results(self.path).items():
+            keep = {(str(s), str(i)): float(r) for s, i, m, r in
+                    zip(rows["set"], rows["id"], rows["mode"], rows["reward"], strict=True)
+                    if (metric is None or m == metric) and str(s).startswith("target") == targeted}
+            if keep:
+                out[step] = keep
+        return out
+
 
 @dataclass
 class Comparison:
@@ -73,6 +118,7 @@ class Comparison:
     baseline: str | None
     meta: dict[str, Any]
     single_run: bool = False
+    records: list[dict[str, Any]] = field(default_factory=list)  # the comparison's own metrics
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -190,8 +236,9 @@ def load_comparison(path: str | Path) -> Comparison:
     baseline = str(meta.get("baseline", "full"))
     if baseline not in arms:
         log.warning("baseline arm %r has no runs: no acceleration can be computed", baseline)
+    root_metrics = path / "metrics.jsonl"
     return Comparison(path=path, arms=arms, baseline=baseline if baseline in arms else None,
-                      meta=meta)
+                      meta=meta, records=read_jsonl(root_metrics) if root_metrics.exists() else [])
 
 
 def load_any(path: str | Path) -> Comparison:
@@ -236,3 +283,114 @@ def score_stats_from_table(path: Path, selected: list[str], fusion: str = "rrf")
             "selected": np.histogram(sel, bins=edges)[0].tolist(),
             "mean_pool": float(fused[finite].mean()),
             "mean_selected": float(sel.mean()) if sel.size else None}
+
+
+def read_item_results(run: str | Path) -> dict[int, dict[str, list[Any]]]:
+    """step -> columns of ``RUN/evals/step_NNNNNN.parquet`` (see :data:`ITEM_COLUMNS`); ``{}``
+    when the run has none. A file without the required columns is skipped with a warning."""
+    folder = Path(run) / ITEMS_DIR
+    if not folder.is_dir():
+        return {}
+    out: dict[int, dict[str, list[Any]]] = {}
+    for path in sorted(folder.iterdir()):
+        match = _ITEM_RE.match(path.name)
+        if not match:
+            continue
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # noqa: BLE001 - a damaged file must not stop the report
+            log.warning("skipping unreadable per-item results %s: %s", path, exc)
+            continue
+        missing = [c for c in ITEM_COLUMNS if c not in table.column_names]
+        if missing:
+            log.warning("skipping per-item results %s: no column %s", path, ", ".join(missing))
+            continue
+        out[int(match.group(1))] = table.to_pydict()
+    return out
+
+
+def rollout_seconds(records: list[dict[str, Any]], sets: tuple[str, ...],
+                    k: dict[str, int] | None = None) -> float:
+    """Seconds of beta's rollouts attributable to ``sets`` ("pool", "targets"): each ``rollouts``
+    event's seconds shared in proportion to the responses sampled per set (prompts x k, with
+    ``k = {"pool": k_pool, "targets": k_target}``; prompts alone when ``k`` is None)."""
+    total = 0.0
+    for rec in records:
+        seconds = _number(rec.get("seconds")) if rec.get("event") == "rollouts" else None
+        sampled = rec.get("sampled") if seconds is not None else None
+        if seconds is None:
+            continue
+        if not isinstance(sampled, dict) or not sampled:
+            total += seconds if sets else 0.0
+            continue
+        weight = {name: float(n) * float((k or {}).get("pool" if name == "pool" else "targets", 1))
+                  for name, n in sampled.items() if _number(n) is not None}
+        whole = sum(weight.values())
+        if whole <= 0:
+            continue
+        mine = sum(w for name, w in weight.items()
+                   if ("pool" if name == "pool" else "targets") in sets)
+        total += seconds * mine / whole
+    return total
+
+
+def stage_score_seconds(records: list[dict[str, Any]]) -> dict[int, float]:
+    """Scoring seconds per stage (``score`` events' ``total_s``, summed over resumed attempts)."""
+    out: dict[int, float] = {}
+    for rec in records:
+        seconds, stage = _number(rec.get("total_s")), _number(rec.get("stage"))
+        if rec.get("event") == "score" and seconds is not None and stage is not None:
+            out[int(stage)] = out.get(int(stage), 0.0) + seconds
+    return out
+
+
+def work_clock(records: list[dict[str, Any]], setup_seconds: float = 0.0,
+               score_floor: dict[int, float] | None = None) -> dict[int, float]:
+    """step -> seconds of work done before the run's evaluation at that step, evaluation excluded.
+
+    The clock: ``setup_seconds`` (beta's rollouts the arm's policy needs, :func:`rollout_seconds`)
+    and stage m's scoring (``score`` events, at least ``score_floor[m]``: stage-0 features shared
+    between the runs of a comparison are charged to every run that uses them) are paid before
+    stage m's first step; stage m's training seconds (``train`` events, which exclude the
+    evaluations) are spread uniformly over its steps. The step-0 evaluation of beta is at 0 s.
+    A stage still running (no ``train`` event) uses the mean seconds per step of the finished
+    stages; with none finished, its evaluations get no clock.
+    """
+    train: dict[int, tuple[float, int]] = {}
+    for rec in records:
+        seconds, steps, stage = (_number(rec.get("seconds")), _number(rec.get("steps")),
+                                 _number(rec.get("stage")))
+        if rec.get("event") == "train" and None not in (seconds, steps, stage) and steps > 0:
+            train[int(stage)] = (seconds, int(steps))
+    # training seconds per stage as the time table counts them (evaluation taken out of old runs)
+    breakdown = time_breakdown(records)
+    for stage, (_, steps) in list(train.items()):
+        train[stage] = (breakdown[_stage_label(stage)]["training"], steps)
+    scores = stage_score_seconds(records)
+    for stage, floor in (score_floor or {}).items():
+        if stage in scores or stage in train or any(
+                rec.get("event") == "eval" and rec.get("stage") == stage for rec in records):
+            scores[stage] = max(scores.get(stage, 0.0), floor)
+    rate = (sum(s for s, _ in train.values()) / sum(n for _, n in train.values())) if train else None
+    steps_known = [n for _, n in train.values()]
+    default_steps = max(set(steps_known), key=steps_known.count) if steps_known else None
+    out: dict[int, float] = {}
+    for rec in records:
+        step, stage = _number(rec.get("step")), _number(rec.get("stage"))
+        if rec.get("event") != "eval" or step is None or stage is None:
+            continue
+        stage, step = int(stage), int(step)
+        if stage < 0:
+            out[step] = 0.0
+            continue
+        if rate is None or default_steps is None:
+            continue
+        clock, start = setup_seconds, 0
+        for m in range(stage):
+            secs, n = train.get(m, (rate * default_steps, default_steps))
+            clock += scores.get(m, 0.0) + secs
+            start += n
+        secs, n = train.get(stage, (rate * default_steps, default_steps))
+        clock += scores.get(stage, 0.0) + secs * min(max(step - start, 0), n) / n
+        out[step] = clock
+    return out

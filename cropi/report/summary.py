@@ -120,3 +120,53 @@ def time_rows(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
         mean = totals.mean(axis=0)
         rows.append([arm, *(f"{v:.1f}" for v in mean), f"{mean.sum():.1f}"])
     return headers, rows
+
+
+STATS_HEADERS = ["arm", "area", "Δ area vs baseline [95 % CI]", "Δ area, paired t [95 % CI]",
+                 "P(improvement) [95 % CI]", "acceleration [95 % CI]; never",
+                 "wall-clock acceleration [95 % CI]; never", "seconds to a*"]
+
+
+def statistics_rows(boot: dict[str, Any], baseline: str) -> list[list[str]]:
+    """Rows of the statistics table (:data:`STATS_HEADERS`) from :func:`cropi.report.stats.bootstrap`."""
+    from cropi.report.stats import format_ci, format_ratio_ci
+
+    rows = []
+    for arm, r in boot["arms"].items():
+        base = arm == baseline
+        seconds = r.get("reach_seconds")
+        rows.append([arm, format_ci(r["area"]),
+                     DASH if base else format_ci(r["area_diff"], signed=True),
+                     DASH if base or "area_diff_t" not in r else format_ci(r["area_diff_t"], signed=True),
+                     DASH if base else format_ci(r["poi"]),
+                     DASH if base else format_ratio_ci(r.get("accel")),
+                     DASH if base or "wall_accel" not in r else format_ratio_ci(r["wall_accel"]),
+                     DASH if seconds is None else f"{seconds:.0f}"])
+    return rows
+
+
+def format_rows(cmp: Comparison) -> list[list[str]] | None:
+    """Format vs skill: per arm, the targeted accuracy and the share of completions that state the
+    final answer in the strict form the prompt asks for (``eval`` events' ``targeted_format``), at
+    the first and the last evaluation (seed means). None when no eval event has the share."""
+    rows, seen = [], False
+    for arm, runs in cmp.arms.items():
+        acc, fmt = runs_curve(runs, "targeted"), runs_curve(runs, "targeted_format")
+        seen = seen or fmt is not None
+        cells = [arm]
+        for index in (0, -1):
+            cells.append(DASH if acc is None else f"{acc[1][index]:.3f}")
+            cells.append(DASH if fmt is None else f"{fmt[1][index]:.3f}")
+        rows.append(cells)
+    return rows if seen else None
+
+
+FORMAT_HEADERS = ["arm", "first targeted accuracy", "first strict-format share",
+                  "final targeted accuracy", "final strict-format share"]
+
+
+def runs_curve(runs: list[RunData], key: str) -> Curve | None:
+    """:func:`seed_mean_curve` without the log line when no run has ``key``."""
+    if not any(r.curve(key)[0].size for r in runs):
+        return None
+    return seed_mean_curve(runs, key)

@@ -31,7 +31,9 @@ class SelectionContext:
     source: task family ``[n]``; level: difficulty level ``[n]`` (None: no level); seed: for the
     random policies; scores: per-target influence scores ``{target: [n]}`` (NaN: zero gradient),
     fused with ``fusion`` for the budget of each selection (see :mod:`cropi.select.fusion`); when
-    both are given, ``scores`` wins. Neither: the pool was not scored.
+    both are given, ``scores`` wins. Neither: the pool was not scored. target_sources: the task
+    families (``source``) of the target sets' prompts, or None when unknown (the ``oracle`` policy
+    needs them).
     """
 
     ids: list[str]
@@ -42,6 +44,7 @@ class SelectionContext:
     seed: int = 0
     scores: dict[str, np.ndarray] | None = None
     fusion: str = "rrf"
+    target_sources: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.ids = [str(i) for i in self.ids]
@@ -167,6 +170,37 @@ class LearnabilityPolicy:
         return _take(ctx, order, n, self.name, "with a known pass rate")
 
 
+class OraclePolicy:
+    """The budget filled from the pool prompts of the target sets' own families (an upper bound on
+    what knowing the targets' task is worth; docs/acceleration.md#the-oracle-arm).
+
+    A prompt is *relevant* when its ``source`` is one of ``ctx.target_sources``. The order is three
+    tiers, each in a seeded random order: relevant prompts with a gradient under beta
+    (0 < p < 1), the other relevant prompts, then the rest of the pool (only when the relevant
+    prompts do not fill the budget).
+    """
+
+    name = "oracle"
+
+    def select(self, ctx: SelectionContext, n: int) -> list[str]:
+        n = _check_n(n)
+        if ctx.target_sources is None:
+            raise CropiError("the oracle policy needs the target sets' families "
+                             "(SelectionContext.target_sources)",
+                             fix="run it through `cropi compare --arms oracle`, which passes them")
+        relevant = np.isin(np.asarray(ctx.source, dtype=object),
+                           np.asarray(list(ctx.target_sources), dtype=object))
+        p = ctx.pass_rate
+        gradient = (p > 0) & (p < 1)
+        tier = np.where(relevant & gradient, 0, np.where(relevant, 1, 2))
+        shuffle = np.random.default_rng(ctx.seed).permutation(len(ctx))
+        order = shuffle[np.argsort(tier[shuffle], kind="stable")]
+        if int((tier < 2).sum()) < n:
+            log.info("oracle policy: %d relevant prompts (families %s) for a budget of %d; the rest "
+                     "is random", int((tier < 2).sum()), ", ".join(ctx.target_sources), n)
+        return _take(ctx, order, n, self.name, "pool")
+
+
 class FullPolicy:
     """Every prompt of the pool, in pool order (``n`` is ignored)."""
 
@@ -211,12 +245,12 @@ def select_ids(policy: str | SelectionPolicy, ctx: SelectionContext, n: int) -> 
 
 
 for _policy in (InfluencePolicy(), RandomPolicy(), PassRatePolicy(), LearnabilityPolicy(),
-                FullPolicy()):
+                FullPolicy(), OraclePolicy()):
     register_policy(_policy)
 del _policy
 
 __all__ = [
     "SelectionContext", "SelectionPolicy", "budget", "InfluencePolicy", "RandomPolicy",
-    "PassRatePolicy", "LearnabilityPolicy", "FullPolicy", "register_policy", "get_policy",
+    "PassRatePolicy", "LearnabilityPolicy", "FullPolicy", "OraclePolicy", "register_policy", "get_policy",
     "available_policies", "select_ids",
 ]

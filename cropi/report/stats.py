@@ -1,0 +1,510 @@
+"""Interval estimates for a comparison: a hierarchical bootstrap over seeds and test items.
+
+Why: with a few seeds and test sets of tens of items, one arm's seeds end further apart than the
+arms do (docs/acceleration.md), so point estimates cannot rank arms. The method follows Agarwal et
+al. 2021, *Deep RL at the Edge of the Statistical Precipice* (interval estimates, stratified
+bootstrap, probability of improvement) and Miller 2024, *Adding Error Bars to Evals* (arXiv
+2411.00640: paired per-question differences, clustered errors, power analysis). The full
+description, with formulas: docs/acceleration.md#statistics.
+
+Data (:class:`Panel`): for arms a (one of them the baseline, full-data GRPO), *paired* seeds s
+(the seeds every arm ran), the evaluation steps t every run has, and the targeted test items i::
+
+    Y[a, s, t, i]   the item's reward (0/1 greedy, or the mean over samples for mean@k)
+    acc[a, s, t] = sum_i w_i Y[a, s, t, i],   w_i = 1 / (n_sets * n_items of i's set)
+
+so ``acc`` is the mean over targeted sets of each set's accuracy, the ``targeted`` number of the
+``eval`` events. Without per-item results the panel has one pseudo-item per run (``acc`` itself)
+and only seeds are resampled (``panel.items`` is False; the report says so).
+
+One bootstrap replicate b:
+
+1. draw n_seeds seed indices with replacement (the same draws for every arm: seeds stay paired);
+2. draw the items again with replacement *within each targeted set* (stratified: every set keeps
+   its size), the same draw for every arm (items stay paired) and every step; ``items="crossed"``
+   (default) uses one item draw for all drawn seeds, because seeds and items are crossed factors
+   (every seed answers the same items; Owen 2007, the "pigeonhole" bootstrap);
+   ``items="nested"`` draws the items again for each drawn seed (the two-stage cluster bootstrap,
+   more conservative);
+3. recompute every statistic below on the replicate.
+
+Intervals are percentile intervals of the replicates (``confidence`` 0.95 by default). They are
+not BCa: with 3 seeds the seed-level jackknife that BCa needs is degenerate. Percentile intervals
+of a mean over n seeds are narrower than a t interval by about sqrt((n-1)/n) and z/t(n-1), so
+with 3-5 seeds they under-cover; the coverage measured on synthetic data is in the tests
+(tests/report/test_stats.py) and the docs.
+
+Statistics (per arm, against the baseline, point estimates on the data as measured):
+
+- area: ``AUC[a, s] = trapz(acc[a, s, :], steps) / (steps[-1] - steps[0])``, the mean targeted
+  accuracy over the step range (raw, not smoothed); ``area_diff[a] = mean_s AUC[a, s] -
+  mean_s AUC[base, s]``: the primary metric;
+- probability of improvement on a paired seed:
+  ``P[a] = (1/n) sum_s ( 1[AUC[a, s] > AUC[base, s]] + 0.5 * 1[AUC[a, s] == AUC[base, s]] )``;
+- step-level acceleration (docs/concepts.md#step-level-acceleration) of the seed-mean curves of the
+  replicate; a replicate in which the arm never reaches a* counts as "< 1" (ratio 0 in the
+  quantiles; ``share_never`` reports how often), one in which it starts at a* as +inf;
+- wall-clock acceleration: the same first-reach steps, each converted to the seed-mean seconds
+  of work at that step (:func:`cropi.report.runs.work_clock`): ``T_base(s_base) / T_arm(s_arm)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import yaml
+from scipy import stats as sps
+
+from cropi.report.acceleration import SMOOTHING_METHODS, TOLERANCE
+from cropi.report.runs import (ROLLOUT_SETS, Comparison, RunData, rollout_seconds,
+                               stage_score_seconds, work_clock)
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256  # replicates per vectorised block
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
+ITEM_MODES = ("crossed", "nested")
+
+
+@dataclass
+class Panel:
+    """Paired data of a comparison (see the module docstring).
+
+    values ``[A, S, T, I]``; strata ``[I]`` int (the item's targeted set; one weight per set);
+    clock ``[A, S, T]`` seconds of work at each step (NaN: unknown), or None.
+    """
+
+    arms: list[str]
+    seeds: list[int]
+    steps: np.ndarray
+    values: np.ndarray
+    strata: np.ndarray
+    items: bool
+    clock: np.ndarray | None = None
+    note: str = ""
+    item_ids: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.steps = np.asarray(self.steps, dtype=np.int64)
+        self.values = np.asarray(self.values, dtype=np.float64)
+        self.strata = np.asarray(self.strata, dtype=np.int64)
+        a, s, t, i = self.values.shape
+        if (a, s, t) != (len(self.arms), len(self.seeds), self.steps.size) or self.strata.shape != (i,):
+            raise ValueError(f"panel shapes disagree: values {self.values.shape}, arms {len(self.arms)}, "
+                             f"seeds {len(self.seeds)}, steps {self.steps.size}, strata {self.strata.shape}")
+        if self.clock is not None:
+            self.clock = np.asarray(self.clock, dtype=np.float64)
+            if self.clock.shape != (a, s, t):
+                raise ValueError(f"clock {self.clock.shape} != {(a, s, t)}")
+
+    def weights(self) -> np.ndarray:
+        """``w_i = 1 / (n_sets * n_items of i's set)``: ``acc = Y @ w``."""
+        _, inverse, counts = np.unique(self.strata, return_inverse=True, return_counts=True)
+        return 1.0 / (counts.size * counts[inverse])
+
+    def accuracy(self) -> np.ndarray:
+        """``acc[a, s, t]`` as measured."""
+        return self.values @ self.weights()
+
+
+# --- vectorised curve statistics (the same definitions as cropi.report.acceleration) ---
+
+
+def smooth_batch(values: np.ndarray, method: str = "ema", alpha: float = 0.5,
+                 window: int = 3) -> np.ndarray:
+    """:func:`cropi.report.acceleration.smooth` along the last axis (steps already in order)."""
+    if method not in SMOOTHING_METHODS:
+        raise ValueError(f"unknown smoothing method {method!r}")
+    x = np.asarray(values, dtype=np.float64)
+    if method == "none":
+        return x.copy()
+    out = np.empty_like(x)
+    if method == "ema":
+        out[..., 0] = x[..., 0]
+        for j in range(1, x.shape[-1]):
+            out[..., j] = alpha * x[..., j] + (1.0 - alpha) * out[..., j - 1]
+        return out
+    csum = np.concatenate([np.zeros(x.shape[:-1] + (1,)), np.cumsum(x, axis=-1)], axis=-1)
+    idx = np.arange(1, x.shape[-1] + 1)
+    lo = np.maximum(idx - window, 0)
+    return (csum[..., idx] - csum[..., lo]) / (idx - lo)
+
+
+def first_reach_index(smoothed: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """Index of the first step with ``smoothed >= threshold - 1e-12`` along the last axis; -1 if
+    never. ``threshold`` broadcasts against ``smoothed[..., 0]``."""
+    hit = smoothed >= (np.asarray(threshold)[..., None] - TOLERANCE)
+    first = np.argmax(hit, axis=-1)
+    return np.where(hit.any(axis=-1), first, -1)
+
+
+def area(values: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Area under the curve along the last axis, normalised by the step range (trapezoid rule);
+    the value itself for a single step."""
+    steps = np.asarray(steps, dtype=np.float64)
+    if steps.size == 1:
+        return np.asarray(values, dtype=np.float64)[..., 0]
+    return _trapezoid(values, steps, axis=-1) / (steps[-1] - steps[0])
+
+
+def _ratios(steps: np.ndarray, i_base: np.ndarray, i_arm: np.ndarray,
+            clock_base: np.ndarray | None = None, clock_arm: np.ndarray | None = None) -> np.ndarray:
+    """s_base / s_arm (or clock_base[s_base] / clock_arm[s_arm]); 0 where the arm never reaches a*
+    ("< 1"), +inf where it reaches it at step 0 (or time 0) while the baseline does later."""
+    if clock_base is None:
+        num = steps[i_base].astype(np.float64)
+        den = np.where(i_arm >= 0, steps[np.maximum(i_arm, 0)], -1).astype(np.float64)
+    else:
+        num = np.take_along_axis(clock_base, i_base[..., None], -1)[..., 0]
+        den = np.where(i_arm >= 0, np.take_along_axis(clock_arm, np.maximum(i_arm, 0)[..., None],
+                                                      -1)[..., 0], -1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+    out = np.where(den == 0, np.where(num > 0, np.inf, np.nan), out)  # step 0 (0/0: no ratio)
+    return np.where(i_arm < 0, 0.0, out)
+
+
+def _replicate_stats(curves: np.ndarray, steps: np.ndarray, base: int, smooth_kw: Mapping[str, Any],
+                     clocks: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Statistics of replicates: ``curves [B, A, S, T]``, ``clocks [B, A, S, T]`` or None."""
+    auc = area(curves, steps)  # [B, A, S]
+    mean_auc = auc.mean(axis=-1)
+    diff = mean_auc - mean_auc[:, base][:, None]
+    wins = (auc > auc[:, base][:, None]) + 0.5 * (auc == auc[:, base][:, None])
+    poi = wins.mean(axis=-1)
+    mean_curve = curves.mean(axis=2)  # [B, A, T]
+    sm = smooth_batch(mean_curve, **smooth_kw)
+    a_star = sm[:, base, -1]  # [B]
+    i_arm = first_reach_index(sm, a_star[:, None])  # [B, A]
+    i_base = i_arm[:, base][:, None].repeat(sm.shape[1], axis=1)
+    out = {"area": mean_auc, "area_diff": diff, "poi": poi, "accel": _ratios(steps, i_base, i_arm),
+           "never": (i_arm < 0), "mean_curve": mean_curve, "a_star": a_star,
+           "gap": a_star[:, None] - sm.max(axis=-1)}
+    if clocks is not None:
+        mclock = clocks.mean(axis=2)  # [B, A, T]
+        out["wall_accel"] = _ratios(steps, i_base, i_arm, mclock[:, base][:, None, :]
+                                    .repeat(sm.shape[1], axis=1), mclock)
+        out["reach_seconds"] = np.where(i_arm >= 0, np.take_along_axis(
+            mclock, np.maximum(i_arm, 0)[..., None], -1)[..., 0], np.nan)
+    return out
+
+
+def _item_weight_draws(rng: np.random.Generator, strata: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Item weights ``shape + [I]``: a stratified resample of the items (within each set, with
+    replacement, the set's size kept), as counts / (n_sets * n_items of the set)."""
+    groups = [np.flatnonzero(strata == k) for k in np.unique(strata)]
+    w = np.zeros(shape + (strata.size,))
+    for members in groups:
+        n = members.size
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=shape)
+        w[..., members] = counts / (len(groups) * n)
+    return w
+
+
+def bootstrap(panel: Panel, baseline: str, n_boot: int = 2000, seed: int = 0,
+              confidence: float = 0.95, items: str = "crossed",
+              smooth_kw: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The hierarchical bootstrap of the module docstring. Returns ``{"arms": {arm: {...}},
+    "n_boot", "confidence", "items", "resampled"}``; per arm: ``area``, ``area_diff``, ``poi``,
+    ``accel``, ``wall_accel`` (when the panel has clocks), each ``{"value", "lo", "hi"}`` (accel
+    also ``share_never``), and ``band`` (``steps``, ``mean``, ``lo``, ``hi``) for the figure."""
+    if items not in ITEM_MODES:
+        raise ValueError(f"items must be one of {ITEM_MODES}, got {items!r}")
+    if baseline not in panel.arms:
+        raise ValueError(f"baseline {baseline!r} is not an arm of the panel ({panel.arms})")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    smooth_kw = dict(smooth_kw or {})
+    base = panel.arms.index(baseline)
+    A, S, T, I = panel.values.shape
+    rng = np.random.default_rng(seed)
+    w0 = panel.weights()
+    point = _replicate_stats(panel.accuracy()[None], panel.steps, base, smooth_kw,
+                             None if panel.clock is None else panel.clock[None])
+    reps: dict[str, list[np.ndarray]] = {}
+    resample_items = panel.items and I > 1
+    for start in range(0, n_boot, CHUNK):
+        b = min(CHUNK, n_boot - start)
+        idx = rng.integers(0, S, size=(b, S))  # [b, S] drawn seeds
+        if not resample_items:
+            acc = panel.values @ w0  # [A, S, T]
+            curves = np.moveaxis(acc[:, idx], 1, 0)  # [b, A, S, T]
+        elif items == "crossed":
+            w = _item_weight_draws(rng, panel.strata, (b,))  # [b, I]
+            z = np.einsum("asti,bi->bast", panel.values, w)  # [b, A, S, T]
+            curves = np.take_along_axis(z, idx[:, None, :, None], axis=2)
+        else:
+            w = _item_weight_draws(rng, panel.strata, (b, S))  # [b, S, I]
+            curves = np.einsum("absti,bsi->bast", panel.values[:, idx], w)
+        clocks = None if panel.clock is None else np.moveaxis(panel.clock[:, idx], 1, 0)
+        for key, value in _replicate_stats(curves, panel.steps, base, smooth_kw, clocks).items():
+            reps.setdefault(key, []).append(value)
+    rep = {k: np.concatenate(v) for k, v in reps.items()}
+    q = (1 - confidence) / 2
+    result: dict[str, Any] = {}
+    for a, arm in enumerate(panel.arms):
+        r: dict[str, Any] = {}
+        for key in ("area", "area_diff", "poi"):
+            lo, hi = np.quantile(rep[key][:, a], [q, 1 - q])
+            r[key] = {"value": float(point[key][0, a]), "lo": float(lo), "hi": float(hi)}
+        for key in ("accel", "wall_accel"):
+            if key not in rep:
+                continue
+            x = rep[key][:, a]
+            x = x[~np.isnan(x)]
+            never = bool(point["never"][0, a])
+            r[key] = {"value": None if never else _finite_or_none(point[key][0, a]),
+                      "never": never,
+                      "lo": float(np.quantile(x, q, method="lower")) if x.size else None,
+                      "hi": float(np.quantile(x, 1 - q, method="higher")) if x.size else None,
+                      "share_never": float(rep["never"][:, a].mean())}
+        mean = rep["mean_curve"][:, a]
+        lo, hi = np.quantile(mean, [q, 1 - q], axis=0)
+        r["band"] = {"steps": panel.steps.tolist(), "mean": point["mean_curve"][0, a].tolist(),
+                     "lo": lo.tolist(), "hi": hi.tolist()}
+        if S > 1 and a != base:
+            d = area(panel.accuracy(), panel.steps)  # [A, S]
+            d = d[a] - d[base]
+            if np.ptp(d) == 0:  # no spread: the t interval is the point
+                low = high = float(d[0])
+            else:
+                ci = sps.ttest_1samp(d, 0.0).confidence_interval(confidence)
+                low, high = float(ci.low), float(ci.high)
+            r["area_diff_t"] = {"value": float(d.mean()), "lo": low, "hi": high}
+        if "reach_seconds" in point:
+            r["reach_seconds"] = _finite_or_none(point["reach_seconds"][0, a])
+        result[arm] = r
+    return {"arms": result, "n_boot": n_boot, "confidence": confidence, "items": items,
+            "resampled": "seeds and items" if resample_items else "seeds only",
+            "n_seeds": S, "n_items": I if panel.items else 0, "note": panel.note,
+            "a_star": float(point["a_star"][0])}
+
+
+def comparison_panel(cmp: Comparison, key: str = "targeted") -> Panel | None:
+    """The paired :class:`Panel` of a comparison's ``key`` accuracy: the seeds every arm ran, the
+    steps every run evaluated, and per-item results when every run has them for those steps
+    (otherwise one pseudo-item per run, seeds only, said in ``note``). The clock is
+    :func:`cropi.report.runs.work_clock` with beta's rollouts charged to the arms whose policy uses
+    them (:data:`cropi.report.runs.ROLLOUT_SETS`) and stage 0's scoring charged to every influence
+    run. None without a baseline or a common seed/step."""
+    if cmp.baseline is None or cmp.single_run:
+        return None
+    arms = [cmp.baseline] + [a for a in cmp.arms if a != cmp.baseline]
+    by_seed = {a: {r.seed: r for r in cmp.arms[a] if r.seed is not None and r.curve(key)[0].size}
+               for a in arms}
+    seeds = sorted(set.intersection(*(set(v) for v in by_seed.values())))
+    if not seeds:
+        log.warning("no seed was run by every arm: no paired statistics")
+        return None
+    runs = [[by_seed[a][s] for s in seeds] for a in arms]
+    curves = [[r.curve(key) for r in row] for row in runs]
+    steps = curves[0][0][0]
+    for row in curves:
+        for st, _ in row:
+            steps = np.intersect1d(steps, st)
+    if steps.size == 0:
+        log.warning("the runs have no evaluation step in common: no paired statistics")
+        return None
+    notes = []
+    dropped = [a for a in arms if set(by_seed[a]) - set(seeds)]
+    if dropped:
+        notes.append(f"seeds not run by every arm are left out ({', '.join(dropped)})")
+    acc = np.array([[v[np.searchsorted(st, steps)] for st, v in row] for row in curves])
+    values, strata, items, item_ids = _item_values(runs, steps, key == "targeted", acc, notes)
+    clock = _clocks(cmp, runs, steps, notes)
+    return Panel(arms=arms, seeds=seeds, steps=steps, values=values, strata=strata,
+                 items=items, clock=clock, note="; ".join(notes), item_ids=item_ids)
+
+
+def _item_values(runs: list[list[RunData]], steps: np.ndarray, targeted: bool, acc: np.ndarray,
+                 notes: list[str]) -> tuple[np.ndarray, np.ndarray, bool, list[str]]:
+    maps = [[r.item_rewards(targeted) for r in row] for row in runs]
+    missing = [f"{r.arm} seed {r.seed}" for row, mrow in zip(runs, maps) for r, m in zip(row, mrow)
+               if any(int(t) not in m for t in steps)]
+    fallback = (acc[..., None], np.zeros(1, dtype=np.int64), False, [])
+    if missing:
+        notes.append("per-item results missing for " + ", ".join(missing[:4])
+                     + (" ..." if len(missing) > 4 else "") + ": seeds only are resampled")
+        return fallback
+    common = None
+    for mrow in maps:
+        for m in mrow:
+            for t in steps:
+                keys = set(m[int(t)])
+                common = keys if common is None else common & keys
+    if not common:
+        notes.append("the runs share no test item: seeds only are resampled")
+        return fallback
+    keys = sorted(common)
+    sets = sorted({s for s, _ in keys})
+    strata = np.array([sets.index(s) for s, _ in keys], dtype=np.int64)
+    values = np.array([[[[m[int(t)][k] for k in keys] for t in steps] for m in mrow] for mrow in maps])
+    panel_acc = values @ Panel(arms=["x"], seeds=[0], steps=[0], values=np.zeros((1, 1, 1, len(keys))),
+                               strata=strata, items=True).weights()
+    if np.nanmax(np.abs(panel_acc - acc)) > 1e-6:
+        notes.append("per-item accuracies differ from the eval events (items not shared by every "
+                     f"run were dropped; max difference {np.nanmax(np.abs(panel_acc - acc)):.3f})")
+    return values, strata, True, [f"{s}/{i}" for s, i in keys]
+
+
+def _clocks(cmp: Comparison, runs: list[list[RunData]], steps: np.ndarray,
+            notes: list[str]) -> np.ndarray | None:
+    path = cmp.path / "config.yaml"
+    cfg = (yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None) or {}
+    rollout = cfg.get("rollout") if isinstance(cfg.get("rollout"), dict) else {}
+    k = {"pool": int(rollout.get("k_pool", 1)), "targets": int(rollout.get("k_target", 1))} \
+        if rollout else None
+    floor = max((stage_score_seconds(r.records).get(0, 0.0) for row in runs for r in row
+                 if r.policy in ("influence", "influence-once")), default=0.0)
+    out = np.full((len(runs), len(runs[0]), steps.size), np.nan)
+    for a, row in enumerate(runs):
+        for s, run in enumerate(row):
+            sets = ROLLOUT_SETS.get(run.policy or "", ())
+            setup = rollout_seconds(cmp.records + run.records, sets, k)
+            score_floor = {0: floor} if run.policy in ("influence", "influence-once") else None
+            clock = work_clock(run.records, setup, score_floor)
+            out[a, s] = [clock.get(int(t), np.nan) for t in steps]
+    if np.isnan(out).any():
+        notes.append("no wall-clock axis: some runs lack train/score timings")
+        return None
+    return out
+
+
+def _finite_or_none(x: float) -> float | None:
+    x = float(x)
+    return None if np.isnan(x) else x
+
+
+def format_ratio_ci(entry: Mapping[str, Any] | None) -> str:
+    """``"1.50x [< 1, 3.00x]; never 12%"``: an acceleration with its interval and the share of
+    replicates in which the arm never reaches a*."""
+    if not entry:
+        return "—"
+
+    def one(x: float | None, never: bool = False) -> str:
+        if never or x is None:
+            return "< 1"
+        if x == 0:
+            return "< 1"
+        return "step 0" if np.isinf(x) else f"{x:.2f}x"
+
+    value = one(entry["value"], entry["never"])
+    if entry["value"] is None and not entry["never"]:
+        value = "n/a"
+    return (f"{value} [{one(entry['lo'])}, {one(entry['hi'])}]; "
+            f"never {100 * entry['share_never']:.0f}%")
+
+
+def format_ci(entry: Mapping[str, Any] | None, signed: bool = False) -> str:
+    """``"+0.031 [-0.010, +0.072]"``."""
+    if not entry:
+        return "—"
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(entry['value'])} [{f.format(entry['lo'])}, {f.format(entry['hi'])}]"
+
+
+# --- power analysis (Miller 2024, section on power; paired t test across seeds) ---
+
+
+def paired_t_power(delta: float, sd: float, n: int, alpha: float = 0.05) -> float:
+    """Power of a two-sided paired t test with ``n`` seeds to detect a mean difference ``delta``
+    when the per-seed differences have standard deviation ``sd`` (noncentral t)."""
+    if n < 2:
+        return 0.0
+    if sd <= 0:
+        return 1.0 if delta != 0 else alpha
+    df = n - 1
+    crit = sps.t.ppf(1 - alpha / 2, df)
+    nc = abs(delta) / sd * np.sqrt(n)
+    return float(sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc))
+
+
+def seeds_needed(delta: float, sd: float, power: float = 0.8, alpha: float = 0.05,
+                 max_seeds: int = 1000) -> int | None:
+    """Fewest paired seeds (>= 2) for :func:`paired_t_power` >= ``power``; None beyond ``max_seeds``."""
+    for n in range(2, max_seeds + 1):
+        if paired_t_power(delta, sd, n, alpha) >= power:
+            return n
+    return None
+
+
+def difference_sd(seed_sd: float, item_sd: float, n_items: int) -> float:
+    """Standard deviation of one seed's area difference with ``n_items`` test items:
+    ``sqrt(seed_sd^2 + item_sd^2 / n_items)`` (seed-to-seed variance of the true difference plus
+    the item sampling variance of a paired per-item difference; Miller 2024, eq. for paired SE)."""
+    return float(np.sqrt(seed_sd**2 + item_sd**2 / max(n_items, 1)))
+
+
+def variance_components(panel: Panel, arm: str, baseline: str) -> dict[str, float]:
+    """Measured noise of the area difference arm - baseline, per seed.
+
+    ``total_sd``: sample sd (ddof 1) over seeds of ``d_s = AUC[arm, s] - AUC[base, s]``;
+    ``item_sd``: the sd over items of the per-item area difference ``delta_i`` pooled over seeds
+    (``Var(d_s | seed) ~ item_sd^2 / n_items``; with several sets, weighted like the accuracy:
+    ``item_sd^2 / n_items = sum_i w_i^2 var_i`` is kept exact by reporting ``n_items_eff``);
+    ``seed_sd``: ``sqrt(max(total_sd^2 - item_var_of_mean, 0))``, the seed-to-seed part.
+    """
+    a, b = panel.arms.index(arm), panel.arms.index(baseline)
+    diff_items = _item_area(panel.values[a] - panel.values[b], panel.steps)  # [S, I]
+    w = panel.weights()
+    d = diff_items @ w  # [S]
+    S = d.size
+    total_sd = float(np.std(d, ddof=1)) if S > 1 else float("nan")
+    out = {"n_seeds": S, "mean_diff": float(d.mean()), "total_sd": total_sd}
+    if panel.items and panel.values.shape[-1] > 1:
+        # variance of the weighted mean over items, per seed, then averaged over seeds
+        var_i = diff_items.var(axis=1, ddof=1)  # [S] (items treated as exchangeable)
+        n_eff = 1.0 / float(np.sum(w**2))
+        item_var_of_mean = float(var_i.mean() / n_eff)
+        out.update({"item_sd": float(np.sqrt(var_i.mean())), "n_items_eff": n_eff,
+                    "item_var_of_mean": item_var_of_mean})
+        seed_var = max(total_sd**2 - item_var_of_mean, 0.0) if S > 1 else float("nan")
+        out["seed_sd"] = float(np.sqrt(seed_var)) if S > 1 else float("nan")
+    else:
+        out.update({"item_sd": float("nan"), "n_items_eff": float("nan"),
+                    "item_var_of_mean": float("nan"), "seed_sd": total_sd})
+    return out
+
+
+def _item_area(values: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Area along the step axis of ``values [S, T, I]``: ``[S, I]``."""
+    return area(np.moveaxis(values, -1, -2), steps)
+
+
+def implied_area_difference(steps: Sequence[int] | np.ndarray, base_curve: Sequence[float] | np.ndarray,
+                            factor: float = 2.0) -> float:
+    """The area difference an arm ``factor`` times faster than the baseline would have: the arm's
+    curve is the baseline's at ``factor * t`` (held at its last value past the end), so
+    ``delta = area(base(factor t)) - area(base(t))`` over the same step range."""
+    s = np.asarray(steps, dtype=np.float64)
+    v = np.asarray(base_curve, dtype=np.float64)
+    fast = np.interp(np.minimum(factor * s, s[-1]), s, v)
+    return float(area(fast, s) - area(v, s))
+
+
+def power_table(components: Mapping[str, float], deltas: Sequence[float],
+                item_multipliers: Sequence[float] = (1, 2, 4), power: float = 0.8,
+                alpha: float = 0.05) -> list[dict[str, Any]]:
+    """Seeds needed (paired t test, ``power``, two-sided ``alpha``) for each area difference in
+    ``deltas`` and each test-set size ``n_items_eff * m`` (m in ``item_multipliers``), from
+    :func:`variance_components`. Without item-level components only the measured size is listed."""
+    seed_sd, item_sd, n_eff = (components.get("seed_sd", float("nan")),
+                               components.get("item_sd", float("nan")),
+                               components.get("n_items_eff", float("nan")))
+    rows = []
+    mults = item_multipliers if np.isfinite(item_sd) else (1,)
+    for delta in deltas:
+        for m in mults:
+            if np.isfinite(item_sd):
+                sd = difference_sd(seed_sd, item_sd, int(round(n_eff * m)))
+            else:
+                sd = components.get("total_sd", float("nan"))
+            n = seeds_needed(delta, sd, power, alpha) if np.isfinite(sd) else None
+            rows.append({"delta": float(delta), "items_multiplier": m,
+                         "n_items_eff": None if not np.isfinite(n_eff) else n_eff * m,
+                         "sd": float(sd), "seeds": n})
+    return rows

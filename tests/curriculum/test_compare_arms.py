@@ -1,0 +1,49 @@
+"""The arms of `cropi compare`: cropi-paper fixes the paper's scorer; the oracle arm selects the
+target families' pool prompts, records them in selection.json and reuses them on resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from cropi.config import RunConfig, ScoreConfig
+from cropi.curriculum.compare import ARM_POLICY, arm_config, select_oracle, target_sources
+from cropi.curriculum.phases import Run
+from cropi.data.sets import DataSets
+from cropi.select import read_selection
+
+
+def test_arm_configs() -> None:
+    cfg = RunConfig(score=ScoreConfig(scorer="differential", scorer_options={"reduce": "max"}))
+    assert {"cropi", "cropi-paper", "full", "random", "oracle"} <= set(ARM_POLICY)
+    paper = arm_config(cfg, "cropi-paper", 2)
+    assert (paper.select.policy, paper.score.scorer, paper.score.scorer_options) == ("influence", "paper", {})
+    cropi = arm_config(cfg, "cropi", 2)
+    assert (cropi.select.policy, cropi.score.scorer, cropi.seed) == ("influence", "differential", 2)
+
+
+def _run(tmp_path: Path) -> tuple[Run, list]:
+    run = Run(RunConfig(), root=tmp_path / "oracle")
+    run.__dict__["data"] = DataSets(pool=[], targets={"chain": [SimpleNamespace(source="cs1")] * 3,
+                                                      "gcd": [SimpleNamespace(source="gcd20")]})
+    pool = [SimpleNamespace(id=f"p{i}", pass_rate=p, source=s, level=None) for i, (s, p) in
+            enumerate([("cs1", 0.5), ("add1", 0.5), ("cs1", 0.0), ("gcd20", 0.25)] * 5)]
+    return run, pool
+
+
+def test_oracle_selection_is_recorded_and_reused(tmp_path: Path) -> None:
+    run, pool = _run(tmp_path)
+    assert target_sources(run) == ["cs1", "gcd20"]
+    ids = select_oracle(run, 0, pool)  # budget 10 % of 20 = 2, both with a gradient
+    by_id = {p.id: p for p in pool}
+    assert len(ids) == 2 and all(by_id[i].source in ("cs1", "gcd20") and 0 < by_id[i].pass_rate < 1
+                                 for i in ids)
+    stored = read_selection(run.dir.selection(0))
+    assert stored["policy"] == "oracle" and stored["target_sources"] == ["cs1", "gcd20"]
+    assert select_oracle(run, 0, pool) == ids  # resume: the stored selection
+    other, _ = _run(tmp_path)
+    other.__dict__["data"] = DataSets(pool=[], targets={"x": [SimpleNamespace(source="add1")]})
+    with pytest.raises(Exception, match="made differently"):
+        select_oracle(other, 0, pool)

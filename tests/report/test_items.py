@@ -1,0 +1,69 @@
+"""Per-item results (RUN/evals/step_NNNNNN.parquet) feed the paired item-level bootstrap; a run
+without them makes the comparison fall back to seeds only, and the report says so."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cropi.report.runs import load_comparison, read_item_results
+from cropi.report.stats import bootstrap, comparison_panel
+
+SETS = {"targeted/chain": 4, "targeted/gcd": 2, "untargeted/add": 3}
+STEPS = (0, 10, 20)
+
+
+def _write(run: Path, rewards: dict[int, dict[str, list[float]]]) -> None:
+    run.mkdir(parents=True)
+    events = []
+    for step, per_set in rewards.items():
+        rows = [(s, f"{s.split('/')[1]}{i}", "greedy", r) for s, rs in per_set.items()
+                for i, r in enumerate(rs)]
+        (run / "evals").mkdir(exist_ok=True)
+        pq.write_table(pa.table({"set": [r[0] for r in rows], "id": [r[1] for r in rows],
+                                 "mode": [r[2] for r in rows], "reward": [r[3] for r in rows]}),
+                       run / "evals" / f"step_{step:06d}.parquet")
+        targeted = np.mean([np.mean(v) for s, v in per_set.items() if s.startswith("target")])
+        events.append({"event": "eval", "stage": -1 if step == 0 else 0, "step": step,
+                       "targeted": float(targeted), "metric": "greedy"})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+
+
+def _rewards(rng: np.random.Generator, p: float) -> dict[int, dict[str, list[float]]]:
+    return {step: {s: (rng.random(n) < p + 0.01 * step).astype(float).tolist()
+                   for s, n in SETS.items()} for step in STEPS}
+
+
+def _comparison(tmp_path: Path, drop: bool = False) -> Path:
+    rng = np.random.default_rng(0)
+    cmp = tmp_path / "cmp"
+    for arm, p in (("full", 0.3), ("cropi", 0.4)):
+        for seed in (0, 1, 2):
+            _write(cmp / "arms" / arm / f"seed_{seed}", _rewards(rng, p))
+    if drop:
+        (cmp / "arms" / "cropi" / "seed_1" / "evals" / "step_000010.parquet").unlink()
+    (cmp / "compare.json").write_text(json.dumps({"arms": ["cropi", "full"], "baseline": "full"}))
+    return cmp
+
+
+def test_items_enter_the_panel(tmp_path: Path) -> None:
+    cmp = _comparison(tmp_path)
+    assert sorted(read_item_results(cmp / "arms" / "full" / "seed_0")) == list(STEPS)
+    panel = comparison_panel(load_comparison(cmp))
+    assert panel is not None and panel.items and panel.arms == ["full", "cropi"]
+    assert panel.values.shape == (2, 3, 3, 6)  # untargeted items left out
+    assert "per-item" not in panel.note  # the item accuracies agree with the eval events
+    assert panel.item_ids[0] == "targeted/chain/chain0"
+    boot = bootstrap(panel, "full", n_boot=200)
+    assert boot["resampled"] == "seeds and items" and boot["n_items"] == 6
+
+
+def test_missing_items_fall_back_to_seeds(tmp_path: Path) -> None:
+    panel = comparison_panel(load_comparison(_comparison(tmp_path, drop=True)))
+    assert panel is not None and not panel.items and panel.values.shape[-1] == 1
+    assert "per-item results missing for cropi seed 1" in panel.note
+    assert bootstrap(panel, "full", n_boot=50)["resampled"] == "seeds only"
