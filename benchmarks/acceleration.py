@@ -1,67 +1,176 @@
-"""The headline benchmark: `cropi compare` on a built-in suite, CROPI vs full-data GRPO and baselines.
+"""The headline benchmark: CROPI vs full-data GRPO, random and the oracle, on paired seeds, with
+interval estimates (docs/acceleration.md#statistics).
 
-Runs every arm x seed with the same step budget and evaluation schedule on shared beta rollouts,
-then prints the acceleration table (docs/concepts.md#step-level-acceleration) and writes it to
-benchmarks/results/acceleration.json; the full report goes to RUN/report/. Resumable: the comparison
-directory keeps every finished phase, so stop it any time and run the same command again.
+Every arm x seed runs `cropi compare` on shared beta rollouts (same step budget and evaluation
+schedule). After each arm x seed, its compact result (metrics + per-item verdicts + selections,
+a few hundred kB at most; cropi.report.compact) is written to
+benchmarks/results/acceleration_runs/NAME/ARM/seed_S.json. Those files are meant to be committed:
+an arm x seed with a compact result is never run again; it is restored into the comparison
+directory for the report instead, so a later session (or another machine) continues where this
+one stopped, and the statistics always cover every finished seed. Stop it any time; rerun the
+same command.
 
-The run reported in docs/acceleration.md (2 CPU cores, one process per seed in parallel, one
-torch thread each; about 2 h):
+Default arms: cropi (influence, configured scorer), cropi-paper (influence, the paper's scorer),
+full (the baseline), random (same budget) and oracle (the target families' own pool prompts, an
+upper bound on selection). Default seeds 0,1,2 (paired across arms); the power analysis of
+`--pilot` says how many are needed.
 
-    for s in 0 1; do
-      OMP_NUM_THREADS=1 python benchmarks/acceleration.py --name accel --suite default-small \
-        --arms cropi,full,random,learnability --seeds $s --stages 2 --steps-per-stage 20 \
-        --eval-every 5 --set rollout.k_pool=8 --set rollout.k_target=16 \
-        --set rollout.max_new_tokens=48 --set train.prompts_per_step=2 \
-        --set train.samples_per_prompt=8 --set eval.max_items=50 --set eval.samples=0 \
-        --set eval.max_new_tokens=48 --set gradient.autocast_bf16=true \
-        > benchmarks/results/accel_seed$s.log 2>&1 &
-    done
+    # the pilot: a short comparison, then the power analysis (seeds needed for a 2x acceleration
+    # and for given area differences, from the measured seed and item variance)
+    OMP_NUM_THREADS=1 python benchmarks/acceleration.py --pilot --name accel-pilot \
+        --suite default-small --set eval.max_items=100
 
-Seeds may run in separate processes on the same comparison directory (they share the rollouts and
-stage 0's features); run `cropi report runs/accel` when both are done.
+    # the long run, one process per seed (they share rollouts and stage 0's features)
+    for s in 0 1 2; do
+      OMP_NUM_THREADS=1 python benchmarks/acceleration.py --name accel2 --suite default-small \
+        --seeds $s --stages 2 --steps-per-stage 20 --eval-every 5 --set eval.max_items=100 \
+        > benchmarks/results/accel2_seed$s.log 2>&1 &
+    done; wait
+    python benchmarks/acceleration.py --name accel2 --suite default-small --report-only
+
+The summary (the acceleration table, the statistics table and, with --pilot, the power table) is
+printed and written to benchmarks/results/acceleration.json (acceleration_pilot.json for a pilot).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import time
+from pathlib import Path
 
-from _common import print_table, write_result
+from _common import RESULTS, print_table, write_result
 from cropi.cli.common import build_config, setup_env
 from cropi.curriculum.compare import run_compare
 from cropi.report import build_report
-from cropi.report.runs import load_comparison
-from cropi.report.summary import ACCEL_HEADERS, acceleration_rows, summarize
+from cropi.report.compact import export_run, restore_run, write_compact
+from cropi.report.runs import load_comparison, load_run
+from cropi.report.stats import comparison_panel, power_analysis
+from cropi.report.summary import ACCEL_HEADERS, STATS_HEADERS, acceleration_rows, statistics_rows, summarize
+
+log = logging.getLogger("acceleration")
+
+ARMS = "cropi,cropi-paper,full,random,oracle"
+PILOT = {"arms": "cropi,full", "seeds": "0,1,2", "stages": 1, "steps_per_stage": 10, "eval_every": 5}
+PILOT_DELTAS = (0.01, 0.02, 0.05)
+
+
+def compact_dir(name: str) -> Path:
+    return RESULTS / "acceleration_runs" / name
+
+
+def _restore(root: Path, store: Path, arms: list[str], seeds: list[int]) -> list[str]:
+    """Restore the compact results of arm x seed whose run directory is absent; returns them."""
+    done = []
+    for arm in arms:
+        for seed in seeds:
+            record = store / arm / f"seed_{seed}.json"
+            run = root / "arms" / arm / f"seed_{seed}"
+            if record.exists():
+                done.append(f"{arm}/{seed}")
+                if not (run / "metrics.jsonl").exists():
+                    restore_run(record, run)
+    return done
+
+
+def _plan(root: Path, arms: list[str], seeds: list[int]) -> None:
+    """compare.json for restored runs (run_compare writes it when it runs anything)."""
+    path = root / "compare.json"
+    plan = json.loads(path.read_text()) if path.exists() else {"baseline": "full"}
+    plan["arms"] = list(dict.fromkeys([*plan.get("arms", []), *arms]))
+    plan["seeds"] = sorted(set(plan.get("seeds", [])) | set(seeds))
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(plan, indent=2))
+
+
+def power_rows(power: dict) -> tuple[list[str], list[list[str]]]:
+    headers = ["arm", "target", "area difference", "items (x measured)", "sd per seed",
+               "seeds needed", "seeds (80 % upper sd)"]
+    rows = []
+    for arm, res in power["arms"].items():
+        for r in res["rows"]:
+            rows.append([arm, r["what"], f"{r['delta']:.4f}", f"x{r['items_multiplier']:g}",
+                         f"{r['sd']:.4f}", str(r["seeds"] or "> 1000"),
+                         "—" if "seeds_conservative" not in r
+                         else str(r["seeds_conservative"] or "> 1000")])
+    return headers, rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arms", default="cropi,full,random,learnability")
-    ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--suite", default="default")
-    ap.add_argument("--stages", type=int, default=5)
-    ap.add_argument("--steps-per-stage", type=int, default=20)
-    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--arms", default=None, help=f"comma-separated (default {ARMS}; pilot "
+                    f"{PILOT['arms']})")
+    ap.add_argument("--seeds", default=None, help="comma-separated, paired across arms (default 0,1,2)")
+    ap.add_argument("--suite", default="default-small")
+    ap.add_argument("--stages", type=int, default=None)
+    ap.add_argument("--steps-per-stage", type=int, default=None)
+    ap.add_argument("--eval-every", type=int, default=None)
     ap.add_argument("--name", default="acceleration")
     ap.add_argument("--out-dir", default="runs")
+    ap.add_argument("--pilot", action="store_true",
+                    help="a short comparison (cropi, full; 3 seeds; 1 stage of 10 steps), then a "
+                         "power analysis of the measured seed and item variance")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: restore the compact results and report")
+    ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--set", dest="sets", action="append", default=[],
-                    help="extra config overrides, e.g. --set rollout.k_pool=8")
+                    help="extra config overrides, e.g. --set eval.max_items=100")
     args = ap.parse_args()
+    defaults = PILOT if args.pilot else {"arms": ARMS, "seeds": "0,1,2", "stages": 2,
+                                         "steps_per_stage": 20, "eval_every": 5}
+    arms = (args.arms or defaults["arms"]).split(",")
+    seeds = [int(s) for s in (args.seeds or defaults["seeds"]).split(",")]
+    stages = args.stages or defaults["stages"]
+    steps = args.steps_per_stage or defaults["steps_per_stage"]
+    every = args.eval_every or defaults["eval_every"]
     setup_env()
     cfg = build_config(None, args.sets, name=args.name, out_dir=args.out_dir, data__suite=args.suite,
-                       curriculum__stages=args.stages, train__steps_per_stage=args.steps_per_stage,
-                       curriculum__eval_every=args.eval_every)
+                       curriculum__stages=stages, train__steps_per_stage=steps,
+                       curriculum__eval_every=every)
+    root = cfg.run_dir
+    store = compact_dir(args.name)
     t0 = time.perf_counter()
-    root = run_compare(cfg, args.arms.split(","), [int(s) for s in args.seeds.split(",")])
+    ran = []
+    for seed in seeds:  # seeds outer: partial results cover every arm
+        for arm in arms:
+            if (store / arm / f"seed_{seed}.json").exists() or args.report_only:
+                continue
+            run_compare(cfg, [arm], [seed])
+            write_compact(export_run(load_run(root / "arms" / arm / f"seed_{seed}", arm, seed)),
+                          store / arm / f"seed_{seed}.json")
+            ran.append(f"{arm}/{seed}")
+    done = _restore(root, store, arms, seeds)
+    _plan(root, arms, seeds)
     seconds = time.perf_counter() - t0
-    folder = build_report(root)
-    rows = acceleration_rows(summarize(load_comparison(root)))
-    print_table(list(ACCEL_HEADERS), rows)
-    path = write_result("acceleration", {
-        "args": vars(args), "seconds_this_invocation": seconds, "headers": list(ACCEL_HEADERS),
-        "rows": rows, "report": str(folder / "report.md")})
-    print(f"report {folder / 'report.md'}; wrote {path}")
+    folder = build_report(root, n_boot=args.n_boot)
+    cmp = load_comparison(root)
+    accel = acceleration_rows(summarize(cmp))
+    print_table(list(ACCEL_HEADERS), accel)
+    stats_path = folder / "statistics.json"
+    boot = json.loads(stats_path.read_text()) if stats_path.exists() else None
+    stats = statistics_rows(boot, cmp.baseline) if boot and cmp.baseline else []
+    if stats:
+        print()
+        print_table(list(STATS_HEADERS), stats)
+        print(f"resampled: {boot['resampled']}; {boot['note']}")
+    payload = {"args": vars(args), "arms": arms, "seeds": seeds, "ran_this_invocation": ran,
+               "compact_results": done, "seconds_this_invocation": seconds,
+               "headers": list(ACCEL_HEADERS), "rows": accel, "stats_headers": list(STATS_HEADERS),
+               "stats_rows": stats, "statistics": boot, "report": str(folder / "report.md")}
+    if args.pilot:
+        panel = comparison_panel(cmp)
+        if panel is None or len(panel.seeds) < 2:
+            raise SystemExit("the power analysis needs at least 2 paired seeds of every arm")
+        power = power_analysis(panel, cmp.baseline, PILOT_DELTAS)
+        headers, rows = power_rows(power)
+        print(f"\npower analysis (paired t test, power {power['power']:g}, two-sided alpha "
+              f"{power['alpha']:g}); a {power['factor']:g}x acceleration = area difference "
+              f"{power['implied_area_difference']:.4f} on the pilot's baseline curve")
+        print_table(headers, rows)
+        payload.update({"power": power, "power_headers": headers, "power_rows": rows})
+    path = write_result("acceleration_pilot" if args.pilot else "acceleration", payload)
+    print(f"report {folder / 'report.md'}; wrote {path}; compact results in {store}")
 
 
 if __name__ == "__main__":

@@ -508,3 +508,38 @@ def power_table(components: Mapping[str, float], deltas: Sequence[float],
                          "n_items_eff": None if not np.isfinite(n_eff) else n_eff * m,
                          "sd": float(sd), "seeds": n})
     return rows
+
+
+def power_analysis(panel: Panel, baseline: str, deltas: Sequence[float] = (0.01, 0.02, 0.05),
+                   factor: float = 2.0, power: float = 0.8, alpha: float = 0.05,
+                   item_multipliers: Sequence[float] = (1, 2, 4)) -> dict[str, Any]:
+    """Seeds needed per arm, from a pilot panel: the area difference a ``factor``-times faster arm
+    would have on the baseline's measured seed-mean curve (:func:`implied_area_difference`) and
+    the differences in ``deltas``, for test sets ``item_multipliers`` times as large.
+
+    The seed-to-seed sd measured on a few pilot seeds is itself uncertain: ``seeds_conservative``
+    uses its one-sided 80 % upper bound ``sd * sqrt((n-1) / chi2_0.2(n-1))``.
+    """
+    base = panel.arms.index(baseline)
+    curve = panel.accuracy()[base].mean(axis=0)
+    implied = implied_area_difference(panel.steps, curve, factor) if panel.steps.size > 1 else 0.0
+    out: dict[str, Any] = {"factor": factor, "implied_area_difference": implied, "power": power,
+                           "alpha": alpha, "n_pilot_seeds": len(panel.seeds), "arms": {}}
+    targets = [implied, *deltas]
+    for arm in panel.arms:
+        if arm == baseline:
+            continue
+        comp = variance_components(panel, arm, baseline)
+        rows = power_table(comp, targets, item_multipliers, power, alpha)
+        n = comp["n_seeds"]
+        if n > 1 and np.isfinite(comp.get("seed_sd", np.nan)):
+            inflate = float(np.sqrt((n - 1) / sps.chi2.ppf(0.2, n - 1)))
+            upper = {**comp, "seed_sd": comp["seed_sd"] * inflate, "total_sd": comp["total_sd"] * inflate}
+            for row, hi in zip(rows, power_table(upper, targets, item_multipliers, power, alpha),
+                               strict=True):
+                row["seeds_conservative"] = hi["seeds"]
+        per_target = len(rows) // len(targets)
+        for i, row in enumerate(rows):
+            row["what"] = f"{factor:g}x acceleration" if i < per_target else "area difference"
+        out["arms"][arm] = {"components": comp, "rows": rows}
+    return out

@@ -16,6 +16,7 @@ from cropi.report.stats import (
     format_ratio_ci,
     implied_area_difference,
     paired_t_power,
+    power_analysis,
     power_table,
     seeds_needed,
     variance_components,
@@ -141,3 +142,18 @@ def test_variance_components_and_power_table() -> None:
     rows = power_table(comp, [0.02, 0.05])
     assert [r["items_multiplier"] for r in rows] == [1, 2, 4, 1, 2, 4]
     assert rows[0]["seeds"] > rows[3]["seeds"]  # a smaller difference needs more seeds
+
+
+def test_power_analysis_of_a_pilot_panel() -> None:
+    rng = np.random.default_rng(7)
+    pilot = synthetic(rng, 0.02, n_seeds=3)
+    res = power_analysis(pilot, "full", deltas=(0.02,))
+    assert res["implied_area_difference"] == pytest.approx(
+        implied_area_difference(STEPS, pilot.accuracy()[0].mean(0)))
+    rows = res["arms"]["x"]["rows"]
+    assert [r["what"] for r in rows][:3] == ["2x acceleration"] * 3
+    # more test items never need more seeds; the conservative sd never needs fewer
+    for a, b in zip(rows[0::3], rows[1::3]):
+        assert b["seeds"] is None or a["seeds"] is None or b["seeds"] <= a["seeds"]
+    assert all(r["seeds_conservative"] is None or r["seeds"] is None
+               or r["seeds_conservative"] >= r["seeds"] for r in rows)
