@@ -294,11 +294,24 @@ def comparison_panel(cmp: Comparison, key: str = "targeted") -> Panel | None:
     if cmp.baseline is None or cmp.single_run:
         return None
     arms = [cmp.baseline] + [a for a in cmp.arms if a != cmp.baseline]
-    by_seed = {a: {r.seed: r for r in cmp.arms[a] if r.seed is not None and r.curve(key)[0].size}
+    last = {r.path: int(r.curve(key)[0].max()) for runs in cmp.arms.values() for r in runs
+            if r.curve(key)[0].size}
+    final = cmp.meta.get("steps") if isinstance(cmp.meta.get("steps"), int) else None
+    final = final if final is not None else max(last.values(), default=0)
+    notes = []
+    unfinished = sorted(f"{r.arm} seed {r.seed}" for runs in cmp.arms.values() for r in runs
+                        if last.get(r.path, -1) < final)
+    if unfinished:
+        notes.append(f"runs not evaluated at step {final} yet are left out ({', '.join(unfinished)})")
+    by_seed = {a: {r.seed: r for r in cmp.arms[a] if r.seed is not None and last.get(r.path, -1) >= final}
                for a in arms}
-    seeds = sorted(set.intersection(*(set(v) for v in by_seed.values())))
+    alone = [a for a in arms[1:] if not set(by_seed[a]) & set(by_seed[arms[0]])]
+    if alone:
+        notes.append(f"arms without a seed in common with {arms[0]} are left out ({', '.join(alone)})")
+        arms = [a for a in arms if a not in alone]
+    seeds = sorted(set.intersection(*(set(by_seed[a]) for a in arms)))
     if not seeds:
-        log.warning("no seed was run by every arm: no paired statistics")
+        log.warning("no finished seed was run by every arm: no paired statistics")
         return None
     runs = [[by_seed[a][s] for s in seeds] for a in arms]
     curves = [[r.curve(key) for r in row] for row in runs]
@@ -309,7 +322,6 @@ def comparison_panel(cmp: Comparison, key: str = "targeted") -> Panel | None:
     if steps.size == 0:
         log.warning("the runs have no evaluation step in common: no paired statistics")
         return None
-    notes = []
     dropped = [a for a in arms if set(by_seed[a]) - set(seeds)]
     if dropped:
         notes.append(f"seeds not run by every arm are left out ({', '.join(dropped)})")

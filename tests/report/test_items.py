@@ -67,3 +67,16 @@ def test_missing_items_fall_back_to_seeds(tmp_path: Path) -> None:
     assert panel is not None and not panel.items and panel.values.shape[-1] == 1
     assert "per-item results missing for cropi seed 1" in panel.note
     assert bootstrap(panel, "full", n_boot=50)["resampled"] == "seeds only"
+
+
+def test_unfinished_runs_and_lonely_arms_are_left_out(tmp_path: Path) -> None:
+    cmp = _comparison(tmp_path)
+    rng = np.random.default_rng(1)
+    short = _rewards(rng, 0.5)
+    del short[20]  # still running: evaluated up to step 10
+    _write(cmp / "arms" / "cropi" / "seed_3", short)
+    _write(cmp / "arms" / "random" / "seed_9", _rewards(rng, 0.5))  # no seed shared with full
+    panel = comparison_panel(load_comparison(cmp))
+    assert panel is not None and panel.arms == ["full", "cropi"] and panel.seeds == [0, 1, 2]
+    assert panel.steps.tolist() == list(STEPS)
+    assert "cropi seed 3" in panel.note and "(random)" in panel.note
