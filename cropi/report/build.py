@@ -99,7 +99,7 @@ def _statistics_section(doc: Document, cmp: Comparison, panel: Panel | None,
         clock = panel.clock.mean(axis=1)
         path = figures.wallclock_figure(out / "accuracy_wallclock.png",
                                         {arm: (clock[a], acc[a]) for a, arm in enumerate(panel.arms)},
-                                        boot.get("a_star"))
+                                        boot.get("a_star"), order=list(cmp.arms))
         doc.add(Image(path, "targeted accuracy vs wall-clock work") if path else None)
     rows = format_rows(cmp)
     if rows is not None:

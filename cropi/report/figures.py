@@ -90,15 +90,19 @@ def accuracy_figure(path: Path, key: str, arms: Mapping[str, Sequence[Curve]],
 
 
 def wallclock_figure(path: Path, arms: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-                     a_star: float | None = None) -> Path | None:
+                     a_star: float | None = None, order: Sequence[str] | None = None) -> Path | None:
     """Seed-mean targeted accuracy vs seconds of work (evaluation excluded; beta's rollouts and
-    scoring counted for the arms that use them): ``arms`` maps an arm to (seconds, accuracy)."""
+    scoring counted for the arms that use them): ``arms`` maps an arm to (seconds, accuracy);
+    ``order``: the arms in the order that gives them their colours in the other figures."""
     if not arms:
         return None
+    order = list(order) if order is not None else list(arms)
     fig = _figure()
     ax = fig.add_subplot()
-    for i, (arm, (seconds, acc)) in enumerate(arms.items()):
-        ax.plot(seconds, acc, color=arm_color(i), marker="o", markersize=3, linewidth=1.6, label=arm)
+    for arm in sorted(arms, key=lambda a: order.index(a) if a in order else len(order)):
+        seconds, acc = arms[arm]
+        color = arm_color(order.index(arm) if arm in order else len(order))
+        ax.plot(seconds, acc, color=color, marker="o", markersize=3, linewidth=1.6, label=arm)
     if a_star is not None:
         ax.axhline(a_star, color="black", linestyle="--", linewidth=0.8, label="a* (baseline)")
     ax.set_xlabel("seconds of work (rollouts + scoring + training; evaluation excluded)")
