@@ -3,6 +3,8 @@ target families' pool prompts, records them in selection.json and reuses them on
 
 from __future__ import annotations
 
+import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +15,9 @@ from cropi.curriculum.compare import ARM_POLICY, arm_config, select_oracle, targ
 from cropi.curriculum.phases import Run
 from cropi.data.sets import DataSets
 from cropi.select import read_selection
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_stage_modes import _config, beta_rollouts  # noqa: E402,F401  (a module fixture)
 
 
 def test_arm_configs() -> None:
@@ -47,3 +52,26 @@ def test_oracle_selection_is_recorded_and_reused(tmp_path: Path) -> None:
     other.__dict__["data"] = DataSets(pool=[], targets={"x": [SimpleNamespace(source="add1")]})
     with pytest.raises(Exception, match="made differently"):
         select_oracle(other, 0, pool)
+
+
+def test_oracle_arm_through_run_compare(tiny_model_dir, beta_rollouts, tmp_path, monkeypatch):
+    """Parity sets: pool families alpha and beta, target family alpha. The oracle arm selects
+    alpha prompts only at both stages, trains on them, and reuses them when run again."""
+    import cropi.curriculum.compare as compare
+
+    sets, rollouts = beta_rollouts
+    root = tmp_path / "cmp"
+    shutil.copytree(rollouts, root / "rollouts")
+    cfg = _config(tiny_model_dir, sets, out_dir=str(tmp_path), name="cmp")
+    trained = []
+    monkeypatch.setattr(compare, "phase_train", lambda run, stage, ids: trained.append((stage, ids)))
+    monkeypatch.setattr(compare, "phase_eval_initial", lambda run: None)
+    compare.run_compare(cfg, ["oracle"], [0])
+    run = root / "arms" / "oracle" / "seed_0"
+    first = [read_selection(run / f"stages/stage_00{m}/selection.json") for m in (0, 1)]
+    assert [s["policy"] for s in first] == ["oracle", "oracle"]
+    assert first[0]["target_sources"] == ["alpha"]
+    assert all(s["stats"]["source_mix"]["selected"] == {"alpha": 4} for s in first)
+    assert trained == [(0, first[0]["ids"]), (1, first[1]["ids"])]
+    compare.run_compare(cfg, ["oracle"], [0])  # resumed: the stored selections
+    assert trained[2:] == trained[:2]
