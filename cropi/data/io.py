@@ -1,4 +1,6 @@
-"""Read and write prompt sets: JSONL, Parquet and HF ``datasets`` saved to disk.
+"""Read and write prompt sets: JSONL, Parquet, HF ``datasets`` saved to disk, and Hugging Face
+datasets by name (``hf:NAME[:CONFIG[:SPLIT]][?FIELD=COLUMN&...]``, through ``datasets.load_dataset``
+and its cache; offline, a dataset loaded once online is read from the cache).
 
 Rows are 1-based in error messages (the first record is row 1).
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,21 +85,138 @@ def _iter_table(path: Path, fmt: str) -> Iterator[tuple[int, Any]]:
     yield from enumerate(rows, start=1)
 
 
+HF_PREFIX = "hf:"
+COLUMN_FIELDS = ("id", "prompt", "answer", "source", "level", "verifier")
+"""cropi fields a ``hf:`` column map may name (``?prompt=problem&answer=solution``)."""
+
+
+@dataclass(frozen=True)
+class HFDatasetSpec:
+    """A Hugging Face dataset by name: ``hf:NAME[:CONFIG[:SPLIT]][?FIELD=COLUMN&...]``.
+
+    ``split`` defaults to ``train`` and may be a slice (``train[:500]``); an empty config
+    (``hf:NAME::test``) is the dataset's default. ``columns`` maps cropi fields (id, prompt,
+    answer, source, level, verifier) to dataset columns; ``source`` and ``verifier`` may also be
+    literal values (used when the dataset has no such column).
+    """
+
+    name: str
+    config: str | None = None
+    split: str = "train"
+    columns: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        query = "&".join(f"{k}={v}" for k, v in self.columns.items())
+        return f"{HF_PREFIX}{self.name}:{self.config or ''}:{self.split}" + (f"?{query}" if query else "")
+
+
+def is_hf_spec(path: str | Path) -> bool:
+    """True for a ``hf:`` dataset name (a string, never a :class:`~pathlib.Path`)."""
+    return isinstance(path, str) and path.startswith(HF_PREFIX)
+
+
+def parse_hf_spec(spec: str) -> HFDatasetSpec:
+    """Parse ``hf:NAME[:CONFIG[:SPLIT]][?FIELD=COLUMN&...]`` (see :class:`HFDatasetSpec`)."""
+    body, _, query = spec[len(HF_PREFIX):].partition("?")
+    parts = body.split(":", 2)
+    name = parts[0].strip()
+    if not name:
+        raise CropiError("names no dataset", file=spec, fix="e.g. hf:openai/gsm8k:main:train")
+    config = parts[1].strip() or None if len(parts) > 1 else None
+    split = parts[2].strip() if len(parts) > 2 and parts[2].strip() else "train"
+    columns: dict[str, str] = {}
+    for item in filter(None, query.split("&")):
+        key, eq, value = item.partition("=")
+        if not eq or key.strip() not in COLUMN_FIELDS or not value.strip():
+            raise CropiError(f"has a bad column map entry {item!r}", file=spec,
+                             fix=f"FIELD=COLUMN with FIELD one of {', '.join(COLUMN_FIELDS)}, "
+                                 "e.g. ?prompt=problem&answer=solution")
+        columns[key.strip()] = value.strip()
+    return HFDatasetSpec(name, config, split, columns)
+
+
+def _iter_hf(spec: HFDatasetSpec) -> Iterator[tuple[int, Any]]:
+    """Rows of ``datasets.load_dataset(name, config, split=split)`` (the ``datasets`` cache)."""
+    import datasets
+
+    try:
+        obj = datasets.load_dataset(spec.name, spec.config, split=spec.split)
+    except Exception as exc:  # offline without a cache entry, unknown config or split, no network
+        offline = datasets.config.HF_HUB_OFFLINE
+        raise CropiError(
+            f"cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+            file=str(spec),
+            fix=("HF_HUB_OFFLINE=1 reads only the local datasets cache: load it once with the network "
+                 "(HF_HUB_OFFLINE=0), or check the name, config and split") if offline
+            else "check the dataset name, config and split",
+        ) from None
+    if not isinstance(obj, datasets.Dataset):
+        raise CropiError(f"is not one split ({type(obj).__name__})", file=str(spec),
+                         fix="name a split: hf:NAME:CONFIG:SPLIT")
+    yield from enumerate(obj.to_list(), start=1)
+
+
+def _column_converter(spec: HFDatasetSpec) -> Any:
+    """A converter that builds cropi rows from ``spec.columns`` (prompt and answer required)."""
+    cols = spec.columns
+    missing = [f for f in ("prompt", "answer") if f not in cols]
+    if missing:
+        raise CropiError(f"has a column map without {' and '.join(missing)}", file=str(spec),
+                         fix="map at least prompt and answer, e.g. ?prompt=problem&answer=solution")
+    default_source = spec.name.rsplit("/", 1)[-1]
+
+    def get(raw: dict[str, Any], key: str, row: int, literal: bool = False) -> Any:
+        col = cols[key]
+        if col in raw:
+            return raw[col]
+        if literal:
+            return col
+        raise CropiError(f"has no column {col!r} (mapped to {key})", file=str(spec), row=row,
+                         fix=f"columns: {', '.join(raw)}")
+
+    def convert(raw: dict[str, Any], row: int, file: str | None) -> dict[str, Any]:
+        out = {"id": str(get(raw, "id", row)) if "id" in cols else f"{default_source}-{row}",
+               "prompt": get(raw, "prompt", row), "answer": get(raw, "answer", row),
+               "source": str(get(raw, "source", row, literal=True)) if "source" in cols else default_source,
+               "level": get(raw, "level", row) if "level" in cols else None,
+               "meta": {"verifier": str(get(raw, "verifier", row, literal=True)) if "verifier" in cols
+                        else "math"}}
+        if isinstance(out["answer"], (int, float)) and not isinstance(out["answer"], bool):
+            out["answer"] = str(out["answer"])
+        if out["level"] is not None:
+            out["level"] = str(out["level"])
+        return out
+
+    return convert
+
+
 def load_prompts(path: str | Path, converter: str = "auto") -> list[PromptRecord]:
-    """Load and validate a prompt set. ``converter``: auto, cropi, verl or gsm8k."""
-    path = Path(path)
-    if not path.exists():
-        raise CropiError("does not exist", file=path, fix="check the path")
-    fmt = _detect_format(path)
-    it = _iter_jsonl(path) if fmt == "jsonl" else _iter_table(path, fmt)
+    """Load and validate a prompt set. ``converter``: auto, cropi, verl or gsm8k.
+
+    ``path``: a .jsonl/.parquet file, a saved HF dataset folder, or a Hugging Face dataset by name
+    ``hf:NAME[:CONFIG[:SPLIT]][?FIELD=COLUMN&...]`` (a column map replaces the converter).
+    """
+    hf = parse_hf_spec(path) if is_hf_spec(path) else None
+    if hf is not None:
+        it = _iter_hf(hf)
+        fmt = "hf-hub"
+    else:
+        path = Path(path)
+        if not path.exists():
+            raise CropiError("does not exist", file=path, fix="check the path")
+        fmt = _detect_format(path)
+        it = _iter_jsonl(path) if fmt == "jsonl" else _iter_table(path, fmt)
     records: list[PromptRecord] = []
     conv_name = None if converter == "auto" else converter
+    column_conv = _column_converter(hf) if hf is not None and hf.columns else None
+    if column_conv is not None:
+        conv_name = "columns"
     for row, raw in it:
         if not isinstance(raw, dict):
             raise CropiError(f"expected an object, got {type(raw).__name__}", file=path, row=row)
         if conv_name is None:
             conv_name = detect_converter(raw)
-        conv = get_converter(conv_name)
+        conv = column_conv or get_converter(conv_name)
         records.append(validate_record(conv(raw, row, str(path)), file=str(path), row=row))
     if not records:
         raise CropiError("holds no records", file=path, fix="give at least one prompt")
