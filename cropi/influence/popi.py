@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from cropi.config import GradientConfig
-from cropi.model.logprobs import micro_batches, pack, token_logprobs
+from cropi.model.logprobs import micro_batches, pack, prompt_groups, shared_prefix_logprobs, token_logprobs
 from cropi.rollout.store import PromptRollouts
 
 ADV_EPS = 1e-4
@@ -50,11 +50,9 @@ def _surrogate(new_lp: torch.Tensor, old_lp: torch.Tensor, mask: torch.Tensor, a
 
 def _reweight(model: torch.nn.Module, item: PromptRollouts, pad_id: int) -> torch.Tensor:
     """Sequence weights w_k = exp(mean_t log pi - mean_t log beta) at the current model. [K]"""
-    device = next(model.parameters()).device
-    batch = pack([item.prompt_ids] * len(item.response_ids), item.response_ids, pad_id, device)
     with torch.no_grad():
-        lp = token_logprobs(model, batch).double().cpu()
-    lens = batch.response_mask.sum(-1).double().cpu().clamp(min=1)
+        lp = shared_prefix_logprobs(model, item.prompt_ids, item.response_ids, pad_id).double().cpu()
+    lens = torch.as_tensor([len(r) for r in item.response_ids], dtype=torch.float64).clamp(min=1)
     old = torch.zeros_like(lp)
     for i, o in enumerate(item.logprobs):
         old[i, :len(o)] = torch.as_tensor(o, dtype=torch.float64)
@@ -62,8 +60,13 @@ def _reweight(model: torch.nn.Module, item: PromptRollouts, pad_id: int) -> torc
 
 
 def popi_backward(model: torch.nn.Module, item: PromptRollouts, cfg: GradientConfig,
-                  pad_id: int) -> bool:
-    """Accumulate g(s) into the parameters' ``.grad`` (fp32). Returns False for a zero-signal prompt."""
+                  pad_id: int, shared_prefix: bool = True) -> bool:
+    """Accumulate g(s) into the parameters' ``.grad`` (fp32). Returns False for a zero-signal prompt.
+
+    ``shared_prefix`` (default): the prompt runs once per micro-batch and its responses on its KV
+    cache (:func:`~cropi.model.logprobs.shared_prefix_logprobs`, the pass rollouts store beta's
+    log-probs with); False: the packed [prompt + response] batch of round 1.
+    """
     if item.zero_grad:
         return False
     device = next(model.parameters()).device
@@ -71,6 +74,22 @@ def popi_backward(model: torch.nn.Module, item: PromptRollouts, cfg: GradientCon
     weights = _reweight(model, item, pad_id) if cfg.advantage == "reweighted" else None
     adv = grpo_advantages(rewards, weights)
     k = len(item.response_ids)
+    if shared_prefix:
+        for idx in prompt_groups([item.prompt_ids] * k, [1 + len(r) for r in item.response_ids],
+                                 cfg.max_batch_tokens):
+            resp = [item.response_ids[i] for i in idx]
+            r_len = max(1, max(len(r) for r in resp))
+            mask = torch.zeros((len(idx), r_len), device=device)
+            old = torch.zeros_like(mask)
+            for j, i in enumerate(idx):
+                mask[j, :len(resp[j])] = 1.0
+                old[j, :len(item.logprobs[i])] = torch.as_tensor(item.logprobs[i], device=device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+                new = shared_prefix_logprobs(model, item.prompt_ids, resp, pad_id)
+            obj = _surrogate(new.float(), old, mask, adv[idx].to(device), mask.sum(-1).clamp(min=1),
+                             cfg.clip_eps)
+            (-obj / k).backward()
+        return True
     lengths = [len(item.prompt_ids) + len(r) for r in item.response_ids]
     for idx in micro_batches(lengths, cfg.max_batch_tokens):
         batch = pack([item.prompt_ids] * len(idx), [item.response_ids[i] for i in idx], pad_id, device)

@@ -4,12 +4,19 @@ Layout of a batch: prompts are LEFT-padded to a common length P and responses RI
 common length R, so the logits that predict response tokens sit in the last R+1 columns and
 ``logits_to_keep = R + 1`` skips the vocabulary projection of every prompt position. Position ids
 follow the attention mask, so padding changes nothing but the memory used.
+
+:func:`shared_prefix_logprobs` computes the same values for K responses to ONE prompt with the
+prompt run once: the prompt (minus its last token) fills a KV cache that is repeated for the K
+rows, then [last prompt token, response] runs on it (K-fold less prompt compute; differentiable,
+gradients flow back through the cache). Rollouts and POPI gradients both use it, so the importance
+ratios are exactly 1 at stage 0.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -72,12 +79,78 @@ def token_logprobs(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
     return tok * batch.response_mask
 
 
+def new_cache(model: Any) -> Any:
+    """An empty ``DynamicCache`` for ``model`` (transformers 4.56 and 5.x)."""
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:
+        return DynamicCache()
+
+
+def shared_prefix_logprobs(model: torch.nn.Module, prompt: Sequence[int],
+                           responses: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
+    """``token_logprobs(model, pack([prompt] * K, responses))`` with the prompt run once: [K, R].
+
+    Float32 log-softmax, 0 on padding; differentiable when called with grad enabled.
+    """
+    device = next(model.parameters()).device
+    if not prompt:
+        raise ValueError("empty prompt")
+    k = len(responses)
+    r_len = max(1, max(len(r) for r in responses))
+    p = torch.as_tensor(list(prompt), dtype=torch.long, device=device)
+    cont = torch.full((k, r_len + 1), pad_id, dtype=torch.long)
+    resp = torch.full((k, r_len), pad_id, dtype=torch.long)
+    rmask = torch.zeros((k, r_len), dtype=torch.float32)
+    for i, r in enumerate(responses):
+        if r:
+            cont[i, 1:1 + len(r)] = torch.as_tensor(list(r), dtype=torch.long)
+            resp[i, :len(r)] = torch.as_tensor(list(r), dtype=torch.long)
+            rmask[i, :len(r)] = 1.0
+    cont[:, 0] = p[-1]
+    cache = None
+    if len(prompt) > 1:
+        cache = new_cache(model)
+        model(input_ids=p[None, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache.batch_repeat_interleave(k)
+    out = model(input_ids=cont.to(device), past_key_values=cache, use_cache=cache is not None)
+    logp = torch.log_softmax(out.logits[:, :r_len, :].float(), dim=-1)
+    tok = logp.gather(-1, resp.to(device).unsqueeze(-1)).squeeze(-1)
+    return tok * rmask.to(device)
+
+
+def prompt_groups(prompts: Sequence[Sequence[int]], lengths: Sequence[int],
+                  max_batch_tokens: int) -> list[list[int]]:
+    """Runs of consecutive rows with the same prompt, cut so that rows x longest stays in budget."""
+    groups: list[list[int]] = []
+    for i in range(len(prompts)):
+        if groups and list(prompts[groups[-1][0]]) == list(prompts[i]) and \
+                max(lengths[j] for j in groups[-1] + [i]) * (len(groups[-1]) + 1) <= max_batch_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 def response_logprobs(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
                       responses: Sequence[Sequence[int]], pad_id: int,
-                      max_batch_tokens: int = 8192) -> list[list[float]]:
-    """Per-token log-probs of each response (no grad), in micro-batches within a token budget."""
+                      max_batch_tokens: int = 8192, share_prompts: bool = False) -> list[list[float]]:
+    """Per-token log-probs of each response (no grad), in micro-batches within a token budget.
+
+    ``share_prompts``: consecutive rows with the same prompt run as one
+    :func:`shared_prefix_logprobs` call (the budget counts 1 + response tokens per row).
+    """
     device = next(model.parameters()).device
     out: list[list[float]] = []
+    if share_prompts:
+        for idx in prompt_groups(prompts, [1 + len(r) for r in responses], max_batch_tokens):
+            with torch.no_grad():
+                lp = shared_prefix_logprobs(model, prompts[idx[0]], [responses[i] for i in idx],
+                                            pad_id).cpu()
+            out.extend(lp[j, :len(responses[i])].tolist() for j, i in enumerate(idx))
+        return out
     for idx in micro_batches([len(p) + len(r) for p, r in zip(prompts, responses, strict=True)],
                              max_batch_tokens):
         batch = pack([prompts[i] for i in idx], [responses[i] for i in idx], pad_id, device)

@@ -60,12 +60,14 @@ def generation_dtype(name: str) -> torch.dtype:
 
 
 def make_policy(model: torch.nn.Module, tokenizer: Any, cfg: RolloutConfig,
-                system_prompt: str | None = None, model_path: str | None = None) -> Policy:
+                system_prompt: str | None = None, model_path: str | None = None,
+                fast: bool = True) -> Policy:
     """Wrap an fp32 model; sampling uses a bf16 copy unless ``cfg.dtype == 'fp32'``.
 
     Other backends (``cfg.backend``, e.g. vllm) sample from ``model_path``, the folder ``model``
     was loaded from; without it (a live model whose weights are not on disk) sampling falls back
     to hf. Behaviour log-probs always come from ``model`` (see ``_rows_for_chunk``).
+    ``fast=False`` samples with transformers ``generate`` (the round-1 path, see ``HFSampler``).
     """
     if cfg.backend != "hf" and model_path is not None:
         sampler = make_sampler(cfg.backend, model, tokenizer, cfg, model_path)
@@ -75,7 +77,7 @@ def make_policy(model: torch.nn.Module, tokenizer: Any, cfg: RolloutConfig,
                     "sampled with hf", cfg.backend)
     dtype = generation_dtype(cfg.dtype)
     gen_model = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
-    return Policy(tokenizer, model, HFSampler(gen_model.eval(), tokenizer), system_prompt)
+    return Policy(tokenizer, model, HFSampler(gen_model.eval(), tokenizer, fast=fast), system_prompt)
 
 
 def _rows_for_chunk(policy: Policy, records: Sequence[PromptRecord], k: int, cfg: RolloutConfig,
@@ -86,7 +88,8 @@ def _rows_for_chunk(policy: Policy, records: Sequence[PromptRecord], k: int, cfg
     responses = policy.sampler.generate(prompts, params, seed)
     flat_p = [p for p, rs in zip(prompts, responses, strict=True) for _ in rs]
     flat_r = [r for rs in responses for r in rs]
-    logprobs = response_logprobs(policy.model, flat_p, flat_r, policy.pad_id)
+    fast = getattr(policy.sampler, "fast", True)  # round 1 (HFSampler(fast=False)): the packed pass
+    logprobs = response_logprobs(policy.model, flat_p, flat_r, policy.pad_id, share_prompts=fast)
     rows, n_tok, j = [], 0, 0
     for rec, p, rs in zip(records, prompts, responses, strict=True):
         texts = [policy.tokenizer.decode(r, skip_special_tokens=True) for r in rs]

@@ -1,0 +1,75 @@
+"""The fast decode loop and shared-prefix passes compute what the round-1 paths compute."""
+
+from __future__ import annotations
+
+import torch
+
+from cropi.model.loading import load_model, load_tokenizer
+from cropi.model.logprobs import pack, response_logprobs, shared_prefix_logprobs, token_logprobs
+from cropi.model.template import prompt_token_ids
+from cropi.rollout.sampler import HFSampler, SamplingParams, decode
+
+
+def _setup(tiny_model_dir):
+    model = load_model(str(tiny_model_dir)).eval()
+    tok = load_tokenizer(str(tiny_model_dir))
+    prompts = [prompt_token_ids(tok, [{"role": "user", "content": q}])
+               for q in ("What is 2+3?", "Hi", "Name three prime numbers below twenty.")]
+    return model, tok, prompts
+
+
+class _Tok:
+    pad_token_id = 0
+    eos_token_id = 1
+
+
+def test_greedy_decode_equals_generate_with_early_stops(small_lm):
+    prompts = [[2, 5, 9, 13], [2, 40], [2, 7, 7, 30, 31, 60, 61]]
+    slow = HFSampler(small_lm, _Tok(), fast=False)
+    first = slow.generate(prompts, SamplingParams(n=1, greedy=True, max_new_tokens=10), 0)
+    eos = {first[0][0][0], 1}  # the first prompt's rows end at once, the others run to the limit
+    assert first[1][0][0] not in eos
+    slow.eos_ids = eos
+    fast = HFSampler(small_lm, _Tok())
+    fast.eos_ids = eos
+    params = SamplingParams(n=2, greedy=True, max_new_tokens=10)
+    ref, got = slow.generate(prompts, params, 0), fast.generate(prompts, params, 0)
+    assert got == ref
+    assert min(len(r) for rs in got for r in rs) == 1 and max(len(r) for rs in got for r in rs) == 10
+
+
+def test_greedy_decode_with_a_shared_prefix_equals_generate(small_lm, tiny_model_dir):
+    head = [2, 5, 9, 13, 17, 19, 23, 29, 31, 37]  # 10 tokens every prompt starts with
+    prompts = [head + [40, 41, 42], head + [7], head + [50, 51, 52, 53, 54, 55]]
+    params = SamplingParams(n=1, greedy=True, max_new_tokens=8)
+    assert HFSampler(small_lm, _Tok()).generate(prompts, params, 0) == \
+        HFSampler(small_lm, _Tok(), fast=False).generate(prompts, params, 0)
+    model, tok, chat = _setup(tiny_model_dir)  # chat-templated: the system message is shared
+    assert HFSampler(model, tok).generate(chat, params, 0) == HFSampler(model, tok, fast=False).generate(chat, params, 0)
+
+
+def test_sampled_decode_is_seeded_and_follows_the_policy(tiny_model_dir):
+    model, tok, prompts = _setup(tiny_model_dir)
+    a = decode(model, prompts, 4, 8, {tok.eos_token_id}, tok.pad_token_id, seed=3)
+    assert a == decode(model, prompts, 4, 8, {tok.eos_token_id}, tok.pad_token_id, seed=3)
+    assert a != decode(model, prompts, 4, 8, {tok.eos_token_id}, tok.pad_token_id, seed=4)
+    assert len(a) == 12 and len({tuple(r) for r in a[:4]}) > 1  # 4 different samples of prompt 0
+    nucleus = decode(model, prompts, 2, 6, {tok.eos_token_id}, tok.pad_token_id, top_p=1e-6, seed=0)
+    greedy = decode(model, prompts, 2, 6, {tok.eos_token_id}, tok.pad_token_id, greedy=True)
+    assert nucleus == greedy  # top_p -> 0 keeps the argmax only
+
+
+def test_shared_prefix_logprobs_equal_packed_pass(tiny_model_dir):
+    model, tok, prompts = _setup(tiny_model_dir)
+    responses = [[5, 6, 7], [8], [9, 10, 11, 12, 13], []]
+    p = prompts[2]
+    with torch.no_grad():
+        ref = token_logprobs(model, pack([p] * 4, responses, tok.pad_token_id))
+        got = shared_prefix_logprobs(model, p, responses, tok.pad_token_id)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    flat_p = [q for q in prompts for _ in range(2)]
+    flat_r = [[5, 6], [7], [8, 9, 10], [11], [12], [13, 14]]
+    shared = response_logprobs(model, flat_p, flat_r, tok.pad_token_id, share_prompts=True)
+    packed = response_logprobs(model, flat_p, flat_r, tok.pad_token_id)
+    for a, b in zip(shared, packed, strict=True):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-5, atol=1e-5)
