@@ -1,19 +1,32 @@
-"""Accuracy of a policy on test sets: greedy and mean@k sampled, per family and level."""
+"""Accuracy of a policy on test sets: greedy and mean@k sampled, per family and level.
+
+Next to each accuracy, the share of completions that state the final answer in the strict form
+the prompt asks for (:func:`strict_answer`: the last non-empty line is just the answer), so that a
+rise in accuracy can be told apart from a rise in answer formatting (docs/acceleration.md#format-vs-skill).
+With ``with_items`` the result also carries one row per test item and mode (reward, strict share,
+extracted answer), which the curriculum writes to ``RUN/evals/step_NNNNNN.parquet``
+(:func:`write_item_results`) for the paired statistics of ``cropi report``.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from cropi.config import EvalConfig
 from cropi.data.schema import PromptRecord
 from cropi.rollout.collect import Policy
 from cropi.rollout.sampler import SamplingParams
+from cropi.utils.io import atomic_path
 from cropi.utils.progress import track
 from cropi.utils.seeding import derive_seed
 from cropi.verify import verify
@@ -28,6 +41,7 @@ class ItemResult:
 
     id: str
     verdicts: list[Verdict]
+    strict: list[bool] = field(default_factory=list)
 
     @property
     def rewards(self) -> list[float]:
@@ -36,6 +50,27 @@ class ItemResult:
     @property
     def extracted(self) -> list[str | None]:
         return [v.extracted for v in self.verdicts]
+
+
+STRICT_FORMS = {
+    "number": re.compile(r"[-+]?\d+(?:\.\d+)?"),
+    "fraction": re.compile(r"[-+]?\d+(?:\s*/\s*\d+)?"),
+    "word": re.compile(r"[A-Za-z][A-Za-z'-]*"),
+}
+"""The strict answer forms, by the record's ``meta["answer_format"]`` (built-in suites: number,
+fraction, word; other records: number)."""
+
+
+def strict_answer(text: str, record: PromptRecord) -> bool:
+    """True when the completion's last non-empty line is just the answer in the form the prompt
+    asks for (one final ``.`` allowed): no lead-in ("Answer:"), no markup, no other words. A
+    strict extraction, unlike the verifier's lenient one; it says nothing about correctness."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return False
+    last = lines[-1][:-1].rstrip() if lines[-1].endswith(".") else lines[-1]
+    form = str((record.meta or {}).get("answer_format", "number"))
+    return STRICT_FORMS.get(form, STRICT_FORMS["number"]).fullmatch(last) is not None
 
 
 def _order(policy: Policy, records: Sequence[PromptRecord], by_length: bool) -> list[int]:
@@ -64,7 +99,8 @@ def item_results(policy: Policy, records: Sequence[PromptRecord], params: Sampli
                                        derive_seed(seed, c))
         for i, rec, rs in zip(pos, chunk, resp, strict=True):
             texts = [policy.tokenizer.decode(r, skip_special_tokens=True) for r in rs]
-            out[i] = ItemResult(rec.id, [verify(t, rec) for t in texts])
+            out[i] = ItemResult(rec.id, [verify(t, rec) for t in texts],
+                                [strict_answer(t, rec) for t in texts])
         bar.advance(len(chunk), sum(len(r) for rs in resp for r in rs))
     return [r for r in out if r is not None]
 
@@ -96,9 +132,10 @@ def check_tests_fit(policy: Policy, tests: dict[str, Sequence[PromptRecord]], cf
 
 
 def evaluate_set(policy: Policy, name: str, records: Sequence[PromptRecord], cfg: EvalConfig,
-                 by_length: bool = True) -> dict[str, Any]:
-    """Accuracy of one test set per mode, by family and by level (``by_length=False``: prompts
-    are batched in file order, the round-1 path)."""
+                 by_length: bool = True, with_items: bool = False) -> dict[str, Any]:
+    """Accuracy of one test set per mode, by family and by level, and the strict-format share
+    (``MODE_format``); ``by_length=False``: prompts are batched in file order, the round-1 path.
+    ``with_items``: also ``items``, one row per item and mode (:func:`item_rows`)."""
     records = _evaluated(records, cfg)
     res: dict[str, Any] = {"n": len(records)}
     modes = []
@@ -107,33 +144,72 @@ def evaluate_set(policy: Policy, name: str, records: Sequence[PromptRecord], cfg
     if cfg.samples > 0:
         modes.append((f"mean@{cfg.samples}", SamplingParams(
             n=cfg.samples, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)))
+    rows: list[dict[str, Any]] = []
     for mode, params in modes:
         with track(f"eval {name} {mode}", total=len(records), transient=True) as bar:
-            acc = _rewards(policy, records, params, cfg.batch_size,
-                           derive_seed(cfg.seed, name, mode), bar, by_length).mean(axis=1)
-        res[mode] = float(acc.mean())
+            items = item_results(policy, records, params, cfg.batch_size,
+                                 derive_seed(cfg.seed, name, mode), bar, by_length)
+        acc = np.asarray([np.mean(it.rewards) for it in items], dtype=np.float64)
+        res[mode] = float(acc.mean()) if acc.size else float("nan")
+        res[f"{mode}_format"] = float(np.mean([np.mean(it.strict) for it in items])) if items else float("nan")
         res[f"{mode}_by_family"] = _breakdown(records, acc, "source")
         res[f"{mode}_by_level"] = _breakdown(records, acc, "level")
+        if with_items:
+            rows += item_rows(name, mode, items)
+    if with_items:
+        res["items"] = rows
     return res
+
+
+def item_rows(name: str, mode: str, items: Sequence[ItemResult]) -> list[dict[str, Any]]:
+    """One row per item: ``set``, ``id``, ``mode``, ``reward`` (mean over its responses),
+    ``strict`` (share of its responses in the strict form), ``answer`` (the first response's
+    extracted answer)."""
+    return [{"set": name, "id": it.id, "mode": mode, "reward": float(np.mean(it.rewards)),
+             "strict": float(np.mean(it.strict)) if it.strict else None,
+             "answer": it.extracted[0] if it.verdicts else None} for it in items]
+
+
+def write_item_results(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """Write per-item rows (:func:`item_rows`) as one Parquet file, atomically (the reader:
+    ``cropi.report.runs.read_item_results``)."""
+    columns = {key: [row.get(key) for row in rows]
+               for key in ("set", "id", "mode", "reward", "strict", "answer")}
+    table = pa.table({"set": pa.array(columns["set"], pa.string()),
+                      "id": pa.array(columns["id"], pa.string()),
+                      "mode": pa.array(columns["mode"], pa.string()),
+                      "reward": pa.array(columns["reward"], pa.float64()),
+                      "strict": pa.array(columns["strict"], pa.float64()),
+                      "answer": pa.array(columns["answer"], pa.string())})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
 
 
 def is_targeted(name: str) -> bool:
     return name.startswith("target")
 
 
-def evaluate(policy: Policy, tests: dict[str, Sequence[PromptRecord]], cfg: EvalConfig) -> dict[str, Any]:
-    """Evaluate every test set; ``targeted`` / ``untargeted`` average the sets of each kind.
+def evaluate(policy: Policy, tests: dict[str, Sequence[PromptRecord]], cfg: EvalConfig,
+             with_items: bool = False) -> dict[str, Any]:
+    """Evaluate every test set; ``targeted`` / ``untargeted`` average the sets of each kind, and
+    ``targeted_format`` / ``untargeted_format`` their strict-format shares (same metric).
+    ``with_items``: also ``items``, the per-item rows of every set (:func:`item_rows`).
 
     Every set's prompts are checked against the model's context before anything is generated.
     """
     check_tests_fit(policy, tests, cfg)
-    sets = {name: evaluate_set(policy, name, recs, cfg) for name, recs in tests.items()}
+    sets = {name: evaluate_set(policy, name, recs, cfg, with_items=with_items)
+            for name, recs in tests.items()}
+    items = [row for s in sets.values() for row in s.pop("items", [])]
     out: dict[str, Any] = {"sets": sets}
     metric = "greedy" if cfg.greedy else f"mean@{cfg.samples}"
     for kind, pred in (("targeted", True), ("untargeted", False)):
-        vals = [s[m] for n, s in sets.items() if is_targeted(n) == pred
-                for m in (metric,) if m in s]
-        if vals:
-            out[kind] = float(np.mean(vals))
+        chosen = [s for n, s in sets.items() if is_targeted(n) == pred and metric in s]
+        if chosen:
+            out[kind] = float(np.mean([s[metric] for s in chosen]))
+            out[f"{kind}_format"] = float(np.mean([s[f"{metric}_format"] for s in chosen]))
     out["metric"] = metric
+    if with_items:
+        out["items"] = items
     return out

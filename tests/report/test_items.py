@@ -80,3 +80,58 @@ def test_unfinished_runs_and_lonely_arms_are_left_out(tmp_path: Path) -> None:
     assert panel is not None and panel.arms == ["full", "cropi"] and panel.seeds == [0, 1, 2]
     assert panel.steps.tolist() == list(STEPS)
     assert "cropi seed 3" in panel.note and "(random)" in panel.note
+
+
+# --- the writer: per-item rows and strict-format shares from cropi.train.evaluate ---
+
+
+class _FakePolicy:
+    """Answers item k with COMPLETIONS[k] (token ids = [k]); greedy and sampled alike."""
+
+    COMPLETIONS = ["4", "The answer is 4", "Answer: 5\n", "7.", "", "x\n\n  9  "]
+
+    def __init__(self) -> None:
+        self.sampler = self
+        self.tokenizer = self
+
+    def prompt_ids(self, record):  # noqa: ANN001, ANN201
+        return [int(record.id[1:])]
+
+    def check_fit(self, *args, **kw) -> None:  # noqa: ANN002, ANN003
+        pass
+
+    def generate(self, prompts, params, seed):  # noqa: ANN001, ANN201
+        return [[list(p)] * params.n for p in prompts]
+
+    def decode(self, ids, skip_special_tokens=True):  # noqa: ANN001, ANN201
+        return self.COMPLETIONS[ids[0]]
+
+
+def test_evaluation_writes_items_and_format_shares(tmp_path: Path) -> None:
+    from cropi.config import EvalConfig
+    from cropi.data.schema import validate_record
+    from cropi.train.evaluate import evaluate, strict_answer, write_item_results
+
+    records = [validate_record({"id": f"q{k}", "prompt": "2+2?", "answer": "4" if k < 3 else "9",
+                                "source": "add", "meta": {"verifier": "numeric"}})
+               for k in range(6)]
+    # strict: "4", "7." and "... 9  " (last non-empty line just a number); lenient verdicts
+    assert [strict_answer(c, records[0]) for c in _FakePolicy.COMPLETIONS] == [
+        True, False, False, True, False, True]
+    word = validate_record({"id": "w", "prompt": "p", "answer": "yes", "source": "s",
+                            "meta": {"verifier": "numeric", "answer_format": "word"}})
+    assert strict_answer("Yes.", word) and not strict_answer("It is yes", word)
+    tests = {"targeted/add": records[:3], "untargeted/add": records[3:]}
+    res = evaluate(_FakePolicy(), tests, EvalConfig(samples=2, max_new_tokens=4), with_items=True)
+    # lenient verdicts: "4", "The answer is 4" right, "Answer: 5" wrong; "9" right of the others
+    assert res["targeted"] == res["sets"]["targeted/add"]["greedy"] == 2 / 3
+    assert res["untargeted"] == 1 / 3
+    assert res["targeted_format"] == 1 / 3 and res["untargeted_format"] == 2 / 3
+    assert res["sets"]["targeted/add"]["mean@2_format"] == 1 / 3
+    assert len(res["items"]) == 12 and "items" not in res["sets"]["targeted/add"]
+    assert "items" not in evaluate(_FakePolicy(), tests, EvalConfig(samples=0, max_new_tokens=4))
+    run = tmp_path / "run"
+    write_item_results(run / "evals" / "step_000010.parquet", res["items"])
+    cols = read_item_results(run)[10]
+    assert cols["id"][:3] == ["q0", "q1", "q2"] and cols["answer"][:3] == ["4", "4", "5"]
+    assert cols["strict"][:3] == [1.0, 0.0, 0.0] and set(cols["mode"]) == {"greedy", "mean@2"}
