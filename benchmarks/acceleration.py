@@ -3,12 +3,12 @@ interval estimates (docs/acceleration.md#statistics).
 
 Every arm x seed runs `cropi compare` on shared beta rollouts (same step budget and evaluation
 schedule). After each arm x seed, its compact result (metrics + per-item verdicts + selections,
-a few hundred kB at most; cropi.report.compact) is written to
-benchmarks/results/acceleration_runs/NAME/ARM/seed_S.json. Those files are meant to be committed:
-an arm x seed with a compact result is never run again; it is restored into the comparison
-directory for the report instead, so a later session (or another machine) continues where this
-one stopped, and the statistics always cover every finished seed. Stop it any time; rerun the
-same command.
+tens of kB; cropi.report.compact) is added to benchmarks/results/acceleration_runs_NAME.json (one
+file per benchmark name, with the usual result header, updated under a file lock so that one
+process per seed can share it). That file is meant to be committed: an arm x seed with a compact
+result is never run again; it is restored into the comparison directory for the report instead,
+so a later session (or another machine) continues where this one stopped, and the statistics
+always cover every finished seed. Stop it any time; rerun the same command.
 
 Default arms: cropi (influence, configured scorer), cropi-paper (influence, the paper's scorer),
 full (the baseline), random (same budget) and oracle (the target families' own pool prompts, an
@@ -35,16 +35,20 @@ printed and written to benchmarks/results/acceleration.json (acceleration_pilot.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from _common import RESULTS, print_table, write_result
 from cropi.cli.common import build_config, setup_env
 from cropi.curriculum.compare import run_compare
 from cropi.report import build_report
-from cropi.report.compact import export_run, restore_run, write_compact
+from cropi.report.compact import export_run, restore_run
 from cropi.report.runs import load_comparison, load_run
 from cropi.report.stats import comparison_panel, power_analysis
 from cropi.report.summary import ACCEL_HEADERS, STATS_HEADERS, acceleration_rows, statistics_rows, summarize
@@ -56,18 +60,45 @@ PILOT = {"arms": "cropi,full", "seeds": "0,1,2", "stages": 1, "steps_per_stage":
 PILOT_DELTAS = (0.01, 0.02, 0.05)
 
 
-def compact_dir(name: str) -> Path:
-    return RESULTS / "acceleration_runs" / name
+def store_name(name: str) -> str:
+    """The result file's stem: benchmarks/results/acceleration_runs_NAME.json."""
+    return f"acceleration_runs_{name}"
 
 
-def _restore(root: Path, store: Path, arms: list[str], seeds: list[int]) -> list[str]:
+@contextmanager
+def _locked(name: str) -> Iterator[None]:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / f".{store_name(name)}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def load_store(name: str) -> dict[str, dict[str, Any]]:
+    """arm -> seed (str) -> compact record, from the committed result file ({} when none)."""
+    path = RESULTS / f"{store_name(name)}.json"
+    return json.loads(path.read_text())["runs"] if path.exists() else {}
+
+
+def save_record(name: str, arm: str, seed: int, record: dict[str, Any]) -> Path:
+    """Add one arm x seed to the result file (read-modify-write under a file lock)."""
+    with _locked(name):
+        runs = load_store(name)
+        runs.setdefault(arm, {})[str(seed)] = record
+        return write_result(store_name(name), {"format": 1, "runs": runs})
+
+
+def _restore(root: Path, name: str, arms: list[str], seeds: list[int]) -> list[str]:
     """Restore the compact results of arm x seed whose run directory is absent; returns them."""
+    runs = load_store(name)
     done = []
     for arm in arms:
         for seed in seeds:
-            record = store / arm / f"seed_{seed}.json"
+            record = runs.get(arm, {}).get(str(seed))
             run = root / "arms" / arm / f"seed_{seed}"
-            if record.exists():
+            if record is not None:
                 done.append(f"{arm}/{seed}")
                 if not (run / "metrics.jsonl").exists():
                     restore_run(record, run)
@@ -129,18 +160,17 @@ def main() -> None:
                        curriculum__stages=stages, train__steps_per_stage=steps,
                        curriculum__eval_every=every)
     root = cfg.run_dir
-    store = compact_dir(args.name)
     t0 = time.perf_counter()
     ran = []
     for seed in seeds:  # seeds outer: partial results cover every arm
         for arm in arms:
-            if (store / arm / f"seed_{seed}.json").exists() or args.report_only:
+            if args.report_only or str(seed) in load_store(args.name).get(arm, {}):
                 continue
             run_compare(cfg, [arm], [seed])
-            write_compact(export_run(load_run(root / "arms" / arm / f"seed_{seed}", arm, seed)),
-                          store / arm / f"seed_{seed}.json")
+            save_record(args.name, arm, seed,
+                        export_run(load_run(root / "arms" / arm / f"seed_{seed}", arm, seed)))
             ran.append(f"{arm}/{seed}")
-    done = _restore(root, store, arms, seeds)
+    done = _restore(root, args.name, arms, seeds)
     _plan(root, arms, seeds)
     seconds = time.perf_counter() - t0
     folder = build_report(root, n_boot=args.n_boot)
@@ -170,7 +200,8 @@ def main() -> None:
         print_table(headers, rows)
         payload.update({"power": power, "power_headers": headers, "power_rows": rows})
     path = write_result("acceleration_pilot" if args.pilot else "acceleration", payload)
-    print(f"report {folder / 'report.md'}; wrote {path}; compact results in {store}")
+    print(f"report {folder / 'report.md'}; wrote {path}; compact results in "
+          f"{RESULTS / (store_name(args.name) + '.json')}")
 
 
 if __name__ == "__main__":
