@@ -177,13 +177,14 @@ class ScoreConfig:
 
 @dataclass
 class SelectConfig:
-    policy: str = opt("influence", "influence, random, pass-rate, learnability or full")
+    policy: str = opt("influence", "influence, random, pass-rate, learnability, full or oracle (the "
+                      "target families' own pool prompts: an upper bound, for built-in suites)")
     ratio: float = opt(0.10, "fraction of the pool kept per stage")
     seed: int = opt(0, "seed for random policies")
 
     def __post_init__(self) -> None:
-        _check(self.policy in ("influence", "random", "pass-rate", "learnability", "full"),
-               "select", "policy", "use influence, random, pass-rate, learnability or full")
+        _check(self.policy in ("influence", "random", "pass-rate", "learnability", "full", "oracle"),
+               "select", "policy", "use influence, random, pass-rate, learnability, full or oracle")
         _check(0 < self.ratio <= 1, "select", "ratio", "must be in (0, 1]")
 
 

@@ -21,11 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cropi.config import RunConfig
-from cropi.curriculum.loop import phase_eval_initial, phase_train, run_curriculum
+from cropi.curriculum.loop import run_curriculum
 from cropi.curriculum.phases import Run, phase_rollouts
-from cropi.curriculum.scoring import selection_context, selection_spec
-from cropi.rollout.store import PromptRollouts
-from cropi.select import get_policy, read_selection, selection_stats, write_selection
 from cropi.utils.errors import CropiError
 from cropi.utils.io import atomic_write_json, read_json
 
@@ -36,10 +33,6 @@ ARM_POLICY = {"cropi": "influence", "cropi-paper": "influence", "influence-once"
               "pass-rate": "pass-rate", "oracle": "oracle"}
 ARM_SCORER = {"cropi-paper": "paper"}
 """Arms whose scorer is fixed whatever ``score.scorer`` says."""
-CONFIG_POLICY = {"oracle": "random"}
-"""Arms whose policy ``select.policy`` cannot name yet (config.py validates the names): the run's
-config.yaml records this policy and the arm's selections are made here (see :func:`run_oracle`);
-its selection.json files name the real policy."""
 BASELINE = "full"
 
 
@@ -51,50 +44,9 @@ def arm_config(cfg: RunConfig, arm: str, seed: int) -> RunConfig:
         score = dataclasses.replace(cfg.score, scorer=ARM_SCORER[arm], scorer_options={})
     return dataclasses.replace(
         cfg, seed=seed, score=score,
-        select=dataclasses.replace(cfg.select, policy=CONFIG_POLICY.get(arm, ARM_POLICY[arm]),
-                                   seed=seed),
+        select=dataclasses.replace(cfg.select, policy=ARM_POLICY[arm], seed=seed),
         train=dataclasses.replace(cfg.train, seed=seed),
     )
-
-
-def target_sources(run: Run) -> list[str]:
-    """The families (``source``) of the run's target-set prompts, sorted."""
-    return sorted({str(r.source) for recs in run.data.targets.values() for r in recs})
-
-
-def select_oracle(run: Run, stage: int, pool: list[PromptRollouts]) -> list[str]:
-    """The oracle arm's selection of ``stage`` (stored in selection.json, reused on resume)."""
-    path = run.dir.selection(stage)
-    spec = {**selection_spec(run, "oracle", len(pool)), "seed": run.cfg.select.seed,
-            "target_sources": target_sources(run)}
-    if run.dir.done(stage, "selected") and path.exists() and not run.overwrite:
-        stored = read_selection(path)
-        diff = [k for k, v in spec.items() if k in stored and stored[k] != v]
-        if stored.get("policy") != "oracle" or diff:
-            raise CropiError(f"stage {stage} already has a selection made differently "
-                             f"({', '.join(diff) or stored.get('policy')})", file=path,
-                             fix="rerun with --overwrite, or use another --name")
-        return stored["ids"]
-    ctx = dataclasses.replace(selection_context(run, stage, pool, with_scores=False),
-                              target_sources=spec["target_sources"])
-    ids = get_policy("oracle").select(ctx, spec["budget"])
-    prev = read_selection(run.dir.selection(stage - 1))["ids"] \
-        if stage > 0 and run.dir.selection(stage - 1).exists() else None
-    write_selection(path, "oracle", spec["budget"], ids, selection_stats(ctx, ids, prev),
-                    **{k: v for k, v in spec.items() if k not in ("policy", "budget")})
-    run.dir.mark(stage, "selected", policy="oracle", n=len(ids))
-    return ids
-
-
-def run_oracle(run: Run) -> None:
-    """:func:`cropi.curriculum.loop.run_curriculum` with the oracle's selections, which need the
-    target families that the curriculum's selection context does not carry yet."""
-    sets = phase_rollouts(run)
-    phase_eval_initial(run)
-    for stage in range(run.cfg.curriculum.stages):
-        ids = select_oracle(run, stage, sets["pool"])
-        phase_train(run, stage, ids)
-        run.dir.mark(stage, "evaluated")
 
 
 def _write_plan(root: Path, cfg: RunConfig, arms: Sequence[str], seeds: Sequence[int]) -> None:
@@ -127,10 +79,7 @@ def run_compare(cfg: RunConfig, arms: Sequence[str], seeds: Sequence[int],
             log.info("compare: arm %s seed %d -> %s", arm, seed, run.dir.root)
             if ARM_POLICY[arm] == "influence" and not overwrite:
                 reuse_stage0_features(root, run.dir.stage(0) / "features")
-            if ARM_POLICY[arm] == "oracle":
-                run_oracle(run)
-            else:
-                run_curriculum(run, arm)
+            run_curriculum(run, arm)
             run.save_config()
     return root
 

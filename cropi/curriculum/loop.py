@@ -19,7 +19,7 @@ from cropi.data.schema import PromptRecord
 from cropi.rollout.collect import make_policy
 from cropi.rollout.store import PromptRollouts
 from cropi.select import read_selection, write_selection
-from cropi.train.evaluate import evaluate
+from cropi.train.evaluate import evaluate, write_item_results
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,12 @@ def eval_and_log(run: Run, model: Any, tokenizer: Any, stage: int, step: int) ->
     was_training = model.training
     try:
         policy = make_policy(model, tokenizer, run.cfg.rollout, run.cfg.model.system_prompt)
-        result = evaluate(policy, run.data.tests, run.cfg.eval)
+        result = evaluate(policy, run.data.tests, run.cfg.eval, with_items=True)
     finally:
         model.train(was_training)
+    items = result.pop("items", None)
+    if items:  # before the eval event: an event never lacks its per-item file
+        write_item_results(run.dir.root / "evals" / f"step_{step:06d}.parquet", items)
     run.dir.log_metrics("eval", stage=stage, step=step, **result)
     run.dir.log_metrics("eval_time", stage=stage, seconds=time.perf_counter() - t0)
     return result

@@ -208,15 +208,23 @@ def selection_context(run: Run, stage: int, pool: list[PromptRollouts], with_sco
     scores = target_scores(read_scores(run.dir.scores(stage)), ids) if with_scores else None
     return SelectionContext(ids=ids, pass_rate=[it.pass_rate for it in pool], fused=None,
                             source=[it.source for it in pool], level=[it.level for it in pool],
-                            seed=run.cfg.select.seed + stage, scores=scores, fusion=run.cfg.score.fusion)
+                            seed=run.cfg.select.seed + stage, scores=scores, fusion=run.cfg.score.fusion,
+                            target_sources=target_sources(run))
+
+
+def target_sources(run: Run) -> list[str]:
+    """The families (``source``) of the run's target-set prompts, sorted (the oracle's relevant set)."""
+    return sorted({str(r.source) for recs in run.data.targets.values() for r in recs})
 
 
 def selection_spec(run: Run, policy: str, n_pool: int) -> dict[str, Any]:
     """What makes a selection: policy, budget, ratio, seed (and fusion for influence)."""
     cfg = run.cfg.select
     spec: dict[str, Any] = {"policy": policy, "budget": budget(n_pool, cfg.ratio), "ratio": cfg.ratio}
-    if policy in ("random", "pass-rate", "learnability"):
+    if policy in ("random", "pass-rate", "learnability", "oracle"):
         spec["seed"] = cfg.seed
+    if policy == "oracle":
+        spec["target_sources"] = target_sources(run)
     if policy == "influence":
         spec["fusion"] = run.cfg.score.fusion
         spec.update(current_scorer(run))

@@ -11,8 +11,9 @@ from types import SimpleNamespace
 import pytest
 
 from cropi.config import RunConfig, ScoreConfig
-from cropi.curriculum.compare import ARM_POLICY, arm_config, select_oracle, target_sources
+from cropi.curriculum.compare import ARM_POLICY, arm_config
 from cropi.curriculum.phases import Run
+from cropi.curriculum.scoring import phase_select, target_sources
 from cropi.data.sets import DataSets
 from cropi.select import read_selection
 
@@ -41,31 +42,32 @@ def _run(tmp_path: Path) -> tuple[Run, list]:
 def test_oracle_selection_is_recorded_and_reused(tmp_path: Path) -> None:
     run, pool = _run(tmp_path)
     assert target_sources(run) == ["cs1", "gcd20"]
-    ids = select_oracle(run, 0, pool)  # budget 10 % of 20 = 2, both with a gradient
+    ids = phase_select(run, 0, pool, "oracle")["ids"]  # budget 10 % of 20 = 2, both with a gradient
     by_id = {p.id: p for p in pool}
     assert len(ids) == 2 and all(by_id[i].source in ("cs1", "gcd20") and 0 < by_id[i].pass_rate < 1
                                  for i in ids)
     stored = read_selection(run.dir.selection(0))
     assert stored["policy"] == "oracle" and stored["target_sources"] == ["cs1", "gcd20"]
-    assert select_oracle(run, 0, pool) == ids  # resume: the stored selection
+    assert phase_select(run, 0, pool, "oracle")["ids"] == ids  # resume: the stored selection
     other, _ = _run(tmp_path)
     other.__dict__["data"] = DataSets(pool=[], targets={"x": [SimpleNamespace(source="add1")]})
     with pytest.raises(Exception, match="made differently"):
-        select_oracle(other, 0, pool)
+        phase_select(other, 0, pool, "oracle")
 
 
 def test_oracle_arm_through_run_compare(tiny_model_dir, beta_rollouts, tmp_path, monkeypatch):
     """Parity sets: pool families alpha and beta, target family alpha. The oracle arm selects
     alpha prompts only at both stages, trains on them, and reuses them when run again."""
     import cropi.curriculum.compare as compare
+    import cropi.curriculum.loop as loop
 
     sets, rollouts = beta_rollouts
     root = tmp_path / "cmp"
     shutil.copytree(rollouts, root / "rollouts")
     cfg = _config(tiny_model_dir, sets, out_dir=str(tmp_path), name="cmp")
     trained = []
-    monkeypatch.setattr(compare, "phase_train", lambda run, stage, ids: trained.append((stage, ids)))
-    monkeypatch.setattr(compare, "phase_eval_initial", lambda run: None)
+    monkeypatch.setattr(loop, "phase_train", lambda run, stage, ids: trained.append((stage, ids)))
+    monkeypatch.setattr(loop, "phase_eval_initial", lambda run: None)
     compare.run_compare(cfg, ["oracle"], [0])
     run = root / "arms" / "oracle" / "seed_0"
     first = [read_selection(run / f"stages/stage_00{m}/selection.json") for m in (0, 1)]

@@ -42,7 +42,7 @@ def test_eval_and_log_restores_the_train_mode(tiny_model_dir: Path, tmp_path: Pa
     model, tok = load_model(str(tiny_model_dir)).train(), load_tokenizer(str(tiny_model_dir))
     modes: list[bool] = []
 
-    def fake_evaluate(policy: Any, tests: Any, cfg: Any) -> dict[str, Any]:
+    def fake_evaluate(policy: Any, tests: Any, cfg: Any, **kw: Any) -> dict[str, Any]:
         modes.append(policy.model.training)
         return {"sets": {}, "metric": "greedy"}
 
