@@ -14,6 +14,7 @@ ratios are exactly 1 at stage 0.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +80,17 @@ def token_logprobs(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
     return tok * batch.response_mask
 
 
+def cache_kw(model: Any) -> str:
+    """The forward keyword of a KV cache: ``cache`` (transformers >= 5.24, where
+    ``past_key_values`` is deprecated) or ``past_key_values``."""
+    inner = model.get_base_model() if hasattr(model, "peft_config") and hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(type(inner).forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def new_cache(model: Any) -> Any:
     """An empty ``DynamicCache`` for ``model`` (transformers 4.56 and 5.x)."""
     from transformers import DynamicCache
@@ -110,12 +122,12 @@ def shared_prefix_logprobs(model: torch.nn.Module, prompt: Sequence[int],
             resp[i, :len(r)] = torch.as_tensor(list(r), dtype=torch.long)
             rmask[i, :len(r)] = 1.0
     cont[:, 0] = p[-1]
-    cache = None
+    cache, kw = None, cache_kw(model)
     if len(prompt) > 1:
         cache = new_cache(model)
-        model(input_ids=p[None, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=p[None, :-1], use_cache=True, logits_to_keep=1, **{kw: cache})
         cache.batch_repeat_interleave(k)
-    out = model(input_ids=cont.to(device), past_key_values=cache, use_cache=cache is not None)
+    out = model(input_ids=cont.to(device), use_cache=cache is not None, **{kw: cache})
     logp = torch.log_softmax(out.logits[:, :r_len, :].float(), dim=-1)
     tok = logp.gather(-1, resp.to(device).unsqueeze(-1)).squeeze(-1)
     return tok * rmask.to(device)

@@ -86,11 +86,17 @@ def item_results(policy: Policy, records: Sequence[PromptRecord], params: Sampli
     """Per-item verdicts, in the order of ``records``.
 
     Chunks of ``batch // n`` prompts, each with its own derived seed; with ``by_length`` the
-    prompts are chunked in order of their length (greedy results do not depend on the order; a
-    sampled response does, through the chunk's seed).
+    prompts go in order of their length (greedy results do not depend on the order; a sampled
+    response does, through the chunk's seed), and a sampler that batches continuously
+    (``HFSampler.max_rows``) takes them all in one call with ``batch`` rows decoding at a time.
     """
     per = max(1, batch // params.n)
     order = _order(policy, records, by_length)
+    sampler = policy.sampler
+    continuous = by_length and getattr(sampler, "fast", False) and hasattr(sampler, "max_rows")
+    if continuous:
+        per = max(1, len(records))
+        saved, sampler.max_rows = sampler.max_rows, batch
     out: list[ItemResult | None] = [None] * len(records)
     for c, start in enumerate(range(0, len(order), per)):
         pos = order[start:start + per]
@@ -102,6 +108,8 @@ def item_results(policy: Policy, records: Sequence[PromptRecord], params: Sampli
             out[i] = ItemResult(rec.id, [verify(t, rec) for t in texts],
                                 [strict_answer(t, rec) for t in texts])
         bar.advance(len(chunk), sum(len(r) for rs in resp for r in rs))
+    if continuous:
+        sampler.max_rows = saved
     return [r for r in out if r is not None]
 
 

@@ -31,7 +31,7 @@ from cropi.data.schema import PromptRecord
 from cropi.model.limits import check_prompts_fit
 from cropi.model.loading import load_model, load_tokenizer, resolve_device
 from cropi.model.template import with_system_prompt
-from cropi.model.logprobs import new_cache
+from cropi.model.logprobs import cache_kw, new_cache
 from cropi.rollout.sampler import cut_at_eos, decode
 from cropi.train.grpo_sampler import StageSampler
 from cropi.train.grpo_state import (
@@ -158,6 +158,7 @@ def shared_prefix_logps(model: Any, input_ids: torch.Tensor, attention_mask: tor
         groups.setdefault(tuple(input_ids[i, :p_len][prompt_mask[i]].tolist()), []).append(i)
     logps = torch.zeros((b, logits_to_keep), dtype=torch.float32, device=input_ids.device)
     ent = torch.zeros_like(logps) if compute_entropy else None
+    kw = cache_kw(model)
     for prompt, rows in groups.items():
         n = len(rows)
         c = max(1, int(max(comp_len[i] for i in rows)))
@@ -165,15 +166,15 @@ def shared_prefix_logps(model: Any, input_ids: torch.Tensor, attention_mask: tor
         cache = new_cache(_inner_model(model))
         prompt_t = torch.as_tensor(prompt, dtype=torch.long, device=input_ids.device)
         if len(prompt) > 1:  # the prefix: no LM head (logits_to_keep=1 is the cheapest the API allows)
-            model(input_ids=prompt_t[None, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
+            model(input_ids=prompt_t[None, :-1], use_cache=True, logits_to_keep=1, **{kw: cache})
             cache.batch_repeat_interleave(n)
         comp = input_ids[idx, p_len:p_len + c]
         cmask = attention_mask[idx, p_len:p_len + c].bool()
         cont = torch.cat([prompt_t[-1:].expand(n, 1), comp], dim=1)
         labels = torch.cat([torch.full((n, 1), -100, dtype=torch.long, device=comp.device),
                             comp.masked_fill(~cmask, -100)], dim=1)
-        out = model(input_ids=cont, past_key_values=cache if len(prompt) > 1 else None,
-                    labels=labels, fused_lm_head=True)
+        out = model(input_ids=cont, labels=labels, fused_lm_head=True,
+                    **{kw: cache if len(prompt) > 1 else None})
         logps[idx, :c] = out.log_probs.float()
         if ent is not None:
             ent[idx, :c] = out.entropy.float()

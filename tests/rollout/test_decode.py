@@ -73,3 +73,20 @@ def test_shared_prefix_logprobs_equal_packed_pass(tiny_model_dir):
     packed = response_logprobs(model, flat_p, flat_r, tok.pad_token_id)
     for a, b in zip(shared, packed, strict=True):
         torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-5, atol=1e-5)
+
+
+def test_continuous_batching_equals_one_batch(small_lm, tiny_model_dir):
+    """Rows joining a running batch (max_rows) decode as they would alone: greedy tokens equal."""
+    prompts = [[2, 5, 9, 13], [2, 40], [2, 7, 7, 30, 31, 60, 61], [2, 8], [2, 11, 12, 13, 14, 15]]
+    ref = HFSampler(small_lm, _Tok(), fast=False).generate(prompts, SamplingParams(n=1, greedy=True,
+                                                                                   max_new_tokens=9), 0)
+    eos = {ref[0][0][0], ref[3][0][0], 1}  # prompts 0 and 3 end at once, the others run to the limit
+    for max_rows in (2, 3, 4):
+        fast = HFSampler(small_lm, _Tok(), max_rows=max_rows)
+        slow = HFSampler(small_lm, _Tok(), fast=False)
+        fast.eos_ids = slow.eos_ids = eos
+        params = SamplingParams(n=1, greedy=True, max_new_tokens=9)
+        assert fast.generate(prompts, params, 0) == slow.generate(prompts, params, 0), max_rows
+    model, tok, chat = _setup(tiny_model_dir)
+    a = decode(model, chat, 2, 6, {tok.eos_token_id}, tok.pad_token_id, greedy=True, max_rows=2)
+    assert a == decode(model, chat, 2, 6, {tok.eos_token_id}, tok.pad_token_id, greedy=True)
