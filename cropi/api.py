@@ -29,20 +29,33 @@ if TYPE_CHECKING:  # torch-heavy: imported by the functions that need them
     from cropi.curriculum.phases import Run
     from cropi.rollout.store import PromptRollouts
 
-__all__ = ["Selection", "make_config", "open_run", "resolve_model", "run_curriculum", "sample_rollouts",
+__all__ = ["Selection", "load_backends", "make_config", "merge_sections", "open_run", "resolve_model",
+           "run_curriculum", "sample_rollouts", "set_dotted",
            "score_pool", "select_prompts"]
 
 TableFormat = Literal["pandas", "arrow"]
 
 
 # ----------------------------------------------------------------------------- config and run
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``over`` on top of ``base`` section by section (targets and tests are replaced whole)."""
+def merge_sections(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base`` section by section (only the keys ``over`` names change;
+    ``targets`` and ``tests`` are replaced whole)."""
     out = dict(base)
     for key, value in over.items():
         nested = isinstance(value, Mapping) and isinstance(out.get(key), dict) and key not in ("targets", "tests")
-        out[key] = _merge(out[key], value) if nested else (dict(value) if isinstance(value, Mapping) else value)
+        out[key] = merge_sections(out[key], value) if nested else (dict(value) if isinstance(value, Mapping) else value)
     return out
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """``data["a"]["b"] = value`` for ``dotted = "a.b"`` (as ``--set a.b=value``)."""
+    keys = dotted.split(".")
+    cur = data
+    for k in keys[:-1]:
+        cur = cur.setdefault(k, {})
+        if not isinstance(cur, dict):
+            raise CropiError(f"{dotted!r} does not name a config field", field=dotted)
+    cur[keys[-1]] = value
 
 
 def make_config(base: RunConfig | str | Path | Mapping[str, Any] | None = None, *,
@@ -62,24 +75,18 @@ def make_config(base: RunConfig | str | Path | Mapping[str, Any] | None = None, 
     elif isinstance(base, RunConfig):
         data = to_dict(base)
     elif isinstance(base, Mapping):
-        data = _merge(to_dict(RunConfig()), base)
+        data = merge_sections(to_dict(RunConfig()), base)
     else:
-        data = _merge(to_dict(RunConfig()), read_config_data(base))
-    data = _merge(data, sections)
+        data = merge_sections(to_dict(RunConfig()), read_config_data(base))
+    data = merge_sections(data, sections)
     for dotted, value in (sets or {}).items():
-        keys = dotted.split(".")
-        cur = data
-        for k in keys[:-1]:
-            cur = cur.setdefault(k, {})
-            if not isinstance(cur, dict):
-                raise CropiError(f"{dotted!r} does not name a config field", field=dotted)
-        cur[keys[-1]] = value
+        set_dotted(data, dotted, value)
     cfg = from_dict(RunConfig, data)
-    _load_backends(cfg)
+    load_backends(cfg)
     return cfg
 
 
-def _load_backends(cfg: RunConfig) -> None:
+def load_backends(cfg: RunConfig) -> None:
     """Import the optional engines ``cfg`` names; each registers itself with the layer it serves."""
     if cfg.rollout.backend == "vllm":
         import cropi.scale.vllm  # noqa: F401

@@ -46,7 +46,7 @@ from cropi.curriculum.phases import Run, phase_rollouts
 from cropi.curriculum.scoring import SCORED_POLICIES, phase_score, phase_select
 from cropi.data.schema import PromptRecord
 from cropi.model.fingerprint import model_fingerprint
-from cropi.rollout.collect import Policy
+from cropi.rollout.collect import Policy, make_policy
 from cropi.rollout.store import PromptRollouts
 from cropi.select import get_policy
 from cropi.train.grpo import make_reward_fn, stage_dataset
@@ -106,8 +106,10 @@ class _LiveRun(Run):
         return f"trainer:global_step={self.live_step}"
 
     def policy(self, path: str) -> Policy:
+        if self.cfg.gradient.mode == "onpolicy":  # fresh samples from the live model (a bf16 copy)
+            return make_policy(self.live_model, self.live_tokenizer, self.cfg.rollout, self.cfg.model.system_prompt)
         return Policy(self.live_tokenizer, self.live_model, sampler=None,  # type: ignore[arg-type]
-                      system_prompt=self.cfg.model.system_prompt)
+                      system_prompt=self.cfg.model.system_prompt)  # POPI reads only the model
 
     def base_spec(self, model_path: str) -> dict[str, Any]:
         return {"model": {"trainer_global_step": self.live_step, "beta": self.beta_fingerprint},
