@@ -244,7 +244,11 @@ def select_prompts(run: Run | RunConfig, stage: int = 0, *, policy: str | None =
     run = _as_run(run)
     name = policy or run.cfg.select.policy
     get_policy(name)  # an unknown name fails here, naming the registered ones
-    in_config = name in ("influence", "random", "pass-rate", "learnability", "full")
+    try:  # a policy select.policy accepts is recorded in config.yaml, as `cropi select --policy`
+        dataclasses.replace(run.cfg.select, policy=name)
+        in_config = True
+    except CropiError:  # a policy registered from Python: passed to the selection only
+        in_config = False
     run = _derived(run, select={"ratio": ratio, "policy": name if in_config else None},
                    score={"fusion": fusion})
     run.check_stage(stage)
