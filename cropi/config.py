@@ -45,10 +45,11 @@ class ModelConfig:
 class DataConfig:
     suite: str | None = opt("default", "built-in task suite (see `cropi suites`); None to use files")
     seed: int = opt(0, "seed of the built-in suite's generation")
-    pool: str | None = opt(None, "training pool file (.jsonl, .parquet or HF dataset folder)")
-    targets: dict[str, str] = opt({}, "target (validation) sets: name -> file")
-    tests: dict[str, str] = opt({}, "test sets: name -> file (names starting with 'target' count "
-                                "as targeted)")
+    pool: str | None = opt(None, "training pool: .jsonl, .parquet, HF dataset folder or "
+                           "hf:NAME[:CONFIG[:SPLIT]][?FIELD=COLUMN&...]")
+    targets: dict[str, str] = opt({}, "target (validation) sets: name -> file or hf: name")
+    tests: dict[str, str] = opt({}, "test sets: name -> file or hf: name (names starting with "
+                                "'target' count as targeted)")
     converter: str = opt("auto", "row layout of the files: auto, cropi, verl or gsm8k")
 
     def __post_init__(self) -> None:

@@ -15,6 +15,7 @@ import typer
 import yaml
 from rich.console import Console
 
+from cropi.api import load_backends, merge_sections, set_dotted
 from cropi.config import RunConfig, from_dict, load_config, read_config_data, to_dict
 from cropi.utils.errors import CropiError
 
@@ -31,9 +32,9 @@ NameOpt = Annotated[Optional[str], typer.Option(help="run name: the run director
 OutOpt = Annotated[Optional[str], typer.Option(help="parent folder of run directories [default: runs]")]
 ModelOpt = Annotated[Optional[str], typer.Option(help="model: 'default' (embedded SmolLM2-135M-Instruct), a folder or a hub id")]
 SuiteOpt = Annotated[Optional[str], typer.Option(help="built-in task suite (see `cropi suites`)")]
-PoolOpt = Annotated[Optional[str], typer.Option(help="training pool file (.jsonl/.parquet/HF folder); without --suite no built-in suite is used")]
-TargetOpt = Annotated[Optional[list[str]], typer.Option("--target", help="target set NAME=FILE (repeatable); replaces the suite's targets")]
-TestOpt = Annotated[Optional[list[str]], typer.Option("--test", help="test set NAME=FILE (repeatable); names starting with 'target' count as targeted")]
+PoolOpt = Annotated[Optional[str], typer.Option(help="training pool: .jsonl/.parquet file, saved HF folder or hf:NAME[:CONFIG[:SPLIT]][?FIELD=COLUMN&...]; without --suite no built-in suite is used")]
+TargetOpt = Annotated[Optional[list[str]], typer.Option("--target", help="target set NAME=FILE or NAME=hf:NAME:CONFIG:SPLIT (repeatable); replaces the suite's targets")]
+TestOpt = Annotated[Optional[list[str]], typer.Option("--test", help="test set NAME=FILE or NAME=hf:... (repeatable); names starting with 'target' count as targeted")]
 StageOpt = Annotated[int, typer.Option(help="curriculum stage (0 = scored at the initial model)")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="recompute outputs whose spec differs instead of failing")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log at INFO level")]
@@ -72,25 +73,6 @@ def user_errors(fn: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    cur = data
-    for k in keys[:-1]:
-        cur = cur.setdefault(k, {})
-        if not isinstance(cur, dict):
-            raise CropiError(f"{dotted!r} does not name a config field", field=dotted)
-    cur[keys[-1]] = value
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` on top of ``base``, section by section (only the keys ``over`` names change)."""
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
-            and key not in ("targets", "tests") else value
-    return out
 
 
 def _parse_sets(sets: list[str] | None) -> list[tuple[str, Any]]:
@@ -133,23 +115,15 @@ def build_config(config: str | None, sets: list[str] | None = None, *, from_run:
     stored = stored_config_path(config, parsed_sets, flags) if from_run else None
     data = to_dict(load_config(stored)) if stored is not None and stored.is_file() else to_dict(RunConfig())
     if config:
-        data = _merge(data, read_config_data(config))
+        data = merge_sections(data, read_config_data(config))
     for dotted, value in flags.items():
         if value is not None:
-            _set_path(data, dotted.replace("__", "."), None if value is CLEAR else value)
+            set_dotted(data, dotted.replace("__", "."), None if value is CLEAR else value)
     for key, value in parsed_sets:
-        _set_path(data, key, value)
+        set_dotted(data, key, value)
     cfg = from_dict(RunConfig, data)
     load_backends(cfg)
     return cfg
-
-
-def load_backends(cfg: RunConfig) -> None:
-    """Import the optional engines ``cfg`` names; each registers itself with the layer it serves."""
-    if cfg.rollout.backend == "vllm":
-        import cropi.scale.vllm  # noqa: F401
-    if cfg.score.backend == "ray":
-        import cropi.scale.ray_score  # noqa: F401
 
 
 def parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:

@@ -115,12 +115,15 @@ class ScoringSetup:
     params: ParamSet
     projector: Projector
     spec: dict[str, Any]
+    trainable: list[bool] | None = None  # requires_grad of every parameter before scoring
 
     def release(self) -> None:
-        """Drop gradients and give the model back its trainable flags."""
+        """Drop gradients and give the model back its own trainable flags (a PEFT model's frozen
+        base weights stay frozen)."""
         self.params.zero_grad()
-        for p in self.model.parameters():
-            p.requires_grad_(True)
+        flags = self.trainable or [True] * sum(1 for _ in self.model.parameters())
+        for p, flag in zip(self.model.parameters(), flags):
+            p.requires_grad_(flag)
 
 
 def prepare_scoring(model: torch.nn.Module, gradient: GradientConfig,
@@ -128,6 +131,7 @@ def prepare_scoring(model: torch.nn.Module, gradient: GradientConfig,
     """Parameter selection (LoRA on a copy when ``gradient.params == "lora"``) and the projector."""
     if gradient.params == "lora":
         model = attach_lora(copy.deepcopy(model), gradient.lora_rank)
+    trainable = [p.requires_grad for p in model.parameters()]
     params = select_params(model, gradient)
     cache = int(projection.cache_gb * 2**30)
     if projection.kind == "factorized":
@@ -139,7 +143,7 @@ def prepare_scoring(model: torch.nn.Module, gradient: GradientConfig,
         projector = make_projector(projection, params.dim, cache_bytes=cache)
     spec = {"projection": projector.spec(), "params": params.spec(),
             "gradient": dataclasses.asdict(gradient)}
-    return ScoringSetup(model, params, projector, spec)
+    return ScoringSetup(model, params, projector, spec, trainable)
 
 
 def add_timings(total: Timings, part: Timings) -> None:
