@@ -20,6 +20,7 @@ from cropi.rollout.collect import make_policy
 from cropi.rollout.store import PromptRollouts
 from cropi.select import read_selection, write_selection
 from cropi.train.evaluate import evaluate, write_item_results
+from cropi.utils.errors import CropiError
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,6 @@ def phase_train(run: Run, stage: int, ids: list[str]) -> None:
     by_id: dict[str, PromptRecord] = {r.id: r for r in run.data.pool}
     unknown = [(n, i) for n, i in enumerate(ids) if i not in by_id]
     if unknown:
-        from cropi.utils.errors import CropiError
-
         n, i = unknown[0]
         raise CropiError(f"ids[{n}] = {i!r} is not in the pool ({len(unknown)} of {len(ids)} ids "
                          "are not)", file=run.dir.selection(stage), field="ids",

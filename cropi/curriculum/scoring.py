@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-
-import numpy as np
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from cropi.curriculum.phases import Run
 from cropi.data.io import dataset_fingerprint
