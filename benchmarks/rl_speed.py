@@ -238,7 +238,9 @@ def summarize(cells: dict[str, Any]) -> dict[str, Any]:
     acc = {c: med("eval", c, lambda x: [x["accuracy"]]) for c in CONFIGS}
     s = {c: med("score", c, lambda x: [x["s_per_prompt"]]) for c in ("round1", "new", "new_bf16")}
     ratio = lambda a, b: (a / b) if a and b else None  # noqa: E731
-    out["grpo"] = {**g, "speedup": ratio(g["round1"]["step_s"], g["new"]["step_s"])}
+    out["grpo"] = {**g, "speedup": ratio(g["round1"]["step_s"], g["new"]["step_s"]),
+                   "speedup_by_part": {k: ratio(g["round1"][k], g["new"][k]) for k in g["new"]
+                                       if k.endswith("_s")}}
     out["rollout_tokens_per_s"] = {**r, "speedup": ratio(r["new"], r["round1"])}
     out["eval_items_per_s"] = {**e, "speedup": ratio(e["new"], e["round1"]), "accuracy": acc}
     diffs = [key for key in cells if key.startswith("eval/new/")]
