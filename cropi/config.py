@@ -61,7 +61,8 @@ class DataConfig:
 class RolloutConfig:
     k_pool: int = opt(8, "responses per pool prompt")
     k_target: int = opt(32, "responses per target prompt")
-    temperature: float = opt(1.0, "sampling temperature")
+    temperature: float = opt(0.5, "sampling temperature of beta's rollouts (0.5, the paper's: its "
+                             "selections hold far more target-family prompts than at 1.0, docs/influence.md)")
     top_p: float = opt(1.0, "nucleus sampling threshold")
     max_new_tokens: int = opt(64, "maximum response length in tokens")
     batch_size: int = opt(64, "sequences generated per batch")

@@ -60,7 +60,7 @@ def test_rollout_kill9_resume_equals_uninterrupted(tiny_model_dir: Path, tmp_pat
 def test_rollout_refuses_changed_spec(tiny_model_dir: Path, tmp_path: Path) -> None:
     first = subprocess.run(_cmd(tiny_model_dir, tmp_path), env=_env(), capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
-    changed = _cmd(tiny_model_dir, tmp_path) + ["--temperature", "0.5"]
+    changed = _cmd(tiny_model_dir, tmp_path) + ["--temperature", "0.7"]
     res = subprocess.run(changed, env=_env(), capture_output=True, text=True)
     assert res.returncode == 2
     assert "temperature" in res.stderr and "--overwrite" in res.stderr
