@@ -448,6 +448,7 @@ def analyse(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                                                 for f in np.unique(src)},
                            "scorers": {}, "baselines": {}}
     out["diagnostics"] = diagnostics(draws, scores, rel_t, src)
+    out["noise_split"] = noise_split(draws, rel_t, rel_any, related_t, n, boot[:300], src, args)
     labels = [lab for lab, _, _ in scorer_grid()]
     for lab in labels:
         res: dict[str, Any] = {}
@@ -550,6 +551,44 @@ def diagnostics(draws: dict[str, Draw], scores: dict[str, Any], rel_t: dict[str,
                 if len(common) >= 3 else None,
                 "family_means": {k_: v for k_, v in means.items()}}
     out["family_level"] = fam
+    return out
+
+
+NOISE_SPLIT_LABELS = ("paper", "differential", "centred", "centred-unit", "unitmean")
+
+
+def noise_split(draws: dict[str, Draw], rel_t: dict[str, np.ndarray], rel_any: np.ndarray,
+                related_t: dict[str, np.ndarray | None], n: int, boot: np.ndarray, src: np.ndarray,
+                args: argparse.Namespace) -> dict[str, Any]:
+    """Which side's rollout noise limits stability? Mixed draws: pool half A / B against the
+    K=16 target means ("pool_noise": only the pool differs between the two; its enrichment is
+    that of a K=8 pool with K=16 targets), and the K=16 pool against target half A / B
+    ("target_noise": only the targets differ)."""
+    import dataclasses
+
+    mixed = {
+        "pool_noise": {h: dataclasses.replace(draws[h], targets=draws["full"].targets,
+                                              target_zero=draws["full"].target_zero) for h in ("A", "B")},
+        "target_noise": {h: dataclasses.replace(draws["full"], targets=draws[h].targets,
+                                                target_zero=draws[h].target_zero) for h in ("A", "B")},
+    }
+    out: dict[str, Any] = {}
+    keep = ("enrichment_mean_halves", "enrichment_mean_halves_ci", "share_mean_halves", "spearman",
+            "spearman_ci", "overlap", "overlap_ci", "n_both")
+    for kind, pair in mixed.items():
+        sc = {h: run_scorers(pair[h], args.target_max, args.score_seed) for h in pair}
+        zero = {h: pair[h].zero for h in pair}
+        out[kind] = {}
+        for lab in NOISE_SPLIT_LABELS:
+            per_t = {t: {h: sc[h][lab][t] for h in pair} for t in rel_t}
+            res = {}
+            for t in rel_t:
+                m = select_metrics(ranked(per_t[t], n), ("A", "B"), zero, rel_t[t], related_t[t], n, boot,
+                                   per_t[t], src)
+                res[t] = {k_: m.get(k_) for k_ in keep}
+            m = select_metrics(fused_rule(per_t, n), ("A", "B"), zero, rel_any, None, n, boot, None, src)
+            res["fused"] = {k_: m.get(k_) for k_ in keep}
+            out[kind][lab] = res
     return out
 
 
@@ -717,6 +756,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     prev = json.loads((RESULTS / f"{args.out}.json").read_text()) if (RESULTS / f"{args.out}.json").exists() else {}
     cells = prev.get("cells", {})
+    # earlier invocations that wrote this file (the header only holds the latest one)
+    history = prev.get("history", [])
+    if "command" in prev:
+        entry = {k_: prev.get(k_) for k_ in ("command", "started", "date", "wall_s", "git")}
+        entry["load_avg"] = [prev.get("machine", {}).get("load_avg_start"),
+                             prev.get("machine", {}).get("load_avg_end")]
+        entry["cells"] = sorted(prev.get("cells", {}))
+        if entry not in history:
+            history.append(entry)
     for suite in args.suite:
         for temp in args.temperature:
             key = f"{suite}/T{temp:g}/K{args.k}"
@@ -732,7 +780,8 @@ def main() -> None:
             res["cell_wall_s_this_run"] = time.perf_counter() - t0
             cells[key] = res
             payload = {"args": vars(args), "torch_threads": torch.get_num_threads(),
-                       "definitions": DEFINITIONS, "scorer_grid": scorer_grid(), "cells": cells}
+                       "definitions": DEFINITIONS, "scorer_grid": scorer_grid(), "history": history,
+                       "cells": cells}
             path = write_result(args.out, payload)
             print_cell(key, res)
             print(f"wrote {path}", flush=True)
