@@ -469,11 +469,15 @@ def analyse(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     pr = {d: draws[d].pass_rate for d in draws}
     tieb = np.random.default_rng(7).permutation(n_pool)
     learn = {d: np.where(zero[d], np.nan, pr[d] * (1 - pr[d]) + 1e-9 * tieb / n_pool) for d in draws}
+    # stability of learnability: Spearman of the raw p(1-p) (ties averaged), not of the shared
+    # tie-break order; "overlap" below uses that shared order and is therefore optimistic, see
+    # "overlap_expected_over_ties" (independent tie orders in A and B)
+    learn_raw = {d: np.where(zero[d], np.nan, pr[d] * (1 - pr[d])) for d in ("A", "B")}
     for name, masks in (("per_target", rel_t), ("fused", {"fused": rel_any})):
         for t, rel in masks.items():
             rl = related_t.get(t) if name == "per_target" else None
             m = select_metrics(ranked(learn, n), ("A", "B"), zero, rel, rl, n, boot,
-                               {d: learn[d] for d in ("A", "B")}, src)
+                               learn_raw, src)
             m["k16"] = select_metrics(ranked(learn, n), ("full",), zero, rel, rl, n, boot[:300],
                                       None, src)["per_draw"]["full"]
             for d in ("A", "B", "full"):
