@@ -50,7 +50,8 @@ from cropi.curriculum.compare import run_compare
 from cropi.report import build_report
 from cropi.report.compact import export_run, restore_run
 from cropi.report.runs import load_comparison, load_run
-from cropi.report.stats import comparison_panel, power_analysis
+from cropi.report.power import power_analysis
+from cropi.report.stats import comparison_panel
 from cropi.report.summary import ACCEL_HEADERS, STATS_HEADERS, acceleration_rows, statistics_rows, summarize
 
 log = logging.getLogger("acceleration")

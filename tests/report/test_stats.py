@@ -9,11 +9,7 @@ import pytest
 from scipy import stats as sps
 
 from cropi.report.acceleration import acceleration
-from cropi.report.stats import (
-    Panel,
-    area,
-    bootstrap,
-    format_ratio_ci,
+from cropi.report.power import (
     implied_area_difference,
     paired_t_power,
     power_analysis,
@@ -21,6 +17,7 @@ from cropi.report.stats import (
     seeds_needed,
     variance_components,
 )
+from cropi.report.stats import Panel, area, bootstrap, format_ratio_ci
 
 STEPS = np.arange(0, 45, 5)
 BASE = 0.3 + 0.2 * (1 - np.exp(-STEPS / 15))
