@@ -4,7 +4,7 @@ Every scorer is pure numpy in float64 and is selected by a name (:data:`SCORERS`
 Shapes used throughout:
 
 - ``pool_feats [n, k]``: projected POPI gradients g~(s) of the pool (any float dtype);
-- ``zero_mask [n]`` bool: True where the prompt's gradient is zero (all rewards equal); such rows,
+- ``zero_grad [n]`` bool: True where the prompt's gradient is zero (all rewards equal); such rows,
   and rows that are all zeros, get NaN in every score and are ignored by every statistic below;
 - ``target_means {target: [k]}``: g_bar_v, the mean of the target set's non-zero projected
   gradients (:func:`cropi.influence.scores.target_mean`);
@@ -37,14 +37,14 @@ _CHUNK = 512
 
 
 # ----------------------------------------------------------------------------------- helpers
-def _valid_rows(pool_feats: np.ndarray, zero_mask: np.ndarray | None) -> np.ndarray:
-    """[n] bool: rows with a signal (not in ``zero_mask`` and not all zeros)."""
+def _valid_rows(pool_feats: np.ndarray, zero_grad: np.ndarray | None) -> np.ndarray:
+    """[n] bool: rows with a signal (not in ``zero_grad`` and not all zeros)."""
     ok = np.any(pool_feats != 0, axis=1)
-    if zero_mask is not None:
-        zero_mask = np.asarray(zero_mask, dtype=bool)
-        if zero_mask.shape != ok.shape:
-            raise ValueError(f"zero_mask {zero_mask.shape} does not match {pool_feats.shape[0]} rows")
-        ok &= ~zero_mask
+    if zero_grad is not None:
+        zero_grad = np.asarray(zero_grad, dtype=bool)
+        if zero_grad.shape != ok.shape:
+            raise ValueError(f"zero_grad {zero_grad.shape} does not match {pool_feats.shape[0]} rows")
+        ok &= ~zero_grad
     return ok
 
 
@@ -97,16 +97,16 @@ def _cos_rows(rows: np.ndarray, vec: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------- scorers
-def paper(pool_feats: np.ndarray, zero_mask: np.ndarray | None,
+def paper(pool_feats: np.ndarray, zero_grad: np.ndarray | None,
           target_means: Mapping[str, np.ndarray]) -> Scores:
     """The paper's score: ``c_v(s) = cos(g~(s), g_bar_v)`` for every target v.
 
     Exactly :func:`cropi.influence.scores.cosine_scores` (it is called). ``[n, k] -> {v: [n]}``.
     """
-    return cosine_scores(_as_pool(pool_feats), target_means, zero_mask)
+    return cosine_scores(_as_pool(pool_feats), target_means, zero_grad)
 
 
-def differential(pool_feats: np.ndarray, zero_mask: np.ndarray | None,
+def differential(pool_feats: np.ndarray, zero_grad: np.ndarray | None,
                  target_means: Mapping[str, np.ndarray], reduce: str = "mean") -> Scores:
     """Contrast with the other targets: ``d_v(s) = c_v(s) - R_{u != v} c_u(s)``.
 
@@ -119,7 +119,7 @@ def differential(pool_feats: np.ndarray, zero_mask: np.ndarray | None,
     if len(target_means) < 2:
         raise CropiError("the differential scorer needs at least two target sets",
                          field="score.scorer", fix="add a target set or use the centred scorer")
-    c = paper(pool_feats, zero_mask, target_means)
+    c = paper(pool_feats, zero_grad, target_means)
     names = list(c)
     out = {}
     for v in names:
@@ -129,10 +129,10 @@ def differential(pool_feats: np.ndarray, zero_mask: np.ndarray | None,
     return out
 
 
-def pool_mean(pool_feats: np.ndarray, zero_mask: np.ndarray | None, unit: bool = False) -> np.ndarray:
+def pool_mean(pool_feats: np.ndarray, zero_grad: np.ndarray | None, unit: bool = False) -> np.ndarray:
     """``m = mean of g~(s)`` over the pool rows with a gradient (of ``g~/|g~|`` if ``unit``). [k]"""
     pool_feats = _as_pool(pool_feats)
-    ok = _valid_rows(pool_feats, zero_mask)
+    ok = _valid_rows(pool_feats, zero_grad)
     if not ok.any():
         raise CropiError("no pool prompt has a non-zero gradient: nothing to centre on",
                          field="rollout.k_pool", fix="increase k_pool or the temperature")
@@ -140,7 +140,7 @@ def pool_mean(pool_feats: np.ndarray, zero_mask: np.ndarray | None, unit: bool =
     return (_unit_rows(rows) if unit else rows).mean(axis=0)
 
 
-def centred(pool_feats: np.ndarray, zero_mask: np.ndarray | None,
+def centred(pool_feats: np.ndarray, zero_grad: np.ndarray | None,
             target_means: Mapping[str, np.ndarray], target_feats: Mapping[str, np.ndarray] | None = None,
             unit: bool = False) -> Scores:
     """Cosine after removing the pool mean: ``cos(g~(s) - m, g_bar_v - m)``.
@@ -152,8 +152,8 @@ def centred(pool_feats: np.ndarray, zero_mask: np.ndarray | None,
     weighs on the centre. ``[n, k] -> {v: [n]}``; NaN for zero-gradient rows.
     """
     pool_feats = _as_pool(pool_feats)
-    ok = _valid_rows(pool_feats, zero_mask)
-    m = pool_mean(pool_feats, zero_mask, unit=unit)
+    ok = _valid_rows(pool_feats, zero_grad)
+    m = pool_mean(pool_feats, zero_grad, unit=unit)
     if unit:
         tmeans = {t: _unit_rows(r).mean(axis=0)
                   for t, r in _target_rows(target_feats, list(target_means), "centred(unit)").items()}
@@ -171,7 +171,7 @@ def centred(pool_feats: np.ndarray, zero_mask: np.ndarray | None,
     return out
 
 
-def unitmean(pool_feats: np.ndarray, zero_mask: np.ndarray | None,
+def unitmean(pool_feats: np.ndarray, zero_grad: np.ndarray | None,
              target_means: Mapping[str, np.ndarray], target_feats: Mapping[str, np.ndarray] | None = None
              ) -> Scores:
     """Cosine with the mean of UNIT target gradients: ``cos(g~(s), mean_q g~(q)/|g~(q)|)``.
@@ -182,11 +182,11 @@ def unitmean(pool_feats: np.ndarray, zero_mask: np.ndarray | None,
     """
     rows = _target_rows(target_feats, list(target_means), "unitmean")
     return cosine_scores(_as_pool(pool_feats), {t: _unit_rows(r).mean(axis=0) for t, r in rows.items()},
-                         zero_mask)
+                         zero_grad)
 
 
 # ------------------------------------------------------------------- variance reduction
-def knn_neighbours(pool_feats: np.ndarray, zero_mask: np.ndarray | None, neighbours: int,
+def knn_neighbours(pool_feats: np.ndarray, zero_grad: np.ndarray | None, neighbours: int,
                    space: str = "centred") -> np.ndarray:
     """``[n, neighbours]`` int: for each row with a gradient, the rows with a gradient of highest
     cosine similarity (itself excluded; ties: lower index first); -1 for zero rows.
@@ -195,7 +195,7 @@ def knn_neighbours(pool_feats: np.ndarray, zero_mask: np.ndarray | None, neighbo
     not make everything a neighbour); ``"raw"``: of ``g~``. Computed in row chunks.
     """
     pool_feats = _as_pool(pool_feats)
-    ok = _valid_rows(pool_feats, zero_mask)
+    ok = _valid_rows(pool_feats, zero_grad)
     idx = np.flatnonzero(ok)
     out = np.full((pool_feats.shape[0], neighbours), -1, dtype=np.int64)
     if idx.size < 2 or neighbours < 1:
@@ -216,7 +216,7 @@ def knn_neighbours(pool_feats: np.ndarray, zero_mask: np.ndarray | None, neighbo
     return out
 
 
-def knn(pool_feats: np.ndarray, zero_mask: np.ndarray | None, target_means: Mapping[str, np.ndarray],
+def knn(pool_feats: np.ndarray, zero_grad: np.ndarray | None, target_means: Mapping[str, np.ndarray],
         base: str = "centred", neighbours: int = 5, lam: float = 0.5, space: str = "centred",
         base_opts: Mapping[str, Any] | None = None, **context: Any) -> Scores:
     """Label-free shrinkage toward feature-space neighbours:
@@ -229,8 +229,8 @@ def knn(pool_feats: np.ndarray, zero_mask: np.ndarray | None, target_means: Mapp
     """
     if not 0 <= lam <= 1:
         raise CropiError(f"knn: lam must be in [0, 1], got {lam}")
-    s = score(base, pool_feats, zero_mask, target_means, **(base_opts or {}), **context)
-    nb = knn_neighbours(pool_feats, zero_mask, neighbours, space)
+    s = score(base, pool_feats, zero_grad, target_means, **(base_opts or {}), **context)
+    nb = knn_neighbours(pool_feats, zero_grad, neighbours, space)
     out = {}
     for t, v in s.items():
         res = v.copy()
@@ -287,7 +287,7 @@ def eb_shrink(s: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, dict[str, float
     return out, {"mu": mu, "tau2": tau2, "sigma2": sigma2}
 
 
-def eb(pool_feats: np.ndarray, zero_mask: np.ndarray | None, target_means: Mapping[str, np.ndarray],
+def eb(pool_feats: np.ndarray, zero_grad: np.ndarray | None, target_means: Mapping[str, np.ndarray],
        n_correct: np.ndarray | None = None, n_responses: int | np.ndarray | None = None,
        base: str = "centred", base_opts: Mapping[str, Any] | None = None, **context: Any) -> Scores:
     """Uncertainty-weighted (empirical-Bayes) scores: the ``base`` scores shrunk toward their mean
@@ -299,12 +299,12 @@ def eb(pool_feats: np.ndarray, zero_mask: np.ndarray | None, target_means: Mappi
     """
     if n_correct is None or n_responses is None:
         raise CropiError("the eb scorer needs each prompt's reward counts (n_correct, n_responses)")
-    s = score(base, pool_feats, zero_mask, target_means, **(base_opts or {}), **context)
+    s = score(base, pool_feats, zero_grad, target_means, **(base_opts or {}), **context)
     v = noise_proxy(n_correct, n_responses)
     return {t: eb_shrink(x, v)[0] for t, x in s.items()}
 
 
-def source(pool_feats: np.ndarray, zero_mask: np.ndarray | None, target_means: Mapping[str, np.ndarray],
+def source(pool_feats: np.ndarray, zero_grad: np.ndarray | None, target_means: Mapping[str, np.ndarray],
            sources: Sequence[str] | None = None, base: str = "centred", lam: float = 0.5,
            base_opts: Mapping[str, Any] | None = None, **context: Any) -> Scores:
     """Shrinkage toward the prompt's family: ``s'(i) = (1 - lam) s(i) + lam * mean_{j != i,
@@ -316,7 +316,7 @@ def source(pool_feats: np.ndarray, zero_mask: np.ndarray | None, target_means: M
     if sources is None:
         raise CropiError("the source scorer needs each pool prompt's source (family)")
     src = np.asarray([str(x) for x in sources])
-    s = score(base, pool_feats, zero_mask, target_means, **(base_opts or {}), **context)
+    s = score(base, pool_feats, zero_grad, target_means, **(base_opts or {}), **context)
     out = {}
     for t, v in s.items():
         res = v.copy()
@@ -373,7 +373,7 @@ CONTEXT = ("target_feats", "n_correct", "n_responses", "sources")
 the ones its signature names (composite scorers pass them on to their base)."""
 
 
-def score(name: str, pool_feats: np.ndarray, zero_mask: np.ndarray | None,
+def score(name: str, pool_feats: np.ndarray, zero_grad: np.ndarray | None,
           target_means: Mapping[str, np.ndarray], **kwargs: Any) -> Scores:
     """Run scorer ``name``: ``{target: [n] float64}`` (NaN for zero-gradient rows).
 
@@ -395,5 +395,5 @@ def score(name: str, pool_feats: np.ndarray, zero_mask: np.ndarray | None,
             continue
         else:
             raise CropiError(f"scorer {name!r} has no option {key!r}", field="score.scorer",
-                             fix=f"options: {', '.join(p for p in params if p not in ('pool_feats', 'zero_mask', 'target_means', 'context') and p not in CONTEXT)}")
-    return fn(_as_pool(pool_feats), zero_mask, target_means, **call)
+                             fix=f"options: {', '.join(p for p in params if p not in ('pool_feats', 'zero_grad', 'target_means', 'context') and p not in CONTEXT)}")
+    return fn(_as_pool(pool_feats), zero_grad, target_means, **call)
