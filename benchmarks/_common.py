@@ -27,6 +27,7 @@ above it (benchmarks/results/README.md has the rules).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -34,6 +35,8 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +112,18 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps({**header(name), **payload}, indent=2, default=str) + "\n")
     os.replace(tmp, path)
     return path
+
+
+@contextmanager
+def locked(name: str) -> Iterator[None]:
+    """Exclusive lock on result NAME across processes (read-modify-write of a shared file)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / f".{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def load_partial(name: str) -> dict[str, Any] | None:

@@ -35,16 +35,13 @@ printed and written to benchmarks/results/acceleration.json (acceleration_pilot.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, print_table, write_result
+from _common import RESULTS, locked, print_table, write_result
 from cropi.cli.common import build_config, setup_env
 from cropi.curriculum.compare import run_compare
 from cropi.report import build_report
@@ -66,17 +63,6 @@ def store_name(name: str) -> str:
     return f"acceleration_runs_{name}"
 
 
-@contextmanager
-def _locked(name: str) -> Iterator[None]:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS / f".{store_name(name)}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def load_store(name: str) -> dict[str, dict[str, Any]]:
     """arm -> seed (str) -> compact record, from the committed result file ({} when none)."""
     path = RESULTS / f"{store_name(name)}.json"
@@ -85,7 +71,7 @@ def load_store(name: str) -> dict[str, dict[str, Any]]:
 
 def save_record(name: str, arm: str, seed: int, record: dict[str, Any]) -> Path:
     """Add one arm x seed to the result file (read-modify-write under a file lock)."""
-    with _locked(name):
+    with locked(store_name(name)):
         runs = load_store(name)
         runs.setdefault(arm, {})[str(seed)] = record
         return write_result(store_name(name), {"format": 1, "runs": runs})

@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from _common import RESULTS, print_table, write_result
+from _common import RESULTS, locked, print_table, write_result
 
 RELEVANT_DATASETS: dict[str, str] = {}  # filled from cropi.data.suite_specs at run time
 ADV_EPS = 1e-4
@@ -63,6 +63,24 @@ N_BOOT = 1000
 
 
 # ----------------------------------------------------------------------------------- data phase
+def suite_spec(name: str, cap: int | None) -> Any:
+    """The built-in suite ``name``; with ``cap``, every pool family holds at most ``cap`` prompts
+    (a cheaper cell on a big suite; target sets stay whole; questions are drawn afresh)."""
+    from dataclasses import replace
+
+    from cropi.data.suite_specs import SUITES
+
+    spec = SUITES[name]
+    if cap is None:
+        return spec
+
+    return replace(spec, name=f"{name}-cap{cap}", pool=[(f, min(c, cap)) for f, c in spec.pool])
+
+
+def suite_label(name: str, cap: int | None) -> str:
+    return name if cap is None else f"{name}-cap{cap}"
+
+
 def cell_dir(work: Path, suite: str, temperature: float, k: int) -> Path:
     return work / suite / f"T{temperature:g}-K{k}"
 
@@ -71,15 +89,15 @@ def rollouts(args: argparse.Namespace, suite_name: str, temperature: float, cdir
              policy_fn: Any) -> tuple[dict[str, list[Any]], float]:
     """Collect K responses per prompt for the pool and every target set (resumable)."""
     from cropi.config import RolloutConfig
-    from cropi.data.suites import build_suite
+    from cropi.data.suites import build_suite_from_spec
     from cropi.rollout.collect import collect
     from cropi.rollout.store import load_rollouts
 
-    suite = build_suite(suite_name, args.suite_seed)
+    suite = build_suite_from_spec(suite_spec(suite_name, args.cap), args.suite_seed)
     cfg = RolloutConfig(k_pool=args.k, k_target=args.k, temperature=temperature,
                         max_new_tokens=args.max_new_tokens, seed=args.rollout_seed)
     sets = {"pool": suite.pool, **{f"targets/{t}": recs for t, recs in suite.targets.items()}}
-    spec = {"bench": "selection_quality", "suite": suite_name, "suite_seed": args.suite_seed}
+    spec = {"bench": "selection_quality", "suite": suite_label(suite_name, args.cap), "suite_seed": args.suite_seed}
     t0 = time.perf_counter()
     out = {}
     for name, recs in sets.items():
@@ -606,11 +624,8 @@ def _hyper_interval(M: int, R: int, n: int) -> list[float] | None:
 
 
 # ------------------------------------------------------------------------------------- cells
-def family_of(suite: str) -> tuple[dict[str, str], dict[str, list[str]]]:
+def family_of(spec: Any) -> tuple[dict[str, str], dict[str, list[str]]]:
     """Target family per target, and related pool families (same reasoning-gym generator)."""
-    from cropi.data.suite_specs import SUITES
-
-    spec = SUITES[suite]
     fam = {t: items[0][0].name for t, items in spec.targets.items()}
     ds = {f.name: f.dataset for f, _ in spec.pool}
     for items in spec.targets.values():
@@ -628,7 +643,7 @@ def run_cell(args: argparse.Namespace, suite: str, temperature: float, state: di
     from cropi.model.loading import load_model, load_tokenizer
     from cropi.rollout.collect import make_policy
 
-    cdir = cell_dir(Path(args.work), suite, temperature, args.k)
+    cdir = cell_dir(Path(args.work), suite_label(suite, args.cap), temperature, args.k)
     print(f"== cell {suite} T={temperature:g} K={args.k} in {cdir} ({time.strftime('%H:%M:%S')})", flush=True)
     load = {"start": os.getloadavg()}
     cache: dict[str, Any] = {}
@@ -686,7 +701,7 @@ def run_cell(args: argparse.Namespace, suite: str, temperature: float, state: di
         rw = np.stack([np.asarray(it.rewards, np.float64) for it in items])
         data["target_feats"][t] = combine(gt, rw, half)
         cost[t] = tt
-    data["target_family"], data["related"] = family_of(suite)
+    data["target_family"], data["related"] = family_of(suite_spec(suite, args.cap))
     res = analyse(data, args)
     grad_s = sum(c["grad_s"] for c in cost.values())
     proj_s = sum(c["project_s"] for c in cost.values())
@@ -737,6 +752,8 @@ def print_cell(key: str, res: dict[str, Any]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", nargs="+", default=["default-small"])
+    ap.add_argument("--cap", type=int, default=None,
+                    help="at most this many prompts per pool family (big suites; targets stay whole)")
     ap.add_argument("--temperature", type=float, nargs="+", default=[0.5, 1.0])
     ap.add_argument("--k", type=int, default=16, help="responses per prompt (split into two halves)")
     ap.add_argument("--max-new-tokens", type=int, default=40)
@@ -771,7 +788,7 @@ def main() -> None:
             history.append(entry)
     for suite in args.suite:
         for temp in args.temperature:
-            key = f"{suite}/T{temp:g}/K{args.k}"
+            key = f"{suite_label(suite, args.cap)}/T{temp:g}/K{args.k}"
             if key in cells and not args.reanalyse:
                 print(f"skip {key} (done)")
                 continue
@@ -782,11 +799,16 @@ def main() -> None:
                 traceback.print_exc()
                 continue
             res["cell_wall_s_this_run"] = time.perf_counter() - t0
-            cells[key] = res
-            payload = {"args": vars(args), "torch_threads": torch.get_num_threads(),
-                       "definitions": DEFINITIONS, "scorer_grid": scorer_grid(), "history": history,
-                       "cells": cells}
-            path = write_result(args.out, payload)
+            res["args"] = {k_: v for k_, v in vars(args).items() if k_ not in ("suite", "temperature")}
+            with locked(args.out):  # another process may be running other cells into this file
+                path = RESULTS / f"{args.out}.json"
+                if path.exists():
+                    cells = {**json.loads(path.read_text()).get("cells", {}), **cells}
+                cells[key] = res
+                payload = {"args": vars(args), "torch_threads": torch.get_num_threads(),
+                           "definitions": DEFINITIONS, "scorer_grid": scorer_grid(), "history": history,
+                           "cells": cells}
+                path = write_result(args.out, payload)
             print_cell(key, res)
             print(f"wrote {path}", flush=True)
 

@@ -35,6 +35,22 @@ weekday  calendar_arithmetic weekday_of_date   unmeasured: chance 1/7 if it name
                                                a weekday (needs date arithmetic)
 ======== ===================================== ========== ========= ============= ===========
 
+Families of ``rg-numeric`` (benchmarks/family_calibration.py, n=32: greedy / mean pass rate of
+K=8 responses at T=0.5 / share of prompts with mixed rewards, i.e. with a gradient; cs1 and gcd20
+measured alongside: 0.28 / 0.25 / 0.69 and 0.25 / 0.16 / 0.50):
+
+========= ========================================== ====== ====== ===== =========
+family    reasoning-gym config                        greedy T=0.5  mixed space
+========= ========================================== ====== ====== ===== =========
+letters   letter_counting, 3-5 words                  0.12   0.10   0.53  large
+lcm20     lcm of 2 numbers in 2..20                   0.22   0.18   0.41  **360**
+aiw       aiw (Alice in Wonderland siblings)          0.06   0.06   0.34  large
+lineq     simple_equations 2 terms, values 1..10 +-   0.09   0.09   0.25  large
+seq       number_sequence (default)                   0.16   0.13   0.28  ~1,900
+primes30  count_primes up to 30                       0.00   0.07   0.41  462
+bits255   count_bits up to 255                        0.03   0.04   0.12  255
+========= ========================================== ====== ====== ===== =========
+
 basic_arithmetic keeps reasoning-gym's defaults for parentheses and negation (``4 + -8``), as in
 the measurements. No reasoning-gym family is "solved" by this model under sampling at T=1.0; add1
 is the closest (greedy 0.88; sampling at T=0.5 was measured to be close to greedy). Structured
@@ -54,11 +70,14 @@ Suites (``describe_suite(name)`` prints the full table):
   targeted/gcd, untargeted/arith, untargeted/products (prod1 + prod22 = "products up to 2 digits").
   cs1 (200 questions), gcd20 (400) and prod1 (100) bound the counts: default uses 180, 180 and 82.
 - ``tiny`` (pool 24): cs1, add1, cs_hard; target chain 8; tests of 8. For unit tests.
+- ``rg-numeric`` (pool 112): seven families no other suite uses (table above), 16 each; targets
+  ``letters`` and ``lcm`` (24 each); tests targeted/letters and targeted/lcm of 200 (enough
+  held-out items to compare training arms), untargeted/aiw and untargeted/lineq of 100.
 - ``arith-ladder`` (pool 288): chain_sum, products and basic_arithmetic at levels L1-L3, 32 each;
   targets at L2 (chain = cs3t, products = prod3); tests of 50 per family and level.
 
 Pitfall: ``simple_equations`` with custom ``operators`` needs a matching ``operators_weights``
-(none of the suites uses it).
+(``lineq`` sets both).
 """
 
 from __future__ import annotations
@@ -208,9 +227,26 @@ WEEKDAY = replace(
     instruction=WORD, answer_format="word",
 )
 
+# families of rg-numeric (measured by benchmarks/family_calibration.py: n=32, greedy / T=0.5 mean
+# pass rate at K=8 / share of prompts with mixed rewards / distinct questions in 4,000 draws)
+LETTERS = _fam("letters", "letter_counting", "learnable", "greedy 0.12, T=0.5 0.10, mixed 0.53; ~4,000",
+               min_words=3, max_words=5)
+LCM20 = _fam("lcm20", "lcm", "learnable", "greedy 0.22, T=0.5 0.18, mixed 0.41; 360 questions",
+             min_numbers=2, max_numbers=2, min_value=2, max_value=20)
+AIW = _fam("aiw", "aiw", "learnable", "greedy 0.06, T=0.5 0.06, mixed 0.34; ~3,400")
+LINEQ = _fam("lineq", "simple_equations", "learnable", "greedy 0.09, T=0.5 0.09, mixed 0.25; ~3,600",
+             min_terms=2, max_terms=2, min_value=1, max_value=10, operators=("+", "-"),
+             operators_weights=[0.5, 0.5])
+SEQ = _fam("seq", "number_sequence", "learnable", "greedy 0.16, T=0.5 0.13, mixed 0.28; ~1,900")
+PRIMES30 = _fam("primes30", "count_primes", "guess", "greedy 0.00, T=0.5 0.07, mixed 0.41; 462 questions",
+                max_n=30)
+BITS255 = _fam("bits255", "count_bits", "hard", "greedy 0.03, T=0.5 0.04, mixed 0.12; 255 questions",
+               max_n=255)
+
 FAMILIES: dict[str, FamilySpec] = {
     f.name: f for f in (ADD1, ARITH1, ARITH3, CS1, CS3T, CS2D, CS_HARD, PROD1, PROD12, PROD3,
-                        PROD22, GCD20, LEGS2, FRAC, GSM, SYLLOG, WEEKDAY)
+                        PROD22, GCD20, LEGS2, FRAC, GSM, SYLLOG, WEEKDAY,
+                        LETTERS, LCM20, AIW, LINEQ, SEQ, PRIMES30, BITS255)
 }
 
 
@@ -299,6 +335,26 @@ def _ladder() -> SuiteSpec:
     )
 
 
+def _rg_numeric() -> SuiteSpec:
+    """Seven reasoning-gym families no other suite uses; targets letters and lcm20."""
+    pool: Items = [(f, 16) for f in (LETTERS, LCM20, AIW, LINEQ, SEQ, PRIMES30, BITS255)]
+    return SuiteSpec(
+        name="rg-numeric",
+        description="Families no other suite uses, all with numeric answers: letter counting (target "
+                    "'letters'), LCM of two numbers in 2..20 (target 'lcm'), Alice-in-Wonderland sibling "
+                    "questions, 2-term linear equations, number sequences, prime counts up to 30 and bit "
+                    "counts up to 255; 16 each in the pool (112, 2 of 7 families relevant), targets of "
+                    "24, targeted tests of 200 (letters, lcm) and untargeted tests of 100 (aiw, lineq). "
+                    "T=0.5 pass rates 0.04-0.18 (benchmarks/results/family_calibration.json); lcm20 "
+                    "has 360 distinct questions, 240 of them used.",
+        pool=pool,
+        targets={"letters": [(LETTERS, 24)], "lcm": [(LCM20, 24)]},
+        tests={"targeted/letters": [(LETTERS, 200)], "targeted/lcm": [(LCM20, 200)],
+               "untargeted/aiw": [(AIW, 100)], "untargeted/lineq": [(LINEQ, 100)]},
+    )
+
+
 SUITES: dict[str, SuiteSpec] = {
-    s.name: s for s in (_default("default", "full"), _default("default-small", "small"), _tiny(), _ladder())
+    s.name: s for s in (_default("default", "full"), _default("default-small", "small"), _tiny(), _ladder(),
+                        _rg_numeric())
 }
