@@ -109,7 +109,9 @@ class GradientConfig:
     advantage: str = opt("grpo", "grpo (group-normalised) or reweighted (importance-weighted moments)")
     mode: str = opt("offpolicy", "offpolicy (POPI on stored beta rollouts) or onpolicy (fresh samples)")
     max_batch_tokens: int = opt(4096, "token budget of one forward/backward micro-batch")
-    autocast_bf16: bool = opt(False, "bf16 autocast in the gradient pass (fp32 accumulation)")
+    autocast_bf16: bool | None = opt(None, "bf16 autocast in the gradient pass (fp32 parameters, gradients "
+                                     "and accumulation); None: on where bf16 is fast (CUDA with bf16, "
+                                     "CPUs with AVX512-BF16 or AMX), off elsewhere")
 
     def __post_init__(self) -> None:
         _check(self.params in ("all", "lora", "filter"), "gradient", "params", "use all, lora or filter")

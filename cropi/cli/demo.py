@@ -14,7 +14,6 @@ from cropi.cli.show import print_eval_curve, print_pass_rates, print_scores, pri
 # Sized for 2 CPU cores: the demo took 19.8 min on an idle 2-core machine (README, "Results").
 DEMO_DEFAULTS: dict[str, Any] = {
     "rollout.k_pool": 8, "rollout.k_target": 8, "rollout.max_new_tokens": 40,
-    "gradient.autocast_bf16": True,
     "curriculum.stages": 2, "curriculum.eval_every": 5, "train.steps_per_stage": 10,
     "train.prompts_per_step": 2, "train.samples_per_prompt": 8, "train.max_new_tokens": 40,
     "eval.samples": 0, "eval.max_items": 50, "eval.max_new_tokens": 40,

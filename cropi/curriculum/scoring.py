@@ -64,7 +64,7 @@ def _local_features(run: Run, stage: int, sets: dict[str, list[PromptRollouts]])
                                   overwrite=run.overwrite)
         if not store.is_complete:
             add_timings(timings, compute_features(setup.model, setup.params, setup.projector, items, store,
-                                                  cfg.gradient, policy.pad_id, name))
+                                                  setup.gradient, policy.pad_id, name))
     setup.release()
     return timings
 

@@ -20,7 +20,7 @@ import torch
 from cropi.config import GradientConfig, ProjectionConfig
 from cropi.influence.features import FeatureStore
 from cropi.influence.params import ParamSet, attach_lora, select_params
-from cropi.influence.popi import popi_backward
+from cropi.influence.popi import popi_backward, use_autocast
 from cropi.influence.projection import Projector, make_projector
 from cropi.rollout.store import PromptRollouts
 from cropi.utils.progress import track
@@ -115,6 +115,7 @@ class ScoringSetup:
     params: ParamSet
     projector: Projector
     spec: dict[str, Any]
+    gradient: GradientConfig  # the configured one, ``autocast_bf16`` resolved for the model's device
     trainable: list[bool] | None = None  # requires_grad of every parameter before scoring
 
     def release(self) -> None:
@@ -128,7 +129,13 @@ class ScoringSetup:
 
 def prepare_scoring(model: torch.nn.Module, gradient: GradientConfig,
                     projection: ProjectionConfig) -> ScoringSetup:
-    """Parameter selection (LoRA on a copy when ``gradient.params == "lora"``) and the projector."""
+    """Parameter selection (LoRA on a copy when ``gradient.params == "lora"``) and the projector.
+
+    ``gradient.autocast_bf16 = None`` is resolved here for the model's device, and the resolved
+    value is what the feature-store spec records (features made with and without autocast differ
+    slightly, so stores made both ways are never mixed)."""
+    device = next(model.parameters()).device
+    gradient = dataclasses.replace(gradient, autocast_bf16=use_autocast(gradient, device))
     if gradient.params == "lora":
         model = attach_lora(copy.deepcopy(model), gradient.lora_rank)
     trainable = [p.requires_grad for p in model.parameters()]
@@ -143,7 +150,7 @@ def prepare_scoring(model: torch.nn.Module, gradient: GradientConfig,
         projector = make_projector(projection, params.dim, cache_bytes=cache)
     spec = {"projection": projector.spec(), "params": params.spec(),
             "gradient": dataclasses.asdict(gradient)}
-    return ScoringSetup(model, params, projector, spec, trainable)
+    return ScoringSetup(model, params, projector, spec, gradient, trainable)
 
 
 def add_timings(total: Timings, part: Timings) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from cropi.config import GradientConfig
+from cropi.model.loading import bf16_is_fast
 from cropi.model.logprobs import micro_batches, pack, prompt_groups, shared_prefix_logprobs, token_logprobs
 from cropi.rollout.store import PromptRollouts
 
@@ -59,6 +60,11 @@ def _reweight(model: torch.nn.Module, item: PromptRollouts, pad_id: int) -> torc
     return torch.exp((lp.sum(-1) - old.sum(-1)) / lens)
 
 
+def use_autocast(cfg: GradientConfig, device: torch.device | str) -> bool:
+    """``gradient.autocast_bf16``, with None resolved for ``device`` (on where bf16 is fast)."""
+    return bf16_is_fast(device) if cfg.autocast_bf16 is None else bool(cfg.autocast_bf16)
+
+
 def popi_backward(model: torch.nn.Module, item: PromptRollouts, cfg: GradientConfig,
                   pad_id: int, shared_prefix: bool = True) -> bool:
     """Accumulate g(s) into the parameters' ``.grad`` (fp32). Returns False for a zero-signal prompt.
@@ -84,7 +90,7 @@ def popi_backward(model: torch.nn.Module, item: PromptRollouts, cfg: GradientCon
             for j, i in enumerate(idx):
                 mask[j, :len(resp[j])] = 1.0
                 old[j, :len(item.logprobs[i])] = torch.as_tensor(item.logprobs[i], device=device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast(cfg, device)):
                 new = shared_prefix_logprobs(model, item.prompt_ids, resp, pad_id)
             obj = _surrogate(new.float(), old, mask, adv[idx].to(device), mask.sum(-1).clamp(min=1),
                              cfg.clip_eps)
@@ -97,7 +103,7 @@ def popi_backward(model: torch.nn.Module, item: PromptRollouts, cfg: GradientCon
         for j, i in enumerate(idx):
             old[j, :len(item.logprobs[i])] = torch.as_tensor(item.logprobs[i], device=device)
         lens = batch.response_mask.sum(-1).clamp(min=1)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast(cfg, device)):
             new = token_logprobs(model, batch)
         obj = _surrogate(new.float(), old, batch.response_mask, adv[idx].to(device), lens, cfg.clip_eps)
         (-obj / k).backward()

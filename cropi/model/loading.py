@@ -139,3 +139,18 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def bf16_is_fast(device: Any) -> bool:
+    """Whether bf16 matrix products run faster than fp32 on ``device``: CUDA devices with bf16
+    support, CPUs with AVX512-BF16 or AMX instructions; False elsewhere (bf16 would be emulated)."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if dev.type != "cpu":
+        return False
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+

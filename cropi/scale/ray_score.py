@@ -72,7 +72,7 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
                                   task.cfg.projection.store_dtype, specs[name])
         if not store.is_complete:
             add_timings(timings, compute_features(setup.model, setup.params, setup.projector, items, store,
-                                                  task.cfg.gradient, policy.pad_id,
+                                                  setup.gradient, policy.pad_id,
                                                   f"{name} [shard {task.index}]"))
         if os.environ.get(FAULT_ENV) == f"{task.index}:{j}" and attempt == 1:
             os._exit(17)

@@ -26,7 +26,7 @@ def _items(n: int = 6) -> list[PromptRollouts]:
     return out
 
 
-def _run(model, items, path, ids, cfg=GradientConfig()):
+def _run(model, items, path, ids, cfg=GradientConfig(autocast_bf16=False)):
     params = select_params(model, cfg)
     proj = make_projector(ProjectionConfig(k=32, seed=3), params.dim)
     store = FeatureStore.open(path, ids, 32, "fp32", {"test": 1})
@@ -53,6 +53,28 @@ def test_sharded_scoring_equals_single_pass(small_lm, tmp_path):
 def test_features_independent_of_micro_batch(small_lm, tmp_path):
     items = _items()
     ids = [it.id for it in items]
-    _, a, _ = _run(small_lm, items, tmp_path / "a", ids, GradientConfig(max_batch_tokens=16))
-    _, b, _ = _run(small_lm, items, tmp_path / "b", ids, GradientConfig(max_batch_tokens=4096))
+    _, a, _ = _run(small_lm, items, tmp_path / "a", ids, GradientConfig(max_batch_tokens=16, autocast_bf16=False))
+    _, b, _ = _run(small_lm, items, tmp_path / "b", ids, GradientConfig(max_batch_tokens=4096, autocast_bf16=False))
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_autocast_none_is_resolved_for_the_device_and_recorded(small_lm, monkeypatch) -> None:
+    """``autocast_bf16: None`` becomes a bool in the setup and in the feature-store spec; an
+    explicit value is kept; a resolved-on setup computes bf16-autocast features (close to fp32)."""
+    import cropi.influence.popi as popi
+    from cropi.influence.pipeline import prepare_scoring, prompt_feature
+
+    proj = ProjectionConfig(k=64)
+    for fast in (True, False):
+        monkeypatch.setattr(popi, "bf16_is_fast", lambda device, fast=fast: fast)
+        setup = prepare_scoring(small_lm, GradientConfig(), proj)
+        assert setup.gradient.autocast_bf16 is fast and setup.spec["gradient"]["autocast_bf16"] is fast
+        setup.release()
+    setup = prepare_scoring(small_lm, GradientConfig(autocast_bf16=False), proj)  # fast=False still patched
+    assert setup.spec["gradient"]["autocast_bf16"] is False
+    item = _items()[1]
+    a = prompt_feature(setup.model, setup.params, setup.projector, item, setup.gradient, pad_id=0)
+    b = prompt_feature(setup.model, setup.params, setup.projector, item, GradientConfig(autocast_bf16=True), pad_id=0)
+    setup.release()
+    assert not np.array_equal(a, b)  # autocast really ran
+    assert float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) > 0.99
