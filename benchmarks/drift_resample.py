@@ -65,6 +65,10 @@ def overlap(a: list[str], b: list[str]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", default="default-small")
+    ap.add_argument("--model", default="default", help="model folder (default: the embedded model)")
+    ap.add_argument("--out", default="drift_resample", help="result name under benchmarks/results")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra config override (YAML value), e.g. --set data.pool=pool.jsonl")
     ap.add_argument("--steps", type=int, default=10, help="GRPO steps of stage 0")
     ap.add_argument("--threshold", type=float, default=0.5, help="score.resample_below_ess")
     ap.add_argument("--work", default="runs/drift_resample")
@@ -72,25 +76,26 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
+    import yaml
 
     from cropi.api import make_config, open_run
     from cropi.curriculum.loop import phase_stage_selection, phase_train
     from cropi.curriculum.phases import phase_rollouts
     from cropi.curriculum.scoring import phase_score, phase_select
-    from cropi.data.suite_specs import SUITES
-
     torch.set_num_threads(args.threads)
-    spec = SUITES[args.suite]
-    relevant = {items[0][0].name for items in spec.targets.values()}
     work = Path(args.work)
-    base = {"data.suite": args.suite, "curriculum.stages": 2, "train.steps_per_stage": args.steps,
-            "curriculum.eval_every": 10_000, "eval.max_items": 8}
+    base = {"data.suite": args.suite, "model.path": args.model, "curriculum.stages": 2,
+            "train.steps_per_stage": args.steps, "curriculum.eval_every": 10_000, "eval.max_items": 8}
+    for kv in args.sets:
+        key, _, value = kv.partition("=")
+        base[key] = yaml.safe_load(value)
 
     def run_with(**sets: Any) -> Any:
         cfg = make_config(name="drift", out_dir=str(work), sets={**base, **sets})
         return open_run(cfg, overwrite=bool(sets))
 
     run = run_with()
+    relevant = {r.source for recs in run.data.targets.values() for r in recs}  # the targets' families
     pools = phase_rollouts(run)
     ids0 = phase_stage_selection(run, 0, pools)
     phase_train(run, 0, ids0)
@@ -104,13 +109,15 @@ def main() -> None:
         phase_score(r, 1, pools)
         info = phase_select(r, 1, pools["pool"])
         res[name] = picks_summary(r, 1, info, relevant)
+        events = [json.loads(line) for line in (r.dir.root / "metrics.jsonl").read_text().splitlines()]
+        res[name]["resampled"] = [e for e in events if e.get("event") == "drift"][-1]["resampled"]
         print(name, {k: v for k, v in res[name].items() if k != "ids"}, flush=True)
     res["overlap"] = {"A_B1": overlap(res["A"]["ids"], res["B1"]["ids"]),
                       "A_B2": overlap(res["A"]["ids"], res["B2"]["ids"]),
                       "B1_B2": overlap(res["B1"]["ids"], res["B2"]["ids"]),
                       "stage0_A": overlap(res["stage0"]["ids"], res["A"]["ids"])}
     print("overlap", res["overlap"], flush=True)
-    write_result("drift_resample", res)
+    write_result(args.out, res)
 
 
 if __name__ == "__main__":
