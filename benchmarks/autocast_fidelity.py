@@ -59,6 +59,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rollouts", required=True)
     ap.add_argument("--k-use", type=int, default=8)
+    ap.add_argument("--model", default="default", help="model folder (default: the embedded model)")
+    ap.add_argument("--out", default="autocast_fidelity", help="result name under benchmarks/results")
     ap.add_argument("--max-targets", type=int, default=100, help="target prompts per set (mean gradient)")
     ap.add_argument("--work", default="runs/autocast_fidelity")
     ap.add_argument("--threads", type=int, default=1)
@@ -82,8 +84,8 @@ def main() -> None:
                for t in tnames}
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    tok = load_tokenizer("default")
-    model = load_model("default", "fp32")
+    tok = load_tokenizer(args.model)
+    model = load_model(args.model, "fp32")
     pad_id = int(tok.pad_token_id)  # as Policy.pad_id
     g32, g16 = GradientConfig(autocast_bf16=False), GradientConfig(autocast_bf16=True)
     setup = prepare_scoring(model, g32, ProjectionConfig(kind="countsketch", k=8192, seed=0,
@@ -166,7 +168,7 @@ def main() -> None:
     for t, r in res["per_target"].items():
         print(t, {k: round(v, 4) for k, v in r.items()})
     print("top-10% overlap vs exact", res["top10_overlap_vs_exact"], "s/gradient", res["seconds_per_gradient"])
-    write_result("autocast_fidelity", res)
+    write_result(args.out, res)
 
 
 if __name__ == "__main__":
