@@ -38,6 +38,10 @@ the results JSON is rewritten after every cell.
 
     OMP_NUM_THREADS=1 nohup .venv/bin/python benchmarks/selection_quality.py --threads 1 \\
         --suite default-small --temperature 0.5 1.0 > runs/selection_quality.log 2>&1 &
+
+``--cap N`` keeps at most N pool prompts per family (cell key ``SUITE-capN/...``): the way to
+measure a big suite (``arith-ladder``: 288 pool prompts) within the budget. Several processes may
+run different cells at once; each merges its cells into the result file under a lock.
 """
 
 from __future__ import annotations
