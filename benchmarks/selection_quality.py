@@ -392,7 +392,8 @@ def select_metrics(order_fn: Any, draws: Sequence[str], zero: dict[str, np.ndarr
     halves = [d for d in draws if d in ("A", "B")]
     if halves:
         res["enrichment_mean_halves"] = float(np.mean([point[d] for d in halves]))
-        res["enrichment_mean_halves_ci"] = _ci(np.mean([bs[d] for d in halves], axis=0))
+        res["_boot"] = np.mean([bs[d] for d in halves], axis=0)  # for paired differences; not saved
+        res["enrichment_mean_halves_ci"] = _ci(res["_boot"])
         res["share_mean_halves"] = float(np.mean([res["per_draw"][d]["share"] for d in halves]))
         if related is not None:
             res["related_share_mean_halves"] = float(np.mean([res["per_draw"][d]["related_share"]
@@ -486,6 +487,16 @@ def analyse(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                                              boot[:300], None, src)["per_draw"]["full"]
         out["scorers"][lab] = res
         print(f"  analysed {lab} ({time.strftime('%H:%M:%S')})", flush=True)
+    # paired differences to the paper's scorer (same bootstrap resamples of pool prompts)
+    for key in [*rel_t, "fused"]:
+        ref = out["scorers"]["paper"][key]
+        for lab in labels:
+            m = out["scorers"][lab][key]
+            m["vs_paper"] = {"diff": m["enrichment_mean_halves"] - ref["enrichment_mean_halves"],
+                             "ci": _ci(m["_boot"] - ref["_boot"])}
+    for lab in labels:
+        for key in [*rel_t, "fused"]:
+            out["scorers"][lab][key].pop("_boot")
     # baselines: learnability = top p(1-p) (= pass rate closest to 0.5); ties broken at random
     # (expected share over tie orders for the point value, one fixed random order in bootstraps)
     pr = {d: draws[d].pass_rate for d in draws}
@@ -512,6 +523,7 @@ def analyse(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                 b = top_n(np.where(zero["B"], np.nan, pr["B"] * (1 - pr["B"]) + 1e-9 * tb[::-1]), n)
                 ovs.append(len(set(a.tolist()) & set(b.tolist())) / n)
             m["overlap_expected_over_ties"] = float(np.mean(ovs))
+            m.pop("_boot")
             out["baselines"].setdefault("learnability", {})[t] = m
             # random among prompts with a gradient (= the paper's Pass Rate: 0 < p < 1) and random
             # over the whole pool: expected share (analytic), 95 % interval of one draw (hypergeometric)
@@ -806,8 +818,8 @@ def main() -> None:
             res["args"] = {k_: v for k_, v in vars(args).items() if k_ not in ("suite", "temperature")}
             with locked(args.out):  # another process may be running other cells into this file
                 path = RESULTS / f"{args.out}.json"
-                if path.exists():
-                    cells = {**json.loads(path.read_text()).get("cells", {}), **cells}
+                if path.exists():  # the file's cells are newer than the ones read at start
+                    cells = {**cells, **json.loads(path.read_text()).get("cells", {})}
                 cells[key] = res
                 payload = {"args": vars(args), "torch_threads": torch.get_num_threads(),
                            "definitions": DEFINITIONS, "scorer_grid": scorer_grid(), "history": history,
