@@ -29,7 +29,8 @@ upper bound on selection). Default seeds 0,1,2 (paired across arms); the power a
     python benchmarks/acceleration.py --name accel2 --suite default-small --report-only
 
 The summary (the acceleration table, the statistics table and, with --pilot, the power table) is
-printed and written to benchmarks/results/acceleration.json (acceleration_pilot.json for a pilot).
+printed and written to benchmarks/results/acceleration.json (acceleration_NAME.json for another
+--name, acceleration_pilot.json for a pilot).
 """
 
 from __future__ import annotations
@@ -186,7 +187,8 @@ def main() -> None:
               f"{power['implied_area_difference']:.4f} on the pilot's baseline curve")
         print_table(headers, rows)
         payload.update({"power": power, "power_headers": headers, "power_rows": rows})
-    path = write_result("acceleration_pilot" if args.pilot else "acceleration", payload)
+    summary_name = "acceleration" if args.name == "acceleration" else f"acceleration_{args.name}"
+    path = write_result("acceleration_pilot" if args.pilot else summary_name, payload)
     print(f"report {folder / 'report.md'}; wrote {path}; compact results in "
           f"{RESULTS / (store_name(args.name) + '.json')}")
 
