@@ -72,7 +72,8 @@ Suites (``describe_suite(name)`` prints the full table):
 - ``tiny`` (pool 24): cs1, add1, cs_hard; target chain 8; tests of 8. For unit tests.
 - ``rg-numeric`` (pool 112): seven families no other suite uses (table above), 16 each; targets
   ``letters`` and ``lcm`` (24 each); tests targeted/letters and targeted/lcm of 200 (enough
-  held-out items to compare training arms), untargeted/aiw and untargeted/lineq of 100.
+  held-out items to compare training arms), untargeted/aiw and untargeted/lineq of 100. Most
+  letter counts are 1: answering 1 every time scores 0.615 on targeted/letters (lcm: 0.05).
 - ``arith-ladder`` (pool 288): chain_sum, products and basic_arithmetic at levels L1-L3, 32 each;
   targets at L2 (chain = cs3t, products = prod3); tests of 50 per family and level.
 
@@ -346,7 +347,9 @@ def _rg_numeric() -> SuiteSpec:
                     "counts up to 255; 16 each in the pool (112, 2 of 7 families relevant), targets of "
                     "24, targeted tests of 200 (letters, lcm) and untargeted tests of 100 (aiw, lineq). "
                     "T=0.5 pass rates 0.04-0.18 (benchmarks/results/family_calibration.json); lcm20 "
-                    "has 360 distinct questions, 240 of them used.",
+                    "has 360 distinct questions, 240 of them used. Caveat: 61.5 % of the letters test "
+                    "items have the gold answer 1, so always answering 1 scores 0.615 there "
+                    "(docs/acceleration.md).",
         pool=pool,
         targets={"letters": [(LETTERS, 24)], "lcm": [(LCM20, 24)]},
         tests={"targeted/letters": [(LETTERS, 200)], "targeted/lcm": [(LCM20, 200)],
