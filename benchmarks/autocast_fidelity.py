@@ -93,7 +93,7 @@ def main() -> None:
     params, proj = setup.params, setup.projector
     secs = {"fp32": [], "bf16": []}
 
-    def both(item: Any) -> tuple[list[torch.Tensor] | None, np.ndarray, np.ndarray]:
+    def both(item: Any) -> tuple[list[torch.Tensor], np.ndarray, np.ndarray]:
         """fp32 gradient (tensors), its sketch, and the autocast gradient's sketch."""
         out = []
         for name, cfg in (("bf16", g16), ("fp32", g32)):  # fp32 last: its .grad is kept

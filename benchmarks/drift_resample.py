@@ -12,10 +12,11 @@ before scoring. This benchmark measures whether that matters, on one real curric
    stage-1 model): picks **B1**; with ``--noise-floor`` again with another seed: picks **B2**.
 
 Reported: ESS/K summary, the share re-sampled, the relevant (target-family) share and enrichment of
-A, B1, B2 (enrichment over the prompts with a gradient in that scoring), overlaps |A & B1| / N,
-|A & B2| / N and |B1 & B2| / N. B1 vs B2 is the noise floor of re-sampled picks: resampling
-*changes* the picks when A vs B is no closer than B1 vs B2, and *helps* when B's enrichment is
-higher than A's beyond that noise. One run, one seed: a direction, not a population estimate.
+A, B1 (and B2) (enrichment over the prompts with a gradient in that scoring), and the overlaps
+|A & B1| / N (|A & B2| / N, |B1 & B2| / N). B1 vs B2 is the noise floor of re-sampled picks
+(without it, compare with the overlap of two independent stage-0 draws in docs/influence.md):
+re-sampling *changes* the picks when A vs B is no closer than that, and *helps* when B's enrichment
+is higher than A's beyond the noise. One run, one seed: a direction, not a population estimate.
 
     OMP_NUM_THREADS=1 python benchmarks/drift_resample.py --threads 1
 
@@ -85,6 +86,7 @@ def main() -> None:
     from cropi.curriculum.loop import phase_stage_selection, phase_train
     from cropi.curriculum.phases import phase_rollouts
     from cropi.curriculum.scoring import phase_score, phase_select
+
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     base = {"data.suite": args.suite, "model.path": args.model, "curriculum.stages": 2,
