@@ -85,8 +85,13 @@ def suite_label(name: str, cap: int | None) -> str:
     return name if cap is None else f"{name}-cap{cap}"
 
 
-def cell_dir(work: Path, suite: str, temperature: float, k: int) -> Path:
-    return work / suite / f"T{temperature:g}-K{k}"
+def cell_name(temperature: float, k: int, rollout_seed: int = 0) -> str:
+    """``T0.5-K16``; another rollout seed (an independent draw of everything) adds ``-r1``."""
+    return f"T{temperature:g}-K{k}" + (f"-r{rollout_seed}" if rollout_seed else "")
+
+
+def cell_dir(work: Path, suite: str, temperature: float, k: int, rollout_seed: int = 0) -> Path:
+    return work / suite / cell_name(temperature, k, rollout_seed)
 
 
 def rollouts(args: argparse.Namespace, suite_name: str, temperature: float, cdir: Path,
@@ -659,7 +664,7 @@ def run_cell(args: argparse.Namespace, suite: str, temperature: float, state: di
     from cropi.model.loading import load_model, load_tokenizer
     from cropi.rollout.collect import make_policy
 
-    cdir = cell_dir(Path(args.work), suite_label(suite, args.cap), temperature, args.k)
+    cdir = cell_dir(Path(args.work), suite_label(suite, args.cap), temperature, args.k, args.rollout_seed)
     print(f"== cell {suite} T={temperature:g} K={args.k} in {cdir} ({time.strftime('%H:%M:%S')})", flush=True)
     load = {"start": os.getloadavg()}
     cache: dict[str, Any] = {}
@@ -804,7 +809,7 @@ def main() -> None:
             history.append(entry)
     for suite in args.suite:
         for temp in args.temperature:
-            key = f"{suite_label(suite, args.cap)}/T{temp:g}/K{args.k}"
+            key = f"{suite_label(suite, args.cap)}/" + cell_name(temp, args.k, args.rollout_seed).replace("-", "/")
             if key in cells and not args.reanalyse:
                 print(f"skip {key} (done)")
                 continue

@@ -78,7 +78,9 @@ def print_eval(result: dict[str, Any]) -> None:
     console.print(table)
     for kind in ("targeted", "untargeted"):
         if kind in result:
-            console.print(f"{kind} ({result['metric']}): {result[kind]:.3f}")
+            console.print(f"{kind} ({result['metric']}): {result[kind]:.3f} (majority-answer baseline "
+                          f"{fmt(result.get(f'{kind}_majority'))}, modal-answer share "
+                          f"{fmt(result.get(f'{kind}_modal_share'))})")
 
 
 def print_eval_curve(evals: list[dict[str, Any]]) -> None:

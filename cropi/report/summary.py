@@ -148,21 +148,24 @@ def statistics_rows(boot: dict[str, Any], baseline: str) -> list[list[str]]:
 def format_rows(cmp: Comparison) -> list[list[str]] | None:
     """Format vs skill: per arm, the targeted accuracy and the share of completions that state the
     final answer in the strict form the prompt asks for (``eval`` events' ``targeted_format``), at
-    the first and the last evaluation (seed means). None when no eval event has the share."""
+    the first and the last evaluation (seed means); then the test sets' majority-answer baseline
+    and the final modal-answer share (``targeted_majority``, ``targeted_modal_share``; a dash for
+    runs from before they were logged). None when no eval event has the strict share."""
     rows, seen = [], False
     for arm, runs in cmp.arms.items():
-        acc, fmt = runs_curve(runs, "targeted"), runs_curve(runs, "targeted_format")
-        seen = seen or fmt is not None
+        curves = {key: runs_curve(runs, f"targeted{key}") for key in ("", "_format", "_majority", "_modal_share")}
+        seen = seen or curves["_format"] is not None
         cells = [arm]
         for index in (0, -1):
-            cells.append(DASH if acc is None else f"{acc[1][index]:.3f}")
-            cells.append(DASH if fmt is None else f"{fmt[1][index]:.3f}")
+            cells += [DASH if curves[key] is None else f"{curves[key][1][index]:.3f}" for key in ("", "_format")]
+        cells += [DASH if curves[key] is None else f"{curves[key][1][-1]:.3f}" for key in ("_majority", "_modal_share")]
         rows.append(cells)
     return rows if seen else None
 
 
 FORMAT_HEADERS = ["arm", "first targeted accuracy", "first strict-format share",
-                  "final targeted accuracy", "final strict-format share"]
+                  "final targeted accuracy", "final strict-format share", "majority-answer baseline",
+                  "final modal-answer share"]
 
 
 def runs_curve(runs: list[RunData], key: str) -> Curve | None:

@@ -3,6 +3,10 @@
 Next to each accuracy, the share of completions that state the final answer in the strict form
 the prompt asks for (:func:`strict_answer`: the last non-empty line is just the answer), so that a
 rise in accuracy can be told apart from a rise in answer formatting (docs/acceleration.md#format-vs-skill).
+Each set also reports its *majority-answer baseline* (the accuracy of always giving the set's most
+common gold answer) and, per mode, the *modal-answer share* (how many items got the answer the
+policy gives most often): an accuracy near the baseline with a modal share near 1 is a policy that
+collapsed onto one answer, not one that learned to solve.
 With ``with_items`` the result also carries one row per test item and mode (reward, strict share,
 extracted answer), which the curriculum writes to ``RUN/evals/step_NNNNNN.parquet``
 (:func:`write_item_results`) for the paired statistics of ``cropi report``.
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +75,26 @@ def strict_answer(text: str, record: PromptRecord) -> bool:
     last = lines[-1][:-1].rstrip() if lines[-1].endswith(".") else lines[-1]
     form = str((record.meta or {}).get("answer_format", "number"))
     return STRICT_FORMS.get(form, STRICT_FORMS["number"]).fullmatch(last) is not None
+
+
+def _norm(answer: str | None) -> str | None:
+    return None if answer is None else " ".join(str(answer).split()).casefold()
+
+
+def majority_baseline(records: Sequence[PromptRecord]) -> float:
+    """Accuracy of always answering the most common gold answer of ``records`` (golds compared as
+    whitespace- and case-normalised strings); NaN for an empty set."""
+    golds = Counter(_norm(r.answer) for r in records)
+    return golds.most_common(1)[0][1] / len(records) if records else float("nan")
+
+
+def modal_share(items: Sequence[ItemResult]) -> float:
+    """Share of items whose first response's extracted answer is the answer extracted most often
+    over the set (items without an extracted answer count as different); 0 when none has one."""
+    if not items:
+        return float("nan")
+    counts = Counter(a for it in items if it.verdicts and (a := _norm(it.extracted[0])) is not None)
+    return counts.most_common(1)[0][1] / len(items) if counts else 0.0
 
 
 def _order(policy: Policy, records: Sequence[PromptRecord], by_length: bool) -> list[int]:
@@ -141,11 +165,12 @@ def check_tests_fit(policy: Policy, tests: dict[str, Sequence[PromptRecord]], cf
 
 def evaluate_set(policy: Policy, name: str, records: Sequence[PromptRecord], cfg: EvalConfig,
                  by_length: bool = True, with_items: bool = False) -> dict[str, Any]:
-    """Accuracy of one test set per mode, by family and by level, and the strict-format share
-    (``MODE_format``); ``by_length=False``: prompts are batched in file order, the round-1 path.
+    """Accuracy of one test set per mode, by family and by level, the strict-format share
+    (``MODE_format``), the modal-answer share (``MODE_modal_share``) and the set's
+    ``majority_baseline``; ``by_length=False``: prompts are batched in file order, the round-1 path.
     ``with_items``: also ``items``, one row per item and mode (:func:`item_rows`)."""
     records = _evaluated(records, cfg)
-    res: dict[str, Any] = {"n": len(records)}
+    res: dict[str, Any] = {"n": len(records), "majority_baseline": majority_baseline(records)}
     modes = []
     if cfg.greedy:
         modes.append(("greedy", SamplingParams(n=1, greedy=True, max_new_tokens=cfg.max_new_tokens)))
@@ -160,6 +185,7 @@ def evaluate_set(policy: Policy, name: str, records: Sequence[PromptRecord], cfg
         acc = np.asarray([np.mean(it.rewards) for it in items], dtype=np.float64)
         res[mode] = float(acc.mean()) if acc.size else float("nan")
         res[f"{mode}_format"] = float(np.mean([np.mean(it.strict) for it in items])) if items else float("nan")
+        res[f"{mode}_modal_share"] = modal_share(items)
         res[f"{mode}_by_family"] = _breakdown(records, acc, "source")
         res[f"{mode}_by_level"] = _breakdown(records, acc, "level")
         if with_items:
@@ -201,7 +227,9 @@ def is_targeted(name: str) -> bool:
 def evaluate(policy: Policy, tests: dict[str, Sequence[PromptRecord]], cfg: EvalConfig,
              with_items: bool = False) -> dict[str, Any]:
     """Evaluate every test set; ``targeted`` / ``untargeted`` average the sets of each kind, and
-    ``targeted_format`` / ``untargeted_format`` their strict-format shares (same metric).
+    ``targeted_format`` / ``untargeted_format`` their strict-format shares (same metric),
+    ``KIND_modal_share`` their modal-answer shares and ``KIND_majority`` their majority-answer
+    baselines (set means, like the accuracies).
     ``with_items``: also ``items``, the per-item rows of every set (:func:`item_rows`).
 
     Every set's prompts are checked against the model's context before anything is generated.
@@ -217,6 +245,8 @@ def evaluate(policy: Policy, tests: dict[str, Sequence[PromptRecord]], cfg: Eval
         if chosen:
             out[kind] = float(np.mean([s[metric] for s in chosen]))
             out[f"{kind}_format"] = float(np.mean([s[f"{metric}_format"] for s in chosen]))
+            out[f"{kind}_modal_share"] = float(np.mean([s[f"{metric}_modal_share"] for s in chosen]))
+            out[f"{kind}_majority"] = float(np.mean([s["majority_baseline"] for s in chosen]))
     out["metric"] = metric
     if with_items:
         out["items"] = items

@@ -135,3 +135,25 @@ def test_evaluation_writes_items_and_format_shares(tmp_path: Path) -> None:
     cols = read_item_results(run)[10]
     assert cols["id"][:3] == ["q0", "q1", "q2"] and cols["answer"][:3] == ["4", "4", "5"]
     assert cols["strict"][:3] == [1.0, 0.0, 0.0] and set(cols["mode"]) == {"greedy", "mean@2"}
+
+
+def test_majority_baseline_and_modal_share() -> None:
+    """The set's majority-answer baseline from its golds; the modal-answer share from the answers
+    the policy gave (items without an answer never count as modal)."""
+    from cropi.config import EvalConfig
+    from cropi.data.schema import validate_record
+    from cropi.train.evaluate import evaluate, majority_baseline, modal_share
+
+    golds = ["4", "4", " 4 ", "9", "Yes", "yes"]
+    records = [validate_record({"id": f"q{k}", "prompt": "p", "answer": g, "source": "add",
+                                "meta": {"verifier": "math"}}) for k, g in enumerate(golds)]
+    assert majority_baseline(records) == 3 / 6
+    assert majority_baseline(records[3:]) == 2 / 3  # "Yes" and "yes" are one answer
+    assert np.isnan(majority_baseline([])) and np.isnan(modal_share([]))
+    # _FakePolicy extracts 4, 4, 5, 7, none, 9: the mode "4" covers 2 of 6 items
+    res = evaluate(_FakePolicy(), {"targeted/add": records[:3], "untargeted/add": records[3:]},
+                   EvalConfig(samples=0, max_new_tokens=4))
+    assert res["sets"]["targeted/add"]["greedy_modal_share"] == 2 / 3  # 4, 4, 5
+    assert res["sets"]["untargeted/add"]["greedy_modal_share"] == 1 / 3  # 7, none, 9
+    assert res["targeted_majority"] == 1.0 and res["untargeted_majority"] == 2 / 3
+    assert res["targeted_modal_share"] == 2 / 3
