@@ -708,20 +708,7 @@ def run_cell(args: argparse.Namespace, suite: str, temperature: float, state: di
         cache.clear()
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
     load["after_features"] = os.getloadavg()
-    data: dict[str, Any] = {"targets": [n.split("/", 1)[1] for n in sets if n != "pool"]}
-    pool = sets["pool"]
-    data["pool_source"] = np.array([it.source for it in pool])
-    data["pool_rewards"] = np.stack([np.asarray(it.rewards, np.float64) for it in pool])
-    g, tp = load_groups(pool, feat_dir / "pool")
-    data["pool_feats"] = combine(g, data["pool_rewards"], half)
-    data["target_feats"] = {}
-    cost = {"pool": tp}
-    for t in data["targets"]:
-        items = sets[f"targets/{t}"]
-        gt, tt = load_groups(items, feat_dir / "targets" / t)
-        rw = np.stack([np.asarray(it.rewards, np.float64) for it in items])
-        data["target_feats"][t] = combine(gt, rw, half)
-        cost[t] = tt
+    data, cost = cell_data(sets, feat_dir, half)
     data["target_family"], data["related"] = family_of(suite_spec(suite, args.cap))
     res = analyse(data, args)
     grad_s = sum(c["grad_s"] for c in cost.values())
@@ -739,6 +726,28 @@ def run_cell(args: argparse.Namespace, suite: str, temperature: float, state: di
     res["load_avg"] = load
     res["target_family"], res["related"] = data["target_family"], data["related"]
     return res
+
+
+def cell_data(sets: dict[str, list[Any]], feat_dir: Path, half: int
+              ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """A finished cell's rollouts and group sums: targets, pool sources and rewards, group sums
+    (``pool_groups``, ``target_groups``, rewards ``target_rewards``), the reconstructed features
+    (:func:`combine`) and the stored feature cost per set."""
+    data: dict[str, Any] = {"targets": [n.split("/", 1)[1] for n in sets if n != "pool"]}
+    pool = sets["pool"]
+    data["pool_source"] = np.array([it.source for it in pool])
+    data["pool_rewards"] = np.stack([np.asarray(it.rewards, np.float64) for it in pool])
+    data["pool_groups"], tp = load_groups(pool, feat_dir / "pool")
+    data["pool_feats"] = combine(data["pool_groups"], data["pool_rewards"], half)
+    data["target_feats"], data["target_groups"], data["target_rewards"] = {}, {}, {}
+    cost = {"pool": tp}
+    for t in data["targets"]:
+        items = sets[f"targets/{t}"]
+        gt, cost[t] = load_groups(items, feat_dir / "targets" / t)
+        rw = np.stack([np.asarray(it.rewards, np.float64) for it in items])
+        data["target_feats"][t] = combine(gt, rw, half)
+        data["target_groups"][t], data["target_rewards"][t] = gt, rw
+    return data, cost
 
 
 def _write_json(path: Path, obj: Any) -> None:
