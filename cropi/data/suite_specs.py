@@ -74,6 +74,9 @@ Suites (``describe_suite(name)`` prints the full table):
   ``letters`` and ``lcm`` (24 each); tests targeted/letters and targeted/lcm of 200 (enough
   held-out items to compare training arms), untargeted/aiw and untargeted/lineq of 100. Most
   letter counts are 1: answering 1 every time scores 0.615 on targeted/letters (lcm: 0.05).
+- ``rg-lcm-seq`` (pool 112): rg-numeric's pool with targets ``lcm`` and ``seq`` (24 each), tests
+  targeted/lcm and targeted/seq of 200, untargeted/letters and untargeted/aiw of 100: targets
+  without a dominant answer, for the acceleration benchmark.
 - ``arith-ladder`` (pool 288): chain_sum, products and basic_arithmetic at levels L1-L3, 32 each;
   targets at L2 (chain = cs3t, products = prod3); tests of 50 per family and level.
 
@@ -357,7 +360,24 @@ def _rg_numeric() -> SuiteSpec:
     )
 
 
+def _rg_lcm_seq() -> SuiteSpec:
+    """rg-numeric's pool with targets whose answers are spread out: lcm20 and seq."""
+    return SuiteSpec(
+        name="rg-lcm-seq",
+        description="rg-numeric's seven families (16 each in the pool, 112) with targets 'lcm' (LCM of "
+                    "two numbers in 2..20) and 'seq' (next term of a number sequence), 24 each, "
+                    "targeted tests of 200 and untargeted tests of 100 (letters, aiw). Made for the "
+                    "acceleration benchmark: no target answer dominates (majority-answer baselines "
+                    "0.055 and 0.10), so a policy that collapses onto one answer cannot look like one "
+                    "that learned the targets, as letter counting's '1' did on rg-numeric.",
+        pool=[(f, 16) for f in (LETTERS, LCM20, AIW, LINEQ, SEQ, PRIMES30, BITS255)],
+        targets={"lcm": [(LCM20, 24)], "seq": [(SEQ, 24)]},
+        tests={"targeted/lcm": [(LCM20, 200)], "targeted/seq": [(SEQ, 200)],
+               "untargeted/letters": [(LETTERS, 100)], "untargeted/aiw": [(AIW, 100)]},
+    )
+
+
 SUITES: dict[str, SuiteSpec] = {
     s.name: s for s in (_default("default", "full"), _default("default-small", "small"), _tiny(), _ladder(),
-                        _rg_numeric())
+                        _rg_numeric(), _rg_lcm_seq())
 }
