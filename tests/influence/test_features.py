@@ -210,7 +210,7 @@ def test_storage_math() -> None:
 
 
 CHILD = textwrap.dedent("""
-    import sys, time
+    import sys
     import numpy as np
     sys.path.insert(0, {tests!r})
     from test_features import K, SPEC, feature_row, is_zero, make_ids
@@ -221,7 +221,8 @@ CHILD = textwrap.dedent("""
         chunk = ids[start:start + 2]
         store.write(chunk, np.stack([feature_row(i) for i in chunk]), [is_zero(i) for i in chunk])
         print(start, flush=True)
-        time.sleep(0.005)
+        if start == 2 * ({batches} - 1):
+            sys.stdin.readline()  # wait here for the kill: never finishes before it
     store.finalize()
 """)
 
@@ -229,11 +230,15 @@ CHILD = textwrap.dedent("""
 def test_kill9_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
     n = 400
     ids = make_ids(n)
-    script = CHILD.format(tests=str(Path(__file__).parent), n=n, path=str(tmp_path / "s"))
+    batches = 20
+    script = CHILD.format(tests=str(Path(__file__).parent), n=n, path=str(tmp_path / "s"), batches=batches)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env, text=True)
+    # the child writes 20 batches and then blocks on its stdin, so the kill always lands mid-way
+    # through the store, however slow this machine is (it used to race the child's last batches)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            env=env, text=True)
     assert proc.stdout is not None
-    for _ in range(20):  # let it write 20 batches, then kill it mid-way
+    for _ in range(batches):
         assert proc.stdout.readline(), "child exited early"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
@@ -241,8 +246,7 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
     store = FeatureStore.open(tmp_path / "s", ids, K, "fp16", SPEC)
     assert not store.is_complete
     pending = store.pending()
-    assert 0 < len(pending) <= n - 20 * 2
-    assert pending == ids[n - len(pending):]  # resume continues where it stopped
+    assert pending == ids[2 * batches:]  # resume continues where it stopped
     write_all(store, pending)
     store.finalize()
     ref = full_store(tmp_path / "ref", ids)
