@@ -107,7 +107,12 @@ def _statistics_section(doc: Document, cmp: Comparison, panel: Panel | None,
         doc.add(Table(FORMAT_HEADERS, rows))
         doc.add(Paragraph("Strict-format share: completions whose final answer is stated in the "
                           "form the prompt asks for (strict extraction), seed means. A rise in "
-                          "accuracy that follows the format share is elicitation rather than skill."))
+                          "accuracy that follows the format share is elicitation rather than skill. "
+                          "Majority-answer baseline: the accuracy of always giving the targeted "
+                          "sets' most common gold answer; modal-answer share: the items that got "
+                          "the answer the policy gives most often (set means). An accuracy near the "
+                          "baseline with a modal share near 1 is a policy that collapsed onto one "
+                          "answer."))
 
 
 def _accuracy_section(doc: Document, cmp: Comparison, summaries: list[ArmSummary], out: Path,
