@@ -239,25 +239,29 @@ def popi_coeffs(r: np.ndarray) -> tuple[float, float]:
     return (1 - mu) / (sd + ADV_EPS), (0 - mu) / (sd + ADV_EPS)
 
 
+def _popi_feature(s1: np.ndarray, s0: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """g = -(1/m) (A_1 S_1 + A_0 S_0) of m responses with rewards ``r``, from the sums of their
+    correct (S_1) and incorrect (S_0) per-response gradients; zeros when all rewards are equal."""
+    a1, a0 = popi_coeffs(r)
+    return -(a1 * s1 + a0 * s0) / r.size if a1 or a0 else np.zeros_like(s1)
+
+
 def combine(groups: np.ndarray, rewards: np.ndarray, half: int) -> dict[str, np.ndarray]:
     """Features ``{"A", "B", "full"}: [n, k]`` from groups ``[n, 4, k]`` and rewards ``[n, K]``:
-    g = -(1/m) (A_1 S_1 + A_0 S_0) over the responses of the half (m = half) or of all (m = K)."""
-    n = groups.shape[0]
-    out = {key: np.zeros((n, groups.shape[2])) for key in ("A", "B", "full")}
-    for i in range(n):
-        r = rewards[i]
-        for key, sl, rows in (("A", slice(0, half), (0, 1)), ("B", slice(half, None), (2, 3)),
-                              ("full", slice(None), None)):
-            rr = r[sl]
-            a1, a0 = popi_coeffs(rr)
-            if a1 == 0 and a0 == 0:
-                continue
-            if rows is None:
-                s1, s0 = groups[i, 0] + groups[i, 2], groups[i, 1] + groups[i, 3]
-            else:
-                s1, s0 = groups[i, rows[0]], groups[i, rows[1]]
-            out[key][i] = -(a1 * s1 + a0 * s0) / rr.size
+    the POPI gradient of the responses of each half (m = half) and of all of them (m = K)."""
+    out = {"A": np.stack([_popi_feature(g[0], g[1], r[:half]) for g, r in zip(groups, rewards)]),
+           "B": np.stack([_popi_feature(g[2], g[3], r[half:]) for g, r in zip(groups, rewards)])}
+    out["full"] = pooled([groups], [rewards])
     return out
+
+
+def pooled(groups: Sequence[np.ndarray], rewards: Sequence[np.ndarray]) -> np.ndarray:
+    """POPI features ``[n, k]`` of all responses of one or more cells together, from their group
+    sums ``[n, 4, k]`` (correct and incorrect sums of both halves) and rewards ``[n, K_c]``."""
+    s1 = sum(g[:, 0] + g[:, 2] for g in groups)
+    s0 = sum(g[:, 1] + g[:, 3] for g in groups)
+    r = np.concatenate(list(rewards), axis=1)
+    return np.stack([_popi_feature(s1[i], s0[i], r[i]) for i in range(r.shape[0])])
 
 
 # -------------------------------------------------------------------------------- analysis

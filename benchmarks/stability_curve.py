@@ -33,6 +33,7 @@ a cell that is not finished is reported with the command that computes it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -48,26 +49,12 @@ import selection_quality as sq  # noqa: E402
 from _common import RESULTS, locked, print_table, write_result  # noqa: E402
 
 
-def pooled(groups: list[np.ndarray], rewards: list[np.ndarray]) -> np.ndarray:
-    """POPI features ``[n, k]`` of all responses of several cells together, from their group sums
-    ``[n, 4, k]`` (correct and incorrect sums of both halves) and rewards ``[n, K_c]``."""
-    s1 = sum(g[:, 0] + g[:, 2] for g in groups)
-    s0 = sum(g[:, 1] + g[:, 3] for g in groups)
-    r = np.concatenate(rewards, axis=1)
-    out = np.zeros_like(s1)
-    for i in range(r.shape[0]):
-        a1, a0 = sq.popi_coeffs(r[i])
-        if a1 or a0:
-            out[i] = -(a1 * s1[i] + a0 * s0[i]) / r.shape[1]
-    return out
-
-
 def pooled_draw(name: str, cells: list[dict[str, Any]]) -> sq.Draw:
     """One draw made of every response of ``cells``."""
     first = cells[0]
     pr = np.concatenate([c["pool_rewards"] for c in cells], axis=1)
-    feats = pooled([c["pool_groups"] for c in cells], [c["pool_rewards"] for c in cells])
-    tfe = {t: pooled([c["target_groups"][t] for c in cells], [c["target_rewards"][t] for c in cells])
+    feats = sq.pooled([c["pool_groups"] for c in cells], [c["pool_rewards"] for c in cells])
+    tfe = {t: sq.pooled([c["target_groups"][t] for c in cells], [c["target_rewards"][t] for c in cells])
            for t in first["targets"]}
     return sq.Draw(name, feats, ~np.any(feats != 0, axis=1), pr.mean(1), pr.sum(1), pr.shape[1], tfe,
                    {t: ~np.any(f != 0, axis=1) for t, f in tfe.items()}, first["pool_source"])
@@ -192,8 +179,8 @@ def main() -> None:
     for seed, data in zip(args.seeds, cells):
         made = sq.make_draws(data, half)
         for h in ("A", "B"):
-            draws[half].append(sq.Draw(**{**made[h].__dict__, "name": f"r{seed}{h}"}))
-        draws[args.k].append(sq.Draw(**{**made["full"].__dict__, "name": f"r{seed}"}))
+            draws[half].append(dataclasses.replace(made[h], name=f"r{seed}{h}"))
+        draws[args.k].append(dataclasses.replace(made["full"], name=f"r{seed}"))
     draws[args.k * len(cells)] = [pooled_draw("+".join(f"r{s}" for s in args.seeds), cells)]
     src = cells[0]["pool_source"]
     fam, _ = sq.family_of(sq.suite_spec(args.suite, args.cap))
