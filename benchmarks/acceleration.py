@@ -28,9 +28,10 @@ upper bound on selection). Default seeds 0,1,2 (paired across arms); the power a
     done; wait
     python benchmarks/acceleration.py --name accel2 --suite default-small --report-only
 
-The summary (the acceleration table, the statistics table and, with --pilot, the power table) is
-printed and written to benchmarks/results/acceleration.json (acceleration_NAME.json for another
---name, acceleration_pilot.json for a pilot).
+The summary (the acceleration table, the statistics table and, with --pilot or --power, the power
+table) is printed and written to benchmarks/results/acceleration.json (acceleration_NAME.json for
+another --name, acceleration_pilot.json for a pilot). `--power --report-only` sizes a long run from
+any finished comparison (e.g. a calibration) instead of a fresh pilot.
 """
 
 from __future__ import annotations
@@ -130,6 +131,9 @@ def main() -> None:
     ap.add_argument("--pilot", action="store_true",
                     help="a short comparison (cropi, full; 3 seeds; 1 stage of 10 steps), then a "
                          "power analysis of the measured seed and item variance")
+    ap.add_argument("--power", action="store_true",
+                    help="add the power analysis to the summary of this comparison (implied by "
+                         "--pilot); with --report-only it sizes a long run from finished runs")
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing: restore the compact results and report")
     ap.add_argument("--n-boot", type=int, default=2000)
@@ -176,7 +180,7 @@ def main() -> None:
                "compact_results": done, "seconds_this_invocation": seconds,
                "headers": list(ACCEL_HEADERS), "rows": accel, "stats_headers": list(STATS_HEADERS),
                "stats_rows": stats, "statistics": boot, "report": str(folder / "report.md")}
-    if args.pilot:
+    if args.pilot or args.power:
         panel = comparison_panel(cmp)
         if panel is None or len(panel.seeds) < 2:
             raise SystemExit("the power analysis needs at least 2 paired seeds of every arm")
