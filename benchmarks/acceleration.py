@@ -45,7 +45,7 @@ from typing import Any
 
 from _common import RESULTS, locked, print_table, write_result
 from cropi.cli.common import build_config, setup_env
-from cropi.curriculum.compare import run_compare
+from cropi.curriculum.compare import run_compare, write_plan
 from cropi.report import build_report
 from cropi.report.compact import export_run, restore_run
 from cropi.report.runs import load_comparison, load_run
@@ -65,23 +65,51 @@ def store_name(name: str) -> str:
     return f"acceleration_runs_{name}"
 
 
+def _load(name: str) -> dict[str, Any]:
+    path = RESULTS / f"{store_name(name)}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def load_store(name: str) -> dict[str, dict[str, Any]]:
     """arm -> seed (str) -> compact record, from the committed result file ({} when none)."""
-    path = RESULTS / f"{store_name(name)}.json"
-    return json.loads(path.read_text())["runs"] if path.exists() else {}
+    return _load(name).get("runs", {})
+
+
+def _write_store(name: str, runs: dict[str, Any], shared: list[dict[str, Any]]) -> Path:
+    return write_result(store_name(name), {"format": 1, "runs": runs, "shared_events": shared})
 
 
 def save_record(name: str, arm: str, seed: int, record: dict[str, Any]) -> Path:
     """Add one arm x seed to the result file (read-modify-write under a file lock)."""
     with locked(store_name(name)):
-        runs = load_store(name)
+        old = _load(name)
+        runs = old.get("runs", {})
         runs.setdefault(arm, {})[str(seed)] = record
-        return write_result(store_name(name), {"format": 1, "runs": runs})
+        return _write_store(name, runs, old.get("shared_events", []))
+
+
+def save_shared(name: str, root: Path) -> None:
+    """Keep the comparison's own events (beta's shared ``rollouts``, ROOT/metrics.jsonl) in the
+    result file, so that a report rebuilt elsewhere charges their seconds on the wall-clock axis."""
+    path = root / "metrics.jsonl"
+    if not path.exists():
+        return
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    with locked(store_name(name)):
+        old = _load(name)
+        if old and old.get("shared_events") != events:
+            _write_store(name, old.get("runs", {}), events)
 
 
 def _restore(root: Path, name: str, arms: list[str], seeds: list[int]) -> list[str]:
-    """Restore the compact results of arm x seed whose run directory is absent; returns them."""
-    runs = load_store(name)
+    """Restore the compact results of arm x seed whose run directory is absent (and the shared
+    events); returns the arm x seed restored or present."""
+    store = _load(name)
+    runs = store.get("runs", {})
+    metrics = root / "metrics.jsonl"
+    if store.get("shared_events") and not metrics.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        metrics.write_text("".join(json.dumps(e) + "\n" for e in store["shared_events"]))
     done = []
     for arm in arms:
         for seed in seeds:
@@ -92,16 +120,6 @@ def _restore(root: Path, name: str, arms: list[str], seeds: list[int]) -> list[s
                 if not (run / "metrics.jsonl").exists():
                     restore_run(record, run)
     return done
-
-
-def _plan(root: Path, arms: list[str], seeds: list[int]) -> None:
-    """compare.json for restored runs (run_compare writes it when it runs anything)."""
-    path = root / "compare.json"
-    plan = json.loads(path.read_text()) if path.exists() else {"baseline": "full"}
-    plan["arms"] = list(dict.fromkeys([*plan.get("arms", []), *arms]))
-    plan["seeds"] = sorted(set(plan.get("seeds", [])) | set(seeds))
-    root.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(plan, indent=2))
 
 
 def power_rows(power: dict) -> tuple[list[str], list[list[str]]]:
@@ -162,8 +180,9 @@ def main() -> None:
             save_record(args.name, arm, seed,
                         export_run(load_run(root / "arms" / arm / f"seed_{seed}", arm, seed)))
             ran.append(f"{arm}/{seed}")
+    save_shared(args.name, root)
     done = _restore(root, args.name, arms, seeds)
-    _plan(root, arms, seeds)
+    write_plan(root, cfg, arms, seeds)
     seconds = time.perf_counter() - t0
     folder = build_report(root, n_boot=args.n_boot)
     cmp = load_comparison(root)

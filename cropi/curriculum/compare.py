@@ -49,7 +49,8 @@ def arm_config(cfg: RunConfig, arm: str, seed: int) -> RunConfig:
     )
 
 
-def _write_plan(root: Path, cfg: RunConfig, arms: Sequence[str], seeds: Sequence[int]) -> None:
+def write_plan(root: Path, cfg: RunConfig, arms: Sequence[str], seeds: Sequence[int]) -> None:
+    """Write (or extend: arms and seeds are merged with an existing one) ``root/compare.json``."""
     plan = {"arms": list(arms), "seeds": list(seeds), "baseline": BASELINE,
             "steps": cfg.curriculum.stages * cfg.train.steps_per_stage,
             "stages": cfg.curriculum.stages, "eval_every": cfg.curriculum.eval_every,
@@ -69,7 +70,7 @@ def run_compare(cfg: RunConfig, arms: Sequence[str], seeds: Sequence[int],
     for arm in arms:
         arm_config(cfg, arm, 0)  # validate names before any work
     root.mkdir(parents=True, exist_ok=True)
-    _write_plan(root, cfg, arms, seeds)
+    write_plan(root, cfg, arms, seeds)
     shared = Run(cfg, overwrite=overwrite, root=root, rollouts_root=root / "rollouts")
     phase_rollouts(shared)
     for seed in seeds:
