@@ -8,27 +8,34 @@ Every phase is skipped when its output exists, so `cropi run` resumes after kill
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 from cropi.curriculum.phases import Run, phase_rollouts
 from cropi.curriculum.scoring import SCORED_POLICIES, phase_score, phase_select
+from cropi.data.io import dataset_fingerprint
 from cropi.data.schema import PromptRecord
 from cropi.rollout.collect import make_policy
 from cropi.rollout.store import PromptRollouts
 from cropi.select import read_selection, write_selection
 from cropi.train.evaluate import evaluate, write_item_results
 from cropi.utils.errors import CropiError
+from cropi.utils.hashing import fingerprint
+from cropi.utils.io import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
-def eval_and_log(run: Run, model: Any, tokenizer: Any, stage: int, step: int) -> dict[str, Any]:
+def eval_and_log(run: Run, model: Any, tokenizer: Any, stage: int, step: int,
+                 share: Path | None = None) -> dict[str, Any]:
     """Evaluate a live model on the test sets and append an ``eval`` event to metrics.jsonl.
 
     ``make_policy`` switches the model to eval mode (it samples from it when the rollout dtype is
-    fp32); the model's train/eval mode is restored afterwards.
+    fp32); the model's train/eval mode is restored afterwards. With ``share``, the result and the
+    per-item rows are also written there for other runs to reuse (:func:`phase_eval_initial`).
     """
     if not run.data.tests:
         return {}
@@ -40,11 +47,29 @@ def eval_and_log(run: Run, model: Any, tokenizer: Any, stage: int, step: int) ->
     finally:
         model.train(was_training)
     items = result.pop("items", None)
+    if share is not None:
+        atomic_write_json(share, {"result": result, "items": items})
+    _log_eval(run, stage, step, result, items, seconds=time.perf_counter() - t0)
+    return result
+
+
+def _log_eval(run: Run, stage: int, step: int, result: dict[str, Any], items: list | None,
+              seconds: float, **extra: Any) -> None:
     if items:  # before the eval event: an event never lacks its per-item file
         write_item_results(run.dir.root / "evals" / f"step_{step:06d}.parquet", items)
     run.dir.log_metrics("eval", stage=stage, step=step, **result)
-    run.dir.log_metrics("eval_time", stage=stage, seconds=time.perf_counter() - t0)
-    return result
+    run.dir.log_metrics("eval_time", stage=stage, seconds=seconds, **extra)
+
+
+def beta_eval_path(run: Run) -> Path:
+    """Where beta's step-0 evaluation is kept next to beta's rollouts (shared by every arm and seed
+    of a comparison), keyed by everything the result depends on: beta's weights and system
+    prompt, the test sets, the eval config (its sampling seed is not the run's seed) and the
+    rollout config that builds the policy."""
+    key = fingerprint({**run.base_spec(run.model_path(0)), "eval": dataclasses.asdict(run.cfg.eval),
+                       "rollout": dataclasses.asdict(run.cfg.rollout),
+                       "tests": {n: dataset_fingerprint(r) for n, r in run.data.tests.items()}})
+    return run.dir.rollouts("beta_eval") / f"{key}.json"
 
 
 def phase_eval_initial(run: Run) -> None:
@@ -56,8 +81,14 @@ def phase_eval_initial(run: Run) -> None:
         return
     if run.dir.done(0, "evaluated_beta"):
         return
-    policy = run.policy(run.model_path(0))
-    eval_and_log(run, policy.model, policy.tokenizer, stage=-1, step=0)
+    share = beta_eval_path(run)
+    if share.exists() and not run.overwrite:  # another arm or seed of the comparison evaluated beta
+        stored = read_json(share)
+        _log_eval(run, -1, 0, stored["result"], stored["items"], seconds=0.0, reused=str(share))
+        log.info("step-0 evaluation of beta reused from %s", share)
+    else:
+        policy = run.policy(run.model_path(0))
+        eval_and_log(run, policy.model, policy.tokenizer, stage=-1, step=0, share=share)
     run.dir.mark(0, "evaluated_beta")
 
 
