@@ -45,7 +45,7 @@ from typing import Any
 
 from _common import RESULTS, locked, print_table, write_result
 from cropi.cli.common import build_config, setup_env
-from cropi.curriculum.compare import run_compare, write_plan
+from cropi.curriculum.compare import redundant_arms, run_compare, write_plan
 from cropi.report import build_report
 from cropi.report.compact import export_run, restore_run
 from cropi.report.runs import load_comparison, load_run
@@ -170,6 +170,9 @@ def main() -> None:
                        curriculum__stages=stages, train__steps_per_stage=steps,
                        curriculum__eval_every=every)
     root = cfg.run_dir
+    for arm, twin in redundant_arms(cfg, arms).items():
+        print(f"{arm} is skipped: with score.scorer={cfg.score.scorer} it would repeat {twin} exactly")
+        arms.remove(arm)
     t0 = time.perf_counter()
     ran = []
     for seed in seeds:  # seeds outer: partial results cover every arm

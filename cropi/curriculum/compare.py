@@ -49,6 +49,16 @@ def arm_config(cfg: RunConfig, arm: str, seed: int) -> RunConfig:
     )
 
 
+def redundant_arms(cfg: RunConfig, arms: Sequence[str]) -> dict[str, str]:
+    """Arms that would repeat another arm of ``arms`` exactly: ``cropi-paper`` is ``cropi`` when the
+    configured scorer already is the paper's (same selections, same training). Maps arm -> twin."""
+    out = {}
+    for arm, scorer in ARM_SCORER.items():
+        if arm in arms and "cropi" in arms and cfg.score.scorer == scorer and not cfg.score.scorer_options:
+            out[arm] = "cropi"
+    return out
+
+
 def write_plan(root: Path, cfg: RunConfig, arms: Sequence[str], seeds: Sequence[int]) -> None:
     """Write (or extend: arms and seeds are merged with an existing one) ``root/compare.json``."""
     plan = {"arms": list(arms), "seeds": list(seeds), "baseline": BASELINE,
@@ -69,6 +79,11 @@ def run_compare(cfg: RunConfig, arms: Sequence[str], seeds: Sequence[int],
     root = cfg.run_dir
     for arm in arms:
         arm_config(cfg, arm, 0)  # validate names before any work
+    twins = redundant_arms(cfg, arms)
+    for arm, twin in twins.items():
+        log.warning("compare: arm %s is skipped, it would repeat %s (score.scorer=%s)", arm, twin,
+                    cfg.score.scorer)
+    arms = [a for a in arms if a not in twins]
     root.mkdir(parents=True, exist_ok=True)
     write_plan(root, cfg, arms, seeds)
     shared = Run(cfg, overwrite=overwrite, root=root, rollouts_root=root / "rollouts")
