@@ -202,7 +202,7 @@ def run_cmd(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = No
 @app.command()
 @user_errors
 def compare(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = None,
-            arms: Annotated[str, typer.Option(help="comma-separated arms: cropi, cropi-paper, full, random, learnability, pass-rate, oracle, influence-once")] = "cropi,full,random,learnability",
+            arms: Annotated[str, typer.Option(help="comma-separated arms: cropi, cropi-paper, full, random, learnability, pass-rate, oracle, influence-once (cropi-paper is skipped next to cropi when score.scorer is already paper)")] = "cropi,full,random,learnability",
             seeds: Annotated[str, typer.Option(help="comma-separated training seeds")] = "0,1",
             model: ModelOpt = None, suite: SuiteOpt = None, pool: PoolOpt = None,
             target: TargetOpt = None, test: TestOpt = None, stages: StagesOpt = None,
