@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from cropi.config import RunConfig, ScoreConfig
-from cropi.curriculum.compare import ARM_POLICY, arm_config
+from cropi.curriculum.compare import ARM_POLICY, arm_config, redundant_arms
 from cropi.curriculum.phases import Run
 from cropi.curriculum.scoring import phase_select, target_sources
 from cropi.data.sets import DataSets
@@ -28,6 +28,14 @@ def test_arm_configs() -> None:
     assert (paper.select.policy, paper.score.scorer, paper.score.scorer_options) == ("influence", "paper", {})
     cropi = arm_config(cfg, "cropi", 2)
     assert (cropi.select.policy, cropi.score.scorer, cropi.seed) == ("influence", "differential", 2)
+
+
+def test_cropi_paper_is_redundant_only_when_it_would_repeat_cropi() -> None:
+    arms = ["cropi", "cropi-paper", "full"]
+    assert redundant_arms(RunConfig(score=ScoreConfig(scorer="paper")), arms) == {"cropi-paper": "cropi"}
+    assert redundant_arms(RunConfig(score=ScoreConfig(scorer="unitmean")), arms) == {}
+    assert redundant_arms(RunConfig(score=ScoreConfig(scorer="paper", scorer_options={"x": 1})), arms) == {}
+    assert redundant_arms(RunConfig(score=ScoreConfig(scorer="paper")), ["cropi-paper", "full"]) == {}
 
 
 def _run(tmp_path: Path) -> tuple[Run, list]:
