@@ -27,7 +27,9 @@ def paired_t_power(delta: float, sd: float, n: int, alpha: float = 0.05) -> floa
     df = n - 1
     crit = sps.t.ppf(1 - alpha / 2, df)
     nc = abs(delta) / sd * np.sqrt(n)
-    return float(sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc))
+    # P(T > crit) + P(T < -crit) with T ~ nct(df, nc); the lower tail as the upper tail of
+    # nct(df, -nc) (symmetry): scipy's nct.cdf returns nan far out in the tail for large nc
+    return float(min(sps.nct.sf(crit, df, nc) + sps.nct.sf(crit, df, -nc), 1.0))
 
 
 def seeds_needed(delta: float, sd: float, power: float = 0.8, alpha: float = 0.05,

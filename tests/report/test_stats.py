@@ -125,6 +125,12 @@ def test_power_analysis_textbook_values() -> None:
     assert paired_t_power(1.0, 1.0, 10) == pytest.approx(0.8031, abs=1e-3)
     assert seeds_needed(1.0, 1.0) == 10
     assert seeds_needed(0.5, 1.0) == 34  # d = 0.5: 34 pairs for 80 %
+    # large effects with few seeds: scipy's nct.cdf gives nan deep in the tail; the power must
+    # stay a number and the seeds needed must fall as the effect grows (it once read 7 here)
+    powers = [paired_t_power(0.05, 0.0101, n) for n in range(2, 40)]
+    assert all(0 <= p <= 1 for p in powers) and powers == sorted(powers)
+    needed = [seeds_needed(d, 0.0101) for d in (0.005, 0.01, 0.02, 0.05, 0.1, 0.5)]
+    assert needed == sorted(needed, reverse=True) and needed[3] == 3
     # a 2x faster arm on a linear curve 0 -> 1 over 0..40 has area 0.75 vs 0.5
     assert implied_area_difference([0, 10, 20, 30, 40], [0, .25, .5, .75, 1.0]) == pytest.approx(0.25)
 
