@@ -154,6 +154,9 @@ def main() -> None:
                          "--pilot); with --report-only it sizes a long run from finished runs")
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing: restore the compact results and report")
+    ap.add_argument("--summary", default=None,
+                    help="the summary's result name (default acceleration_NAME; acceleration_pilot "
+                         "for --pilot), e.g. for a report over a subset of arms and seeds")
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="extra config overrides, e.g. --set eval.max_items=100")
@@ -213,8 +216,9 @@ def main() -> None:
               f"{power['implied_area_difference']:.4f} on the pilot's baseline curve")
         print_table(headers, rows)
         payload.update({"power": power, "power_headers": headers, "power_rows": rows})
-    summary_name = "acceleration" if args.name == "acceleration" else f"acceleration_{args.name}"
-    path = write_result("acceleration_pilot" if args.pilot else summary_name, payload)
+    summary_name = args.summary or ("acceleration_pilot" if args.pilot else "acceleration"
+                                    if args.name == "acceleration" else f"acceleration_{args.name}")
+    path = write_result(summary_name, payload)
     print(f"report {folder / 'report.md'}; wrote {path}; compact results in "
           f"{RESULTS / (store_name(args.name) + '.json')}")
 
