@@ -64,9 +64,10 @@ def _log_eval(run: Run, stage: int, step: int, result: dict[str, Any], items: li
 def beta_eval_path(run: Run) -> Path:
     """Where beta's step-0 evaluation is kept next to beta's rollouts (shared by every arm and seed
     of a comparison), keyed by everything the result depends on: beta's weights and system
-    prompt, the test sets, the eval config (its sampling seed is not the run's seed) and the
-    rollout config that builds the policy."""
-    key = fingerprint({**run.base_spec(run.model_path(0)), "eval": dataclasses.asdict(run.cfg.eval),
+    prompt, the test sets, the eval config (its sampling seed is not the run's seed), the rollout
+    config that builds the policy and the device."""
+    key = fingerprint({**run.base_spec(run.model_path(0)), "device": run.device,
+                       "eval": dataclasses.asdict(run.cfg.eval),
                        "rollout": dataclasses.asdict(run.cfg.rollout),
                        "tests": {n: dataset_fingerprint(r) for n, r in run.data.tests.items()}})
     return run.dir.rollouts("beta_eval") / f"{key}.json"
