@@ -52,6 +52,7 @@ from cropi.report.runs import load_comparison, load_run
 from cropi.report.power import power_analysis
 from cropi.report.stats import comparison_panel
 from cropi.report.summary import ACCEL_HEADERS, STATS_HEADERS, acceleration_rows, statistics_rows, summarize
+from cropi.utils.io import atomic_write_text, read_jsonl
 
 log = logging.getLogger("acceleration")
 
@@ -91,10 +92,9 @@ def save_record(name: str, arm: str, seed: int, record: dict[str, Any]) -> Path:
 def save_shared(name: str, root: Path) -> None:
     """Keep the comparison's own events (beta's shared ``rollouts``, ROOT/metrics.jsonl) in the
     result file, so that a report rebuilt elsewhere charges their seconds on the wall-clock axis."""
-    path = root / "metrics.jsonl"
-    if not path.exists():
+    events = read_jsonl(root / "metrics.jsonl")
+    if not events:
         return
-    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     with locked(store_name(name)):
         old = _load(name)
         if old and old.get("shared_events") != events:
@@ -108,8 +108,7 @@ def _restore(root: Path, name: str, arms: list[str], seeds: list[int]) -> list[s
     runs = store.get("runs", {})
     metrics = root / "metrics.jsonl"
     if store.get("shared_events") and not metrics.exists():
-        root.mkdir(parents=True, exist_ok=True)
-        metrics.write_text("".join(json.dumps(e) + "\n" for e in store["shared_events"]))
+        atomic_write_text(metrics, "".join(json.dumps(e) + "\n" for e in store["shared_events"]))
     done = []
     for arm in arms:
         for seed in seeds:
