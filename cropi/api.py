@@ -4,7 +4,7 @@ Every function here composes what the ``cropi`` commands run: a config is a
 :class:`~cropi.config.RunConfig` (:func:`make_config` merges sections and dotted keys like
 ``cropi ... --set``), a run is a :class:`~cropi.curriculum.phases.Run` over a run directory, and
 rollouts, scores, selections and the curriculum are :func:`~cropi.curriculum.phases.phase_rollouts`,
-:func:`~cropi.curriculum.scoring.phase_score`, :func:`~cropi.curriculum.scoring.phase_select` and
+:func:`~cropi.curriculum.score_phase.phase_score`, :func:`~cropi.curriculum.select_phase.phase_select` and
 :func:`~cropi.curriculum.loop.run_curriculum`. A run made here continues with the CLI (and back)
 when its data are named in the config (files or ``hf:`` names); sets given as Python lists are
 recorded in ``config.yaml`` as ``python:...`` placeholders, which the CLI cannot reload.
@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from cropi.config import DataConfig, RunConfig, from_dict, read_config_data, to_dict
+import yaml
+
+from cropi.config import DataConfig, RunConfig, from_dict, load_config, read_config_data, to_dict
 from cropi.data.schema import PromptRecord
 from cropi.utils.errors import CropiError
 
@@ -27,11 +29,12 @@ if TYPE_CHECKING:  # torch-heavy: imported by the functions that need them
     import pyarrow as pa
 
     from cropi.curriculum.phases import Run
+    from cropi.influence.pipeline import Timings
     from cropi.rollout.store import PromptRollouts
 
-__all__ = ["Selection", "load_backends", "make_config", "merge_sections", "open_run", "resolve_model",
-           "run_curriculum", "sample_rollouts", "set_dotted",
-           "score_pool", "select_prompts"]
+__all__ = ["Selection", "compare", "evaluate_model", "make_config", "merge_sections", "open_run",
+           "parse_sets", "resolve_model", "run_curriculum", "sample_rollouts", "score_pool", "score_stage",
+           "select_prompts", "set_dotted", "write_report"]
 
 TableFormat = Literal["pandas", "arrow"]
 
@@ -58,40 +61,60 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     cur[keys[-1]] = value
 
 
-def make_config(base: RunConfig | str | Path | Mapping[str, Any] | None = None, *,
-                sets: Mapping[str, Any] | None = None, **sections: Any) -> RunConfig:
-    """A validated :class:`RunConfig`, lowest to highest precedence:
+def parse_sets(items: Sequence[str] | None) -> list[tuple[str, Any]]:
+    """``["a.b=VALUE", ...]`` (as ``--set``) to ``[("a.b", value), ...]``; values are parsed as YAML."""
+    out = []
+    for item in items or []:
+        if "=" not in item:
+            raise CropiError(f"--set {item!r} is not KEY=VALUE", fix="e.g. --set rollout.k_pool=4")
+        key, raw = item.split("=", 1)
+        out.append((key.strip(), yaml.safe_load(raw)))
+    return out
 
-    1. ``base``: a RunConfig, a YAML file (as ``cropi run CONFIG``) or a mapping; default: the defaults;
+
+def make_config(base: RunConfig | str | Path | Mapping[str, Any] | None = None, *,
+                sets: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None, resume: bool = False,
+                **sections: Any) -> RunConfig:
+    """A validated :class:`RunConfig`: the one config layering of cropi (the CLI uses it too).
+    Lowest to highest precedence:
+
+    0. with ``resume``: the stored ``config.yaml`` of the run that ``out_dir``/``name`` (as the
+       layers below set them) designate, when that run exists; else the defaults;
+    1. ``base``: a RunConfig, a YAML file (as ``cropi run CONFIG``) or a mapping;
     2. ``sections``: top-level keys (``name="x"``) or whole sections merged key by key
        (``rollout={"k_pool": 4}``);
-    3. ``sets``: dotted keys, like ``--set`` (``{"train.steps_per_stage": 5}``).
+    3. ``sets``: dotted keys applied in order, like ``--set`` (``{"train.steps_per_stage": 5}``;
+       a value None sets None).
 
-    The optional engines the config names (``rollout.backend=vllm``, ``score.backend=ray``) are
-    imported, as the CLI does.
+    Names (policy, scorer, projector, backends) are checked against the registries.
     """
-    if base is None:
-        data = to_dict(RunConfig())
-    elif isinstance(base, RunConfig):
-        data = to_dict(base)
+    if isinstance(base, RunConfig):
+        user: dict[str, Any] = to_dict(base)
     elif isinstance(base, Mapping):
-        data = merge_sections(to_dict(RunConfig()), base)
+        user = dict(base)
+    elif base is not None:
+        load_config(base)  # validates the file on its own, with its path in any error
+        user = read_config_data(base)
     else:
-        data = merge_sections(to_dict(RunConfig()), read_config_data(base))
-    data = merge_sections(data, sections)
-    for dotted, value in (sets or {}).items():
-        set_dotted(data, dotted, value)
+        user = {}
+    pairs = list(sets.items() if isinstance(sets, Mapping) else sets or [])
+    data = _layered(to_dict(RunConfig()), user, sections, pairs)
+    stored = Path(str(data["out_dir"])) / str(data["name"]) / "config.yaml"
+    if resume and stored.is_file():
+        data = _layered(to_dict(load_config(stored)), user, sections, pairs)
     cfg = from_dict(RunConfig, data)
-    load_backends(cfg)
+    from cropi.curriculum.names import check_names
+
+    check_names(cfg)
     return cfg
 
 
-def load_backends(cfg: RunConfig) -> None:
-    """Import the optional engines ``cfg`` names; each registers itself with the layer it serves."""
-    if cfg.rollout.backend == "vllm":
-        import cropi.scale.vllm  # noqa: F401
-    if cfg.score.backend == "ray":
-        import cropi.scale.ray_score  # noqa: F401
+def _layered(data: dict[str, Any], user: Mapping[str, Any], sections: Mapping[str, Any],
+             pairs: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    data = merge_sections(merge_sections(data, user), sections)
+    for dotted, value in pairs:
+        set_dotted(data, dotted, value)
+    return data
 
 
 def resolve_model(path: str = "default") -> str:
@@ -145,9 +168,7 @@ def open_run(config: RunConfig, *, pool: Sequence[PromptRecord] | None = None,
                       targets={n: _placeholder(v) for n, v in sets.targets.items()},
                       tests={n: _placeholder(v) for n, v in sets.tests.items()},
                       converter=config.data.converter)
-    run = Run(dataclasses.replace(config, data=data), overwrite=overwrite, **where)
-    run.__dict__["data"] = sets  # the cached_property, filled with the records given
-    return run
+    return Run(dataclasses.replace(config, data=data), overwrite=overwrite, sets=sets, **where)
 
 
 def _as_run(run: Run | RunConfig) -> Run:
@@ -156,19 +177,12 @@ def _as_run(run: Run | RunConfig) -> Run:
 
 def _derived(run: Run, **changes: Mapping[str, Any]) -> Run:
     """The same run directory and data with some config fields changed (section -> fields)."""
-    from cropi.curriculum.phases import Run
-
     cfg = run.cfg
     for section, fields in changes.items():
         fields = {k: v for k, v in fields.items() if v is not None}
         if fields:
             cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **fields)})
-    if cfg is run.cfg:
-        return run
-    out = Run(cfg, overwrite=run.overwrite, root=run.dir.root, rollouts_root=run.dir.rollouts_root)
-    if "data" in run.__dict__:
-        out.__dict__["data"] = run.__dict__["data"]
-    return out
+    return run if cfg is run.cfg else run.with_config(cfg)
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -186,24 +200,34 @@ def sample_rollouts(run: Run | RunConfig) -> dict[str, list[PromptRollouts]]:
     return sets
 
 
-def score_pool(run: Run | RunConfig, stage: int = 0, *,
-               format: TableFormat = "pandas") -> pd.DataFrame | pa.Table:  # noqa: A002
-    """Per-target influence scores of every pool prompt at the weights of ``stage``, as
-    ``cropi score``: one row per pool prompt (id, source, level, pass_rate, zero_grad,
-    ``score_<target>``; NaN for prompts whose rewards are all equal).
-
-    Samples the rollouts first when missing; a stage already scored is read back. Fused scores
-    and ranks depend on the budget of a selection: :func:`select_prompts` returns them.
-    """
+def score_stage(run: Run | RunConfig, stage: int = 0) -> Timings | None:
+    """Score every pool prompt at the weights of ``stage``, as ``cropi score``: samples the
+    rollouts first when missing; a stage already scored is skipped (None), one scored with another
+    scorer is refused, or with ``overwrite`` rescored from its stored features. Returns the
+    timings (prompts, gradient and projection seconds) of the work done."""
     from cropi.curriculum.phases import phase_rollouts
-    from cropi.curriculum.scoring import phase_score
-    from cropi.influence.scores import read_scores
+    from cropi.curriculum.score_phase import phase_score
 
     run = _as_run(run)
     run.model_path(stage)  # a stage out of range or without its checkpoint fails before any work
     sets = phase_rollouts(run)
-    phase_score(run, stage, sets)
+    timings = phase_score(run, stage, sets)
     run.save_config()
+    return timings
+
+
+def score_pool(run: Run | RunConfig, stage: int = 0, *,
+               format: TableFormat = "pandas") -> pd.DataFrame | pa.Table:  # noqa: A002
+    """Per-target influence scores of every pool prompt at the weights of ``stage``
+    (:func:`score_stage`, then the stored table): one row per pool prompt (id, source, level,
+    pass_rate, zero_grad, ``score_<target>``; NaN for prompts whose rewards are all equal).
+
+    Fused scores and ranks depend on the budget of a selection: :func:`select_prompts` returns them.
+    """
+    from cropi.influence.scores import read_scores
+
+    run = _as_run(run)
+    score_stage(run, stage)
     table = read_scores(run.dir.scores(stage))
     return table.to_pandas() if format == "pandas" else table
 
@@ -235,25 +259,22 @@ def select_prompts(run: Run | RunConfig, stage: int = 0, *, policy: str | None =
     """Select the stage's subset with any registered policy (default ``select.policy``), as
     ``cropi select``: the budget is ``round(ratio * pool)`` (default ``select.ratio``), the
     influence policy fuses the stored per-target scores with ``fusion`` (default
-    ``score.fusion``) for that budget. Writes ``selection.json``; a stored selection made
-    differently is refused unless the run was opened with ``overwrite=True``.
+    ``score.fusion``) for that budget. A stage scored with another ``score.scorer`` is rescored
+    from its stored features first (with ``overwrite``). Writes ``selection.json``; a stored
+    selection made differently is refused unless the run was opened with ``overwrite=True``.
     """
-    from cropi.curriculum.scoring import load_run_rollouts, phase_select
-    from cropi.select import get_policy
+    from cropi.curriculum.names import check_names
+    from cropi.curriculum.phases import load_run_rollouts
+    from cropi.curriculum.score_phase import rescore
+    from cropi.curriculum.select_phase import phase_select
 
-    run = _as_run(run)
-    name = policy or run.cfg.select.policy
-    get_policy(name)  # an unknown name fails here, naming the registered ones
-    try:  # a policy select.policy accepts is recorded in config.yaml, as `cropi select --policy`
-        dataclasses.replace(run.cfg.select, policy=name)
-        in_config = True
-    except CropiError:  # a policy registered from Python: passed to the selection only
-        in_config = False
-    run = _derived(run, select={"ratio": ratio, "policy": name if in_config else None},
-                   score={"fusion": fusion})
+    run = _derived(_as_run(run), select={"ratio": ratio, "policy": policy}, score={"fusion": fusion})
+    check_names(run.cfg)
     run.check_stage(stage)
-    pool = load_run_rollouts(run)["pool"]
-    info = phase_select(run, stage, pool, policy=name)
+    sets = load_run_rollouts(run)
+    rescore(run, stage, sets)  # another scorer (with overwrite): rescored from the stored features
+    pool = sets["pool"]
+    info = phase_select(run, stage, pool)
     run.save_config()
     ranking = _ranking(run, stage, pool, info, format) if run.dir.scores(stage).exists() else None
     return Selection(stage=stage, policy=info["policy"], budget=int(info["budget"]), ids=list(info["ids"]),
@@ -293,14 +314,50 @@ def _ranking(run: Run, stage: int, pool: list[PromptRollouts], info: dict[str, A
 def run_curriculum(run: Run | RunConfig, *, report: bool = False) -> dict[str, Any]:
     """The method end to end, as ``cropi run``: beta's rollouts once, then per stage score, select,
     train (TRL GRPO) and evaluate. Every phase is skipped when done, so a second call resumes.
-    Returns ``{"run_dir", "seconds", "final_model"}`` (and ``"report"`` with ``report=True``)."""
+    Returns ``{"run_dir", "seconds", "final_model"}`` (and ``"report"``, the report folder, with
+    ``report=True``)."""
     from cropi.curriculum.loop import run_curriculum as _run_curriculum
 
     run = _as_run(run)
     summary = _run_curriculum(run)
     run.save_config()
     if report:
-        from cropi.report import build_report
-
-        summary["report"] = str(build_report(run.dir.root))
+        summary["report"] = str(write_report(run.dir.root))
     return summary
+
+
+def compare(config: RunConfig, arms: Sequence[str], seeds: Sequence[int], *, overwrite: bool = False,
+            report: bool = True) -> Path:
+    """CROPI and baselines (arms: ``cropi.curriculum.names.arm_names()``) with the same seeds, step
+    budget and evaluation schedule on shared beta rollouts, as ``cropi compare``; resumable.
+    Returns the comparison folder (with its report when ``report``)."""
+    from cropi.curriculum.compare import run_compare
+
+    root = run_compare(config, list(arms), list(seeds), overwrite)
+    if report:
+        write_report(root)
+    return root
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Markdown + HTML report of a run or a comparison (default folder ``RUN_DIR/report``), as
+    ``cropi report``. Returns the report folder."""
+    from cropi.report import build_report
+
+    return Path(build_report(run_dir, out))
+
+
+def evaluate_model(config: RunConfig, tests: Mapping[str, Sequence[PromptRecord]] | None = None
+                   ) -> dict[str, Any]:
+    """Accuracy of ``config.model.path`` on test sets (default: those ``config.data`` names), greedy
+    and mean@k as ``config.eval`` says, per family and level, as ``cropi eval``."""
+    from cropi.curriculum.phases import load_policy
+    from cropi.data.sets import load_sets
+    from cropi.evaluation import evaluate
+
+    sets = {n: list(v) for n, v in tests.items()} if tests is not None else load_sets(config.data).tests
+    if not sets:
+        raise CropiError("no test set to evaluate on", field="data.tests",
+                         fix="give --test NAME=FILE or a built-in --suite")
+    policy = load_policy(config.model.path, config)
+    return evaluate(policy, sets, config.eval)

@@ -7,11 +7,13 @@ from typing import Annotated, Optional
 import typer
 
 from cropi.cli.app import app
+from cropi import api
 from cropi.cli.common import (ConfigArg, EvalEveryOpt, ModelOpt, NameOpt, OutOpt, OverwriteOpt, PoolOpt,
                               ScorerOpt, SetOpt, StageOpt, StagesOpt, StepsOpt, SuiteOpt, TargetOpt, TestOpt,
-                              VerboseOpt, build_config, console, data_flags, finish_run, open_run,
-                              setup_env, user_errors)
+                              VerboseOpt, console, data_flags, names_help, report_config_changes,
+                              resolve_config, setup_env, user_errors)
 from cropi.cli.show import print_eval, print_pass_rates, print_scores, print_selection
+from cropi.curriculum.names import arm_names
 from cropi.utils.errors import CropiError
 
 
@@ -33,22 +35,20 @@ def rollout(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = No
     Writes RUN/rollouts/pool and RUN/rollouts/targets/NAME (Parquet + manifest). Resumable: rerun
     the same command after an interruption and finished prompts are not recomputed.
     """
-    from cropi.curriculum.phases import phase_rollouts
-
     setup_env(verbose)
-    cfg = build_config(config, set_, name=name, out_dir=out_dir, model__path=model,
+    cfg = resolve_config(config, set_, name=name, out_dir=out_dir, model__path=model,
                        rollout__k_pool=k_pool, rollout__k_target=k_target,
                        rollout__temperature=temperature, rollout__top_p=top_p,
                        rollout__max_new_tokens=max_new_tokens, rollout__batch_size=batch_size,
                        rollout__seed=seed, **data_flags(suite, pool, target, None))
-    run = open_run(cfg, overwrite)
-    sets = phase_rollouts(run)
-    finish_run(run)
+    run = api.open_run(cfg, overwrite=overwrite)
+    sets = api.sample_rollouts(run)
+    report_config_changes(run)
     print_pass_rates(sets)
     console.print(f"rollouts in {run.dir.root / 'rollouts'}")
 
 
-ProjOpt = Annotated[Optional[str], typer.Option(help="projector: countsketch, sparse-jl, factorized or none [default: countsketch]")]
+ProjOpt = Annotated[Optional[str], typer.Option(help=f"projector: {names_help('projection.kind')} [default: countsketch]")]
 
 
 @app.command()
@@ -60,9 +60,9 @@ def score(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = None
           sparse_ratio: Annotated[Optional[float], typer.Option(help="coordinates kept before the JL map (sparse-jl) [default: 1.0]")] = None,
           params: Annotated[Optional[str], typer.Option(help="gradient parameters: all, lora or filter [default: all]")] = None,
           exclude: Annotated[Optional[str], typer.Option(help="regex of parameter names to drop (params=filter), e.g. 'embed|norm'")] = None,
-          fusion: Annotated[Optional[str], typer.Option(help="fusion of several targets at selection time: rrf, max or mean [default: rrf]")] = None,
+          fusion: Annotated[Optional[str], typer.Option(help=f"fusion of several targets at selection time: {names_help('score.fusion')} [default: rrf]")] = None,
           scorer: ScorerOpt = None,
-          backend: Annotated[Optional[str], typer.Option(help="local (this process) or ray (shards over Ray workers) [default: local]")] = None,
+          backend: Annotated[Optional[str], typer.Option(help=f"{names_help('score.backend')}: local = this process, ray = shards over Ray workers [default: local]")] = None,
           workers: Annotated[Optional[int], typer.Option(help="ray: number of workers/shards (0 = one per GPU, else per CPU) [default: 0]")] = None,
           set_: SetOpt = None, overwrite: OverwriteOpt = False, verbose: VerboseOpt = False) -> None:
     """Score every pool prompt by POPI influence on the target sets at the stage's weights.
@@ -76,20 +76,15 @@ def score(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = None
     score.ray_address picks the cluster; without one a local cluster starts); a worker that dies
     is retried and resumes its own shard only.
     """
-    from cropi.curriculum.phases import phase_rollouts
-    from cropi.curriculum.scoring import phase_score
-
     setup_env(verbose)
-    cfg = build_config(config, set_, name=name, out_dir=out_dir, model__path=model,
+    cfg = resolve_config(config, set_, name=name, out_dir=out_dir, model__path=model,
                        projection__kind=projector, projection__k=k, projection__sparse_ratio=sparse_ratio,
                        gradient__params=params, gradient__exclude=exclude, score__fusion=fusion,
                        score__scorer=scorer, score__backend=backend, score__workers=workers,
                        **data_flags(suite, pool, target, None))
-    run = open_run(cfg, overwrite)
-    run.model_path(stage)  # a stage out of range or without its checkpoint fails before any work
-    sets = phase_rollouts(run)
-    timings = phase_score(run, stage, sets)
-    finish_run(run)
+    run = api.open_run(cfg, overwrite=overwrite)
+    timings = api.score_stage(run, stage)
+    report_config_changes(run)
     if timings is not None:
         t = timings.as_dict()
         console.print(f"scored {t['n_prompts']} prompts ({t['n_zero_grad']} with all-equal rewards) in "
@@ -103,9 +98,9 @@ def score(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = None
 def select(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = None,
            suite: SuiteOpt = None, pool: PoolOpt = None, target: TargetOpt = None,
            stage: StageOpt = 0,
-           policy: Annotated[Optional[str], typer.Option(help="influence, random, pass-rate, learnability or full [default: influence]")] = None,
+           policy: Annotated[Optional[str], typer.Option(help=f"selection policy: {names_help('select.policy')} [default: influence]")] = None,
            ratio: Annotated[Optional[float], typer.Option(help="fraction of the pool kept [default: 0.10]")] = None,
-           fusion: Annotated[Optional[str], typer.Option(help="fusion of several targets: rrf, max or mean [default: rrf]")] = None,
+           fusion: Annotated[Optional[str], typer.Option(help=f"fusion of several targets: {names_help('score.fusion')} [default: rrf]")] = None,
            scorer: ScorerOpt = None,
            set_: SetOpt = None, overwrite: OverwriteOpt = False, verbose: VerboseOpt = False) -> None:
     """Select the stage's training subset and write RUN/stages/stage_NNN/selection.json.
@@ -114,19 +109,14 @@ def select(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = Non
     each target's top N, N = round(ratio * pool)). A stage that already has a selection made with
     another policy, budget or fusion is refused unless --overwrite.
     """
-    from cropi.curriculum.scoring import load_run_rollouts, phase_select, rescore
-
     setup_env(verbose)
-    cfg = build_config(config, set_, name=name, out_dir=out_dir, select__policy=policy,
+    cfg = resolve_config(config, set_, name=name, out_dir=out_dir, select__policy=policy,
                        select__ratio=ratio, score__fusion=fusion, score__scorer=scorer,
                        **data_flags(suite, pool, target, None))
-    run = open_run(cfg, overwrite)
-    run.check_stage(stage)
-    sets = load_run_rollouts(run)
-    rescore(run, stage, sets)  # another --scorer (with --overwrite): rescored from stored features
-    sel = phase_select(run, stage, sets["pool"])
-    finish_run(run)
-    print_selection(sel)
+    run = api.open_run(cfg, overwrite=overwrite)
+    sel = api.select_prompts(run, stage)  # another --scorer (with --overwrite): rescored from stored features
+    report_config_changes(run)
+    print_selection(sel.info)
 
 
 @app.command("eval")
@@ -142,25 +132,15 @@ def eval_cmd(config: ConfigArg = None, model: ModelOpt = None, suite: SuiteOpt =
     """Accuracy of a model (a folder, 'default', or a run's stage checkpoint folder) on test sets:
     greedy and mean@k sampled, per family and level."""
     from cropi.data.io import load_prompts
-    from cropi.data.sets import load_sets
-    from cropi.model.loading import load_model, load_tokenizer
-    from cropi.rollout.collect import make_policy
-    from cropi.train.evaluate import evaluate
     from cropi.utils.io import atomic_write_json
 
     setup_env(verbose)
-    cfg = build_config(config, set_, from_run=False, model__path=model, eval__greedy=greedy,
-                       eval__samples=samples, eval__max_items=max_items,
-                       eval__max_new_tokens=max_new_tokens, **data_flags(suite, None, None, test))
-    tests = ({n: load_prompts(p, cfg.data.converter) for n, p in cfg.data.tests.items()} if test
-             else load_sets(cfg.data).tests)
-    if not tests:
-        raise CropiError("no test set to evaluate on", field="data.tests",
-                         fix="give --test NAME=FILE or a built-in --suite")
-    tok = load_tokenizer(cfg.model.path)
-    policy = make_policy(load_model(cfg.model.path, "fp32", cfg.model.device), tok, cfg.rollout,
-                         cfg.model.system_prompt)
-    result = evaluate(policy, tests, cfg.eval)
+    cfg = resolve_config(config, set_, resume=False, model__path=model, eval__greedy=greedy,
+                         eval__samples=samples, eval__max_items=max_items,
+                         eval__max_new_tokens=max_new_tokens, **data_flags(suite, None, None, test))
+    tests = ({n: load_prompts(p, cfg.data.converter, cfg.data.max_prompt_chars) for n, p in cfg.data.tests.items()}
+             if test else None)
+    result = api.evaluate_model(cfg, tests)
     print_eval(result)
     if output:
         atomic_write_json(output, result)
@@ -173,7 +153,7 @@ def run_cmd(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = No
             model: ModelOpt = None, suite: SuiteOpt = None, pool: PoolOpt = None,
             target: TargetOpt = None, test: TestOpt = None, stages: StagesOpt = None,
             steps_per_stage: StepsOpt = None, eval_every: EvalEveryOpt = None,
-            policy: Annotated[Optional[str], typer.Option(help="selection policy [default: influence]")] = None,
+            policy: Annotated[Optional[str], typer.Option(help=f"selection policy: {names_help('select.policy')} [default: influence]")] = None,
             ratio: Annotated[Optional[float], typer.Option(help="fraction of the pool per stage [default: 0.10]")] = None,
             set_: SetOpt = None, overwrite: OverwriteOpt = False, verbose: VerboseOpt = False) -> None:
     """The method end to end: beta rollouts once, then per stage score, select, train (GRPO), evaluate.
@@ -183,26 +163,22 @@ def run_cmd(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = No
     same selections. Without test sets (a --pool of your own and no --test) evaluation is skipped.
     Ends with a report in RUN/report/.
     """
-    from cropi.curriculum.loop import run_curriculum
-    from cropi.report import build_report
-
     setup_env(verbose)
-    cfg = build_config(config, set_, name=name, out_dir=out_dir, model__path=model,
-                       curriculum__stages=stages, train__steps_per_stage=steps_per_stage,
-                       curriculum__eval_every=eval_every, select__policy=policy, select__ratio=ratio,
-                       **data_flags(suite, pool, target, test))
-    run = open_run(cfg, overwrite)
-    summary = run_curriculum(run)
-    finish_run(run)
-    report = build_report(run.dir.root)
+    cfg = resolve_config(config, set_, name=name, out_dir=out_dir, model__path=model,
+                         curriculum__stages=stages, train__steps_per_stage=steps_per_stage,
+                         curriculum__eval_every=eval_every, select__policy=policy, select__ratio=ratio,
+                         **data_flags(suite, pool, target, test))
+    run = api.open_run(cfg, overwrite=overwrite)
+    summary = api.run_curriculum(run, report=True)
+    report_config_changes(run)
     console.print(f"done in {summary['seconds'] / 60:.1f} min; final model {summary['final_model']}; "
-                  f"report {report / 'report.md'}")
+                  f"report {summary['report']}/report.md")
 
 
 @app.command()
 @user_errors
 def compare(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = None,
-            arms: Annotated[str, typer.Option(help="comma-separated arms: cropi, cropi-paper, full, random, learnability, pass-rate, oracle, influence-once (cropi-paper is skipped next to cropi when score.scorer is already paper)")] = "cropi,full,random,learnability",
+            arms: Annotated[str, typer.Option(help=f"comma-separated arms: {', '.join(arm_names())} (cropi-paper is skipped next to cropi when score.scorer is already paper)")] = "cropi,full,random,learnability",
             seeds: Annotated[str, typer.Option(help="comma-separated training seeds")] = "0,1",
             model: ModelOpt = None, suite: SuiteOpt = None, pool: PoolOpt = None,
             target: TargetOpt = None, test: TestOpt = None, stages: StagesOpt = None,
@@ -214,21 +190,18 @@ def compare(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = No
 
     Resumable: rerun the same command to continue; results are written as each run finishes.
     """
-    from cropi.curriculum.compare import run_compare
-    from cropi.report import build_report
-
     setup_env(verbose)
-    cfg = build_config(config, set_, name=name, out_dir=out_dir, model__path=model,
-                       curriculum__stages=stages, train__steps_per_stage=steps_per_stage,
-                       curriculum__eval_every=eval_every, select__ratio=ratio,
-                       **data_flags(suite, pool, target, test))
+    cfg = resolve_config(config, set_, name=name, out_dir=out_dir, model__path=model,
+                         curriculum__stages=stages, train__steps_per_stage=steps_per_stage,
+                         curriculum__eval_every=eval_every, select__ratio=ratio,
+                         **data_flags(suite, pool, target, test))
     arm_list = [a.strip() for a in arms.split(",") if a.strip()]
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         raise CropiError(f"--seeds {seeds!r} must be comma-separated integers") from None
-    root = run_compare(cfg, arm_list, seed_list, overwrite)
-    folder = build_report(root)
+    root = api.compare(cfg, arm_list, seed_list, overwrite=overwrite)
+    folder = root / "report"
     console.print(f"report: {folder / 'report.md'} and {folder / 'report.html'}")
 
 

@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from cropi.cli.app import app
-from cropi.cli.common import ConfigArg, SetOpt, build_config, config_reference, console, setup_env, user_errors
+from cropi import api
+from cropi.cli.common import ConfigArg, SetOpt, config_reference, console, resolve_config, setup_env, user_errors
 from cropi.utils.errors import CropiError
 
 
@@ -32,7 +33,7 @@ def config_cmd(config: ConfigArg = None, set_: SetOpt = None) -> None:
     """Print every config key with its default and help; with CONFIG, print the resolved config."""
     from cropi.config import dump_config
 
-    typer.echo(dump_config(build_config(config, set_, from_run=False)) if config or set_ else config_reference())
+    typer.echo(dump_config(resolve_config(config, set_, resume=False)) if config or set_ else config_reference())
 
 
 @app.command()
@@ -63,10 +64,8 @@ def report(run_dir: Annotated[str, typer.Argument(help="a run directory or a `cr
            out: Annotated[Optional[str], typer.Option(help="report folder [default: RUN_DIR/report]")] = None) -> None:
     """Markdown + self-contained HTML report with figures: accuracy vs step, acceleration table,
     selection composition, score and pass-rate histograms, stage overlap, time breakdown."""
-    from cropi.report import build_report
-
     setup_env()
-    folder = build_report(run_dir, out)
+    folder = api.write_report(run_dir, out)
     console.print(f"wrote {folder / 'report.md'} and {folder / 'report.html'}")
 
 
@@ -83,7 +82,7 @@ def export_verl(run_dir: Annotated[str, typer.Argument(help="a cropi run directo
     extra_info.cropi_id, so `CropiCurriculumSampler` (see docs/scaling.md) can serve each stage's
     selection from the pool file inside verl.
     """
-    from cropi.scale.verl import export_pool_verl, export_selection_verl, selection_stages
+    from cropi.integrations.verl import export_pool_verl, export_selection_verl, selection_stages
 
     setup_env()
     if pool:

@@ -1,5 +1,5 @@
-"""Shared CLI plumbing: option types, config assembly (stored run config < YAML < flags <
-``--set``), logging, error handling."""
+"""Shared CLI plumbing: option types, flags to :func:`cropi.api.make_config`, logging, error
+handling. Help texts that list names take them from the registries."""
 
 from __future__ import annotations
 
@@ -8,15 +8,14 @@ import functools
 import logging
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
 import typer
-import yaml
 from rich.console import Console
 
-from cropi.api import load_backends, merge_sections, set_dotted
-from cropi.config import RunConfig, from_dict, load_config, read_config_data, to_dict
+from cropi.api import make_config, parse_sets
+from cropi.config import RunConfig
+from cropi.curriculum.names import NAMED_FIELDS, field_names
 from cropi.utils.errors import CropiError
 
 console = Console()
@@ -38,14 +37,20 @@ TestOpt = Annotated[Optional[list[str]], typer.Option("--test", help="test set N
 StageOpt = Annotated[int, typer.Option(help="curriculum stage (0 = scored at the initial model)")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="recompute outputs whose spec differs instead of failing")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log at INFO level")]
-ScorerOpt = Annotated[Optional[str], typer.Option(help="scorer: paper, differential, centred, unitmean, knn, eb or source [default: paper]")]
+def names_help(dotted: str) -> str:
+    """``a, b or c``: the names a config field accepts, from its registry (for option help)."""
+    names = field_names(dotted)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+ScorerOpt = Annotated[Optional[str], typer.Option(help=f"scorer: {names_help('score.scorer')} [default: paper]")]
 StagesOpt = Annotated[Optional[int], typer.Option(help="number of curriculum stages [default: 2]")]
 StepsOpt = Annotated[Optional[int], typer.Option(help="GRPO steps per stage [default: 20]")]
 EvalEveryOpt = Annotated[Optional[int], typer.Option(help="evaluate every this many RL steps [default: 10]")]
 
 
 def setup_env(verbose: bool = False) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """Logging for a command (local models load without the hub in the library itself)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -75,55 +80,15 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _parse_sets(sets: list[str] | None) -> list[tuple[str, Any]]:
-    out = []
-    for item in sets or []:
-        if "=" not in item:
-            raise CropiError(f"--set {item!r} is not KEY=VALUE", fix="e.g. --set rollout.k_pool=4")
-        key, raw = item.split("=", 1)
-        out.append((key.strip(), yaml.safe_load(raw)))
-    return out
-
-
-def stored_config_path(config: str | None, sets: list[tuple[str, Any]], flags: dict[str, Any]) -> Path:
-    """Where the run these arguments name keeps its config: OUT_DIR/NAME/config.yaml."""
-    defaults = RunConfig()
-    user = read_config_data(config) if config else {}
-    given = {"name": user.get("name", defaults.name), "out_dir": user.get("out_dir", defaults.out_dir)}
-    for key in given:
-        if flags.get(key) is not None:
-            given[key] = flags[key]
-    for key, value in sets:
-        if key in given:
-            given[key] = value
-    return Path(str(given["out_dir"])) / str(given["name"]) / "config.yaml"
-
-
-def build_config(config: str | None, sets: list[str] | None = None, *, from_run: bool = True,
-                 **flags: Any) -> RunConfig:
-    """The resolved config of a command, lowest to highest precedence:
-
-    1. the run's stored ``config.yaml`` when ``from_run`` and OUT_DIR/NAME already holds a run,
-       else the defaults;
-    2. the keys the YAML file ``config`` names;
-    3. flags (dotted names with ``__`` for ``.``; ``None`` = not given, :data:`CLEAR` = set None);
-    4. ``--set key=value``.
-    """
-    parsed_sets = _parse_sets(sets)
-    if config:
-        load_config(config)  # validates the file on its own, with its path in any error
-    stored = stored_config_path(config, parsed_sets, flags) if from_run else None
-    data = to_dict(load_config(stored)) if stored is not None and stored.is_file() else to_dict(RunConfig())
-    if config:
-        data = merge_sections(data, read_config_data(config))
-    for dotted, value in flags.items():
-        if value is not None:
-            set_dotted(data, dotted.replace("__", "."), None if value is CLEAR else value)
-    for key, value in parsed_sets:
-        set_dotted(data, key, value)
-    cfg = from_dict(RunConfig, data)
-    load_backends(cfg)
-    return cfg
+def resolve_config(config: str | None, sets: list[str] | None = None, *, resume: bool = True,
+                   **flags: Any) -> RunConfig:
+    """The config of a command through :func:`cropi.api.make_config` (the one layering): the run's
+    stored ``config.yaml`` when ``resume`` and the run exists, the YAML file ``config``, then the
+    flags (dotted names with ``__`` for ``.``; ``None`` = not given, :data:`CLEAR` = set None),
+    then ``--set key=value``."""
+    given = [(dotted.replace("__", "."), None if value is CLEAR else value)
+             for dotted, value in flags.items() if value is not None]
+    return make_config(config, sets=given + parse_sets(sets), resume=resume)
 
 
 def parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
@@ -150,17 +115,10 @@ def data_flags(suite: str | None, pool: str | None, target: list[str] | None,
     return flags
 
 
-def open_run(cfg: RunConfig, overwrite: bool = False) -> Any:
-    from cropi.curriculum.phases import Run
-
-    return Run(cfg, overwrite=overwrite)
-
-
-def finish_run(run: Any) -> None:
-    """Record the config this command ran with (config.yaml + config.history.jsonl on a change)."""
-    changes = run.save_config()
-    if changes:
-        console.print(f"config.yaml updated ({', '.join(changes)}); earlier versions are in "
+def report_config_changes(run: Any) -> None:
+    """Say which fields of the run's config.yaml this command changed (earlier versions are kept)."""
+    if run.config_changes:
+        console.print(f"config.yaml updated ({', '.join(run.config_changes)}); earlier versions are in "
                       f"{run.dir.root / 'config.history.jsonl'}")
 
 
@@ -172,7 +130,9 @@ def config_reference() -> str:
         if dataclasses.is_dataclass(default):
             lines.append(f"{section.name}:")
             for f in dataclasses.fields(default):
-                lines.append(f"  {f.name}: {getattr(default, f.name)!r}  # {f.metadata.get('help', '')}")
+                dotted = f"{section.name}.{f.name}"
+                names = f" [one of: {names_help(dotted)}]" if dotted in NAMED_FIELDS else ""
+                lines.append(f"  {f.name}: {getattr(default, f.name)!r}  # {f.metadata.get('help', '')}{names}")
         else:
             lines.append(f"{section.name}: {default!r}  # {section.metadata.get('help', '')}")
     return "\n".join(lines)

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 import typer
 
 from cropi.cli.app import app
+from cropi import api
 from cropi.cli.common import (ModelOpt, OutOpt, OverwriteOpt, SetOpt, StagesOpt, StepsOpt, VerboseOpt,
-                              build_config, console, finish_run, open_run, setup_env, user_errors)
+                              console, report_config_changes, resolve_config, setup_env, user_errors)
 from cropi.cli.show import print_eval_curve, print_pass_rates, print_scores, print_selection
 
 # Sized for 2 CPU cores: the demo took 19.8 min on an idle 2-core machine (README, "Results").
@@ -29,25 +30,22 @@ def demo(name: Annotated[str, typer.Option(help="run name")] = "demo",
     """The main job on the embedded default: CROPI on SmolLM2-135M-Instruct and the default-small
     suite, 2 stages, then a report (about 20 min on 2 idle CPU cores); resumable: rerun to continue.
     """
-    from cropi.curriculum.loop import run_curriculum
-    from cropi.curriculum.scoring import load_run_rollouts
-    from cropi.report import build_report
+    from cropi.curriculum.phases import load_run_rollouts
     from cropi.select import read_selection
     from cropi.utils.io import read_jsonl
 
     setup_env(verbose)
     given = {"name": name, "out_dir": out_dir, "model.path": model, "data.suite": suite,
              "curriculum.stages": stages, "train.steps_per_stage": steps_per_stage}
-    cfg = build_config(None, set_, **{**DEMO_DEFAULTS, **{k: v for k, v in given.items() if v is not None}})
-    run = open_run(cfg, overwrite)
-    summary = run_curriculum(run)
-    finish_run(run)
+    cfg = resolve_config(None, set_, **{**DEMO_DEFAULTS, **{k: v for k, v in given.items() if v is not None}})
+    run = api.open_run(cfg, overwrite=overwrite)
+    summary = api.run_curriculum(run, report=True)
+    report_config_changes(run)
     print_pass_rates(load_run_rollouts(run))
     for m in range(cfg.curriculum.stages):
         if run.dir.scores(m).exists():
             print_scores(run, m)
         print_selection(read_selection(run.dir.selection(m)))
     print_eval_curve([r for r in read_jsonl(run.dir.root / "metrics.jsonl") if r.get("event") == "eval"])
-    report = build_report(run.dir.root)
-    console.print(f"[bold]done[/] in {summary['seconds'] / 60:.1f} min. Report: {report / 'report.html'}"
+    console.print(f"[bold]done[/] in {summary['seconds'] / 60:.1f} min. Report: {summary['report']}/report.html"
                   f" (and report.md); run directory {run.dir.root}")

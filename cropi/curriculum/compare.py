@@ -4,11 +4,11 @@ Layout: CMP/compare.json, CMP/rollouts/ (beta's rollouts, shared by every arm),
 CMP/arms/<arm>/seed_<s>/ (one run directory each), CMP/report/. Seeds are the outer loop so
 partial results already cover every arm; each arm run resumes like `cropi run`.
 
-Arms (:data:`ARM_POLICY`): ``cropi`` (influence with the configured ``score.scorer``),
-``cropi-paper`` (influence with the paper's scorer, ``score.scorer=paper``), ``influence-once``
-(stage 0's influence selection at every stage), ``full`` (the baseline), ``random``,
-``learnability``, ``pass-rate`` and ``oracle`` (the pool prompts of the target sets' own families,
-docs/acceleration.md#the-oracle-arm).
+Arms (:func:`cropi.curriculum.names.get_arm`): ``cropi`` (influence with the configured
+``score.scorer``), ``cropi-paper`` (influence with the paper's scorer, ``score.scorer=paper``),
+``influence-once`` (stage 0's influence selection at every stage), and every registered selection
+policy under its own name: ``full`` (the baseline), ``random``, ``learnability``, ``pass-rate`` and
+``oracle`` (the pool prompts of the target sets' own families, docs/acceleration.md#the-oracle-arm).
 """
 
 from __future__ import annotations
@@ -22,29 +22,24 @@ from pathlib import Path
 
 from cropi.config import RunConfig
 from cropi.curriculum.loop import run_curriculum
+from cropi.curriculum.names import get_arm
 from cropi.curriculum.phases import Run, phase_rollouts
-from cropi.utils.errors import CropiError
+from cropi.select import policy_fact
 from cropi.utils.io import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
-ARM_POLICY = {"cropi": "influence", "cropi-paper": "influence", "influence-once": "influence",
-              "full": "full", "random": "random", "learnability": "learnability",
-              "pass-rate": "pass-rate", "oracle": "oracle"}
-ARM_SCORER = {"cropi-paper": "paper"}
-"""Arms whose scorer is fixed whatever ``score.scorer`` says."""
 BASELINE = "full"
 
 
 def arm_config(cfg: RunConfig, arm: str, seed: int) -> RunConfig:
-    if arm not in ARM_POLICY:
-        raise CropiError(f"unknown arm {arm!r}", field="--arms", fix=f"use {', '.join(ARM_POLICY)}")
+    spec = get_arm(arm)
     score = cfg.score
-    if arm in ARM_SCORER:
-        score = dataclasses.replace(cfg.score, scorer=ARM_SCORER[arm], scorer_options={})
+    if spec.scorer is not None:
+        score = dataclasses.replace(cfg.score, scorer=spec.scorer, scorer_options={})
     return dataclasses.replace(
-        cfg, seed=seed, score=score,
-        select=dataclasses.replace(cfg.select, policy=ARM_POLICY[arm], seed=seed),
+        cfg, score=score,
+        select=dataclasses.replace(cfg.select, policy=spec.policy, seed=seed),
         train=dataclasses.replace(cfg.train, seed=seed),
     )
 
@@ -53,8 +48,10 @@ def redundant_arms(cfg: RunConfig, arms: Sequence[str]) -> dict[str, str]:
     """Arms that would repeat another arm of ``arms`` exactly: ``cropi-paper`` is ``cropi`` when the
     configured scorer already is the paper's (same selections, same training). Maps arm -> twin."""
     out = {}
-    for arm, scorer in ARM_SCORER.items():
-        if arm in arms and "cropi" in arms and cfg.score.scorer == scorer and not cfg.score.scorer_options:
+    for arm in arms:
+        spec = get_arm(arm)
+        if (spec.scorer is not None and spec.policy == "influence" and "cropi" in arms
+                and cfg.score.scorer == spec.scorer and not cfg.score.scorer_options):
             out[arm] = "cropi"
     return out
 
@@ -93,9 +90,9 @@ def run_compare(cfg: RunConfig, arms: Sequence[str], seeds: Sequence[int],
             run = Run(arm_config(cfg, arm, seed), overwrite=overwrite,
                       root=root / "arms" / arm / f"seed_{seed}", rollouts_root=root / "rollouts")
             log.info("compare: arm %s seed %d -> %s", arm, seed, run.dir.root)
-            if ARM_POLICY[arm] == "influence" and not overwrite:
+            if policy_fact(run.cfg.select.policy, "needs_scores") and not overwrite:
                 reuse_stage0_features(root, run.dir.stage(0) / "features")
-            run_curriculum(run, arm)
+            run_curriculum(run, once=get_arm(arm).once)
             run.save_config()
     return root
 

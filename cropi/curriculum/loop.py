@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from cropi.curriculum.phases import Run, phase_rollouts
-from cropi.curriculum.scoring import SCORED_POLICIES, phase_score, phase_select
+from cropi.curriculum.score_phase import phase_score
+from cropi.curriculum.select_phase import phase_select
 from cropi.data.io import dataset_fingerprint
 from cropi.data.schema import PromptRecord
 from cropi.rollout.collect import make_policy
 from cropi.rollout.store import PromptRollouts
-from cropi.select import read_selection, write_selection
-from cropi.train.evaluate import evaluate, write_item_results
+from cropi.select import policy_fact, read_selection, write_selection
+from cropi.evaluation import evaluate, write_item_results
 from cropi.utils.errors import CropiError
 from cropi.utils.hashing import fingerprint
 from cropi.utils.io import atomic_write_json, read_json
@@ -133,28 +134,30 @@ def phase_train(run: Run, stage: int, ids: list[str]) -> None:
 
 
 def phase_stage_selection(run: Run, stage: int, sets: dict[str, list[PromptRollouts]],
-                          arm: str | None = None) -> list[str]:
-    """Score (when the policy needs it) and select; ``influence-once`` reuses stage 0's subset."""
+                          once: bool = False) -> list[str]:
+    """Score (when the policy needs it) and select; ``once``: stage 0's subset at every later
+    stage, without re-scoring (the ``influence-once`` arm)."""
     policy = run.cfg.select.policy
-    if arm == "influence-once" and stage > 0:
+    if once and stage > 0:
         if not run.dir.done(stage, "selected"):
             first = read_selection(run.dir.selection(0))
-            write_selection(run.dir.selection(stage), "influence-once", first["budget"], first["ids"],
-                            first["stats"])
-            run.dir.mark(stage, "selected", policy="influence-once", n=len(first["ids"]))
+            label = f"{policy}-once"
+            write_selection(run.dir.selection(stage), label, first["budget"], first["ids"], first["stats"])
+            run.dir.mark(stage, "selected", policy=label, n=len(first["ids"]))
         return read_selection(run.dir.selection(stage))["ids"]
-    if policy in SCORED_POLICIES:
+    if policy_fact(policy, "needs_scores"):
         phase_score(run, stage, sets)
     return phase_select(run, stage, sets["pool"])["ids"]
 
 
-def run_curriculum(run: Run, arm: str | None = None) -> dict[str, Any]:
-    """All stages of one run (one arm, one seed). Returns a small summary."""
+def run_curriculum(run: Run, once: bool = False) -> dict[str, Any]:
+    """All stages of one run (one arm, one seed); ``once``: stage 0's selection at every stage.
+    Returns a small summary."""
     t0 = time.perf_counter()
     sets = phase_rollouts(run)
     phase_eval_initial(run)
     for stage in range(run.cfg.curriculum.stages):
-        ids = phase_stage_selection(run, stage, sets, arm)
+        ids = phase_stage_selection(run, stage, sets, once)
         phase_train(run, stage, ids)
         run.dir.mark(stage, "evaluated")
     return {"run_dir": str(run.dir.root), "seconds": time.perf_counter() - t0,

@@ -6,6 +6,7 @@ atomically and marks itself in the stage's ``state.json`` last, so a killed run 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from cropi.config import RunConfig
+from cropi.curriculum.names import check_names
 from cropi.curriculum.rundir import RunDir
 from cropi.data.io import dataset_fingerprint
 from cropi.data.sets import DataSets, load_sets
@@ -36,7 +38,13 @@ class Run:
     overwrite: bool = False
     root: Path | None = None  # default: cfg.out_dir / cfg.name
     rollouts_root: Path | None = None  # default: ROOT/rollouts
-    _policies: dict[str, Policy] = field(default_factory=dict)
+    sets: DataSets | None = None  # default: loaded from cfg.data on first use
+    _policies: dict[str, Policy] = field(default_factory=dict, init=False, repr=False)
+    config_changes: list[str] = field(default_factory=list, init=False, repr=False)
+    """Fields :meth:`save_config` changed in the stored config.yaml (for the CLI to report)."""
+
+    def __post_init__(self) -> None:
+        check_names(self.cfg)
 
     @cached_property
     def dir(self) -> RunDir:
@@ -45,12 +53,22 @@ class Run:
         return RunDir(self.root or self.cfg.run_dir, self.rollouts_root, self.cfg.curriculum.tensorboard)
 
     def save_config(self) -> list[str]:
-        """Record this command's config after it succeeded (see :meth:`RunDir.write_config`)."""
-        return self.dir.write_config(self.cfg)
+        """Record this command's config after it succeeded (see :meth:`RunDir.write_config`);
+        returns the fields that changed (also kept in :attr:`config_changes`)."""
+        changes = self.dir.write_config(self.cfg)
+        self.config_changes.extend(c for c in changes if c not in self.config_changes)
+        return changes
 
-    @cached_property
+    @property
     def data(self) -> DataSets:
-        return load_sets(self.cfg.data)
+        """The run's prompt sets: the ones given (``sets``), else those ``cfg.data`` names (loaded once)."""
+        if self.sets is None:
+            self.sets = load_sets(self.cfg.data)
+        return self.sets
+
+    def with_config(self, cfg: RunConfig) -> Run:
+        """The same run directory, shared rollouts and data under another config (no models kept)."""
+        return dataclasses.replace(self, cfg=cfg)
 
     @property
     def device(self) -> str:
@@ -79,10 +97,7 @@ class Run:
     def policy(self, path: str) -> Policy:
         if path not in self._policies:
             self.release_policies()  # keep one model in memory
-            tok = load_tokenizer(path)
-            model = load_model(path, "fp32", self.device)
-            self._policies[path] = make_policy(model, tok, self.cfg.rollout, self.cfg.model.system_prompt,
-                                               model_path=path)
+            self._policies[path] = load_policy(path, self.cfg)
         return self._policies[path]
 
     def release_policies(self) -> None:
@@ -95,6 +110,14 @@ class Run:
 
     def base_spec(self, model_path: str) -> dict[str, Any]:
         return {"model": model_fingerprint(model_path), "system_prompt": self.cfg.model.system_prompt}
+
+
+def load_policy(path: str, cfg: RunConfig) -> Policy:
+    """The model at ``path`` (fp32, on ``model.device``) with its tokenizer and the sampler of
+    ``rollout.backend``: what every phase and ``cropi eval`` sample and score with."""
+    model = load_model(path, "fp32", resolve_device(cfg.model.device))
+    return make_policy(model, load_tokenizer(path), cfg.rollout, cfg.model.system_prompt,
+                       model_path=resolve_model_path(path))
 
 
 def phase_rollouts(run: Run) -> dict[str, list[PromptRollouts]]:
@@ -130,3 +153,9 @@ def family_pass_rates(items: list[PromptRollouts]) -> dict[str, dict[str, float]
                 "zero_grad": float(np.mean([i.zero_grad for i in v]))}
             for f, v in sorted(fam.items())}
 
+
+def load_run_rollouts(run: Run) -> dict[str, list[PromptRollouts]]:
+    out = {"pool": load_rollouts(run.dir.rollouts("pool"))}
+    for n in run.data.targets:
+        out[f"targets/{n}"] = load_rollouts(run.dir.rollouts(f"targets/{n}"))
+    return out

@@ -2,7 +2,7 @@
 
 - ``verl``:  verl RL parquet rows (``prompt`` messages, ``reward_model.ground_truth``,
              ``data_source``, optional ``extra_info.index``); rows written by
-             :func:`cropi.scale.verl.export_selection_verl` keep their cropi id, source, level and
+             :func:`cropi.integrations.verl.export_selection_verl` keep their cropi id, source, level and
              meta in ``extra_info.cropi_*``
 - ``gsm8k``: GSM8K rows (``question``, ``answer`` ending with ``#### 42``)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cropi.data.converters import detect_converter, get_converter
-from cropi.data.schema import PromptRecord, check_unique_ids, validate_record
+from cropi.data.schema import MAX_PROMPT_CHARS, PromptRecord, check_unique_ids, validate_record
 from cropi.utils.errors import CropiError
 from cropi.utils.hashing import fingerprint
 from cropi.utils.io import atomic_path
@@ -190,8 +190,9 @@ def _column_converter(spec: HFDatasetSpec) -> Any:
     return convert
 
 
-def load_prompts(path: str | Path, converter: str = "auto") -> list[PromptRecord]:
-    """Load and validate a prompt set. ``converter``: auto, cropi, verl or gsm8k.
+def load_prompts(path: str | Path, converter: str = "auto", max_chars: int = MAX_PROMPT_CHARS) -> list[PromptRecord]:
+    """Load and validate a prompt set. ``converter``: auto, cropi, verl or gsm8k; a prompt over
+    ``max_chars`` characters is refused (``data.max_prompt_chars``).
 
     ``path``: a .jsonl/.parquet file, a saved HF dataset folder, or a Hugging Face dataset by name
     ``hf:NAME[:CONFIG[:SPLIT]][?FIELD=COLUMN&...]`` (a column map replaces the converter).
@@ -217,7 +218,7 @@ def load_prompts(path: str | Path, converter: str = "auto") -> list[PromptRecord
         if conv_name is None:
             conv_name = detect_converter(raw)
         conv = column_conv or get_converter(conv_name)
-        records.append(validate_record(conv(raw, row, str(path)), file=str(path), row=row))
+        records.append(validate_record(conv(raw, row, str(path)), file=str(path), row=row, max_chars=max_chars))
     if not records:
         raise CropiError("holds no records", file=path, fix="give at least one prompt")
     check_unique_ids(records, file=str(path))

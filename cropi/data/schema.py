@@ -10,15 +10,13 @@ A record has:
 - ``level``   difficulty label (optional, string)
 - ``meta``    free-form JSON object; ``meta["verifier"]`` names the verifier (default ``math``)
 
-A prompt longer than :func:`max_prompt_chars` characters (all messages together; default
-:data:`MAX_PROMPT_CHARS`, changed with the environment variable ``CROPI_MAX_PROMPT_CHARS``) is
-refused at load time, before any model work. The model's own token limit is checked once its
+A prompt longer than ``max_chars`` characters (all messages together; default
+:data:`MAX_PROMPT_CHARS`, the config key ``data.max_prompt_chars``) is refused at load time, before any model work. The model's own token limit is checked once its
 tokenizer is loaded (``cropi.model.limits``).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,24 +28,6 @@ Messages = list[dict[str, str]]
 MAX_PROMPT_CHARS = 100_000
 """Default limit on a prompt's characters (all messages). About 25k tokens of English: far more
 than any context a verifiable-reward prompt needs, far less than what exhausts memory."""
-MAX_PROMPT_CHARS_ENV = "CROPI_MAX_PROMPT_CHARS"
-
-
-def max_prompt_chars() -> int:
-    """The prompt length limit in characters: ``$CROPI_MAX_PROMPT_CHARS`` or :data:`MAX_PROMPT_CHARS`."""
-    raw = os.environ.get(MAX_PROMPT_CHARS_ENV, "").strip()
-    if not raw:
-        return MAX_PROMPT_CHARS
-    try:
-        value = int(raw.replace("_", ""))
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise CropiError(f"{MAX_PROMPT_CHARS_ENV}={raw!r} must be a positive integer",
-                         fix=f"e.g. {MAX_PROMPT_CHARS_ENV}=200000, or unset it for {MAX_PROMPT_CHARS}")
-    return value
-
-
 @dataclass(frozen=True)
 class PromptRecord:
     id: str
@@ -80,12 +60,12 @@ def _where(file: str | None, row: int | None, field_name: str) -> dict[str, Any]
     return {"file": file, "row": row, "field": field_name}
 
 
-def _messages(value: Any, file: str | None, row: int | None) -> Messages:
+def _messages(value: Any, file: str | None, row: int | None, max_chars: int) -> Messages:
     if isinstance(value, str):
         if not value.strip():
             raise CropiError("is empty", **_where(file, row, "prompt"), fix="give the question text")
         out = [{"role": "user", "content": value}]
-        _check_length(out, file, row)
+        _check_length(out, file, row, max_chars)
         return out
     if hasattr(value, "tolist"):  # numpy arrays from Parquet
         value = value.tolist()
@@ -117,22 +97,23 @@ def _messages(value: Any, file: str | None, row: int | None) -> Messages:
             "the last message must have role 'user'", **_where(file, row, "prompt"),
             fix="the model answers the last user message",
         )
-    _check_length(out, file, row)
+    _check_length(out, file, row, max_chars)
     return out
 
 
-def _check_length(messages: Messages, file: str | None, row: int | None) -> None:
-    limit = max_prompt_chars()
+def _check_length(messages: Messages, file: str | None, row: int | None, limit: int) -> None:
     n = sum(len(m["content"]) for m in messages)
     if n > limit:
         raise CropiError(
             f"is {n:,} characters long, over the limit of {limit:,}", **_where(file, row, "prompt"),
-            fix=f"shorten or drop this prompt, or raise the limit with {MAX_PROMPT_CHARS_ENV}={n}",
+            fix=f"shorten or drop this prompt, or raise the limit with --set data.max_prompt_chars={n}",
         )
 
 
-def validate_record(raw: Any, *, file: str | None = None, row: int | None = None) -> PromptRecord:
-    """Turn one raw mapping into a :class:`PromptRecord` or raise a one-line :class:`CropiError`."""
+def validate_record(raw: Any, *, file: str | None = None, row: int | None = None,
+                    max_chars: int = MAX_PROMPT_CHARS) -> PromptRecord:
+    """Turn one raw mapping into a :class:`PromptRecord` or raise a one-line :class:`CropiError`
+    (a prompt over ``max_chars`` characters too)."""
     if not isinstance(raw, dict):
         raise CropiError(
             f"expected a JSON object, got {type(raw).__name__}", file=file, row=row,
@@ -169,7 +150,7 @@ def validate_record(raw: Any, *, file: str | None = None, row: int | None = None
         raise CropiError("must be a JSON object", **_where(file, row, "meta"))
     return PromptRecord(
         id=str(rid).strip(),
-        prompt=_messages(raw["prompt"], file, row),
+        prompt=_messages(raw["prompt"], file, row, max_chars),
         answer=str(answer).strip(),
         source=source.strip(),
         level=None if level is None else str(level),

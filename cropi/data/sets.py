@@ -33,11 +33,11 @@ def load_sets(cfg: DataConfig) -> DataSets:
         suite = build_suite(cfg.suite, cfg.seed)
         pool, targets, tests = suite.pool, dict(suite.targets), dict(suite.tests)
     if cfg.pool:
-        pool = load_prompts(cfg.pool, cfg.converter)
+        pool = load_prompts(cfg.pool, cfg.converter, cfg.max_prompt_chars)
     if cfg.targets:
-        targets = {n: load_prompts(p, cfg.converter) for n, p in cfg.targets.items()}
+        targets = {n: load_prompts(p, cfg.converter, cfg.max_prompt_chars) for n, p in cfg.targets.items()}
     if cfg.tests:
-        tests = {n: load_prompts(p, cfg.converter) for n, p in cfg.tests.items()}
+        tests = {n: load_prompts(p, cfg.converter, cfg.max_prompt_chars) for n, p in cfg.tests.items()}
     if not targets:
         raise CropiError("no target (validation) set", field="data.targets",
                          fix="give at least one target file, e.g. --target gsm8k=val.jsonl")

@@ -142,7 +142,7 @@ def prepare_scoring(model: torch.nn.Module, gradient: GradientConfig,
     params = select_params(model, gradient)
     cache = int(projection.cache_gb * 2**30)
     if projection.kind == "factorized":
-        from cropi.influence.projection_factorized import FactorizedProjector
+        from cropi.influence.projection.factorized import FactorizedProjector
 
         projector: Projector = FactorizedProjector.from_model(
             model, projection, params=list(zip(params.names, params.params)), cache_bytes=cache)

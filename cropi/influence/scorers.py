@@ -31,6 +31,7 @@ import numpy as np
 
 from cropi.influence.scores import cosine_scores
 from cropi.utils.errors import CropiError
+from cropi.utils.registry import Registry
 
 Scores = dict[str, np.ndarray]
 _CHUNK = 512
@@ -362,11 +363,12 @@ def sequence_logw(logp_theta: Sequence[np.ndarray], logp_beta: Sequence[np.ndarr
 
 
 # --------------------------------------------------------------------------------- registry
-SCORERS: dict[str, Callable[..., Scores]] = {
-    "paper": paper, "differential": differential, "centred": centred, "unitmean": unitmean,
-    "knn": knn, "eb": eb, "source": source,
-}
+SCORERS: Registry[Callable[..., Scores]] = Registry("scorer")
 """Scorer names (``score.scorer``) and their functions."""
+for _name, _fn in (("paper", paper), ("differential", differential), ("centred", centred),
+                   ("unitmean", unitmean), ("knn", knn), ("eb", eb), ("source", source)):
+    SCORERS.register(_name, _fn)
+del _name, _fn
 
 CONTEXT = ("target_feats", "n_correct", "n_responses", "sources")
 """Per-run data a scorer may need besides the features; :func:`score` passes each scorer only
@@ -381,10 +383,7 @@ def score(name: str, pool_feats: np.ndarray, zero_grad: np.ndarray | None,
     ``sources``; silently dropped when the scorer does not use them) and the scorer's options
     (e.g. ``reduce``, ``unit``, ``base``, ``neighbours``, ``lam``; an unknown option is an error).
     """
-    if name not in SCORERS:
-        raise CropiError(f"unknown scorer {name!r}", field="score.scorer",
-                         fix=f"use one of {', '.join(SCORERS)}")
-    fn = SCORERS[name]
+    fn = SCORERS.get(name, field="score.scorer")
     params = inspect.signature(fn).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     call = {}

@@ -17,7 +17,7 @@ generation batches, in TRL's ``RepeatSampler`` layout (:class:`~cropi.train.grpo
 and the Trainer opens a new dataloader iterator for each epoch only after the previous epoch's
 last optimizer step. The sampler's ``__iter__`` then reads ``trainer.state.global_step``
 (= stage x steps_per_stage), scores and selects that stage (cropi's own
-:func:`~cropi.curriculum.scoring.phase_score` and :func:`~cropi.curriculum.scoring.phase_select`
+:func:`~cropi.curriculum.score_phase.phase_score` and :func:`~cropi.curriculum.select_phase.phase_select`
 on the run directory, with the live model), and yields that selection only.
 
 Resuming: ``trainer.train(resume_from_checkpoint=...)`` restores ``global_step``; the stage's
@@ -43,12 +43,13 @@ from torch.utils.data import Sampler
 from cropi.api import open_run
 from cropi.config import GradientConfig, RunConfig
 from cropi.curriculum.phases import Run, phase_rollouts
-from cropi.curriculum.scoring import SCORED_POLICIES, phase_score, phase_select
+from cropi.curriculum.score_phase import phase_score
+from cropi.curriculum.select_phase import phase_select
 from cropi.data.schema import PromptRecord
 from cropi.model.fingerprint import model_fingerprint
 from cropi.rollout.collect import Policy, make_policy
 from cropi.rollout.store import PromptRollouts
-from cropi.select import get_policy
+from cropi.select import get_policy, policy_fact
 from cropi.train.grpo import make_reward_fn, stage_dataset
 from cropi.train.grpo_sampler import StageSampler
 from cropi.utils.errors import CropiError
@@ -221,7 +222,7 @@ class CropiCurriculum:
         if trainer.accelerator.num_processes != 1:
             raise CropiError(f"the trainer runs {trainer.accelerator.num_processes} processes",
                              fix="cropi.integrations.trl is single-process; on clusters use verl with "
-                                 "cropi.scale.verl_sampler.CropiCurriculumSampler")
+                                 "cropi.integrations.verl_sampler.CropiCurriculumSampler")
         dataset = trainer.train_dataset
         if dataset is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "column_names"):
             raise CropiError("the trainer has no map-style datasets.Dataset to sample from",
@@ -247,9 +248,7 @@ class CropiCurriculum:
         cfg = dataclasses.replace(cfg, gradient=gradient,
                                   curriculum=dataclasses.replace(cfg.curriculum, stages=stages),
                                   train=dataclasses.replace(cfg.train, steps_per_stage=self.steps_per_stage))
-        data = self.run.data
-        self.run = Run(cfg, overwrite=self.run.overwrite, root=self.run.dir.root)
-        self.run.__dict__["data"] = data
+        self.run = self.run.with_config(cfg)
         self._rollouts = phase_rollouts(self.run)  # beta = model.path; loads when already sampled
         self.run.release_policies()
         self.run.save_config()
@@ -300,10 +299,8 @@ class CropiCurriculum:
         live = _LiveRun(run.cfg, overwrite=run.overwrite, root=run.dir.root,
                         live_model=model, live_tokenizer=self.trainer.processing_class,
                         live_step=int(self.trainer.state.global_step),
-                        beta_fingerprint=model_fingerprint(run.model_path(0)))
-        live.__dict__["data"] = run.data
-        needs_scores = self.policy in SCORED_POLICIES or getattr(get_policy(self.policy), "needs_scores", False)
-        if needs_scores:
+                        beta_fingerprint=model_fingerprint(run.model_path(0)), sets=run.data)
+        if policy_fact(self.policy, "needs_scores"):
             with _scoring_mode(model):
                 phase_score(live, stage, self._rollouts)
         ids = list(phase_select(live, stage, self._rollouts["pool"], policy=self.policy)["ids"])

@@ -61,8 +61,9 @@ def ensure_default_model() -> Path:
 
     gguf = default_gguf_path()
     log.info("converting %s to a safetensors cache at %s (once, ~15 s)", gguf.name, out)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                 local_files_only=True)
     # GGUF-loaded models refuse save_pretrained; the weights are already dequantized fp32.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -87,7 +88,7 @@ def default_tokenizer_dir() -> Path:
     from transformers import AutoTokenizer
 
     gguf = default_gguf_path()
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tok.save_pretrained(str(tmp))
@@ -113,11 +114,17 @@ def resolve_model_path(path: str) -> str:
     raise CropiError("does not exist", file=path, fix="pass a model folder, 'default' or a hub id")
 
 
+def is_local(folder: str) -> bool:
+    """A model folder on disk: loaded without asking the hub anything (no network, whatever
+    ``HF_HUB_OFFLINE`` says); hub ids (``org/name``) still resolve through the hub."""
+    return Path(folder).is_dir()
+
+
 def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
     folder = str(default_tokenizer_dir()) if path in DEFAULT_ALIASES else resolve_model_path(path)
-    tok = AutoTokenizer.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=is_local(folder))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -129,7 +136,8 @@ def load_model(path: str, dtype: str = "fp32", device: str = "cpu") -> Any:
     from transformers import AutoModelForCausalLM
 
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(path), dtype=torch_dtype)
+    folder = resolve_model_path(path)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, local_files_only=is_local(folder))
     return model.to(resolve_device(device)).eval()
 
 

@@ -47,12 +47,6 @@ per (test set, item, mode): ``set`` (test set name, e.g. ``targeted/chain``), ``
 optionally, ``strict`` (share of the item's completions whose final answer has the strict form) and
 ``answer`` (the extracted answer of the first completion)."""
 _ITEM_RE = re.compile(r"^step_(\d+)\.parquet$")
-ROLLOUT_SETS: dict[str, tuple[str, ...]] = {
-    "influence": ("pool", "targets"), "influence-once": ("pool", "targets"),
-    "learnability": ("pool",), "pass-rate": ("pool",), "oracle": ("pool",),
-    "random": (), "full": ()}
-"""Which of beta's rollouts a selection policy needs (pool pass rates, target gradients): the
-wall-clock axis charges their sampling time to the arms that use them (:func:`work_clock`)."""
 _SEED_RE = re.compile(r"^seed_(-?\d+)$")
 
 

@@ -60,8 +60,9 @@ import yaml
 from scipy import stats as sps
 
 from cropi.report.acceleration import SMOOTHING_METHODS, TOLERANCE
-from cropi.report.runs import (ROLLOUT_SETS, Comparison, RunData, rollout_seconds,
+from cropi.report.runs import (Comparison, RunData, rollout_seconds,
                                stage_score_seconds, work_clock)
+from cropi.select import policy_fact
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +290,7 @@ def comparison_panel(cmp: Comparison, key: str = "targeted") -> Panel | None:
     steps every run evaluated, and per-item results when every run has them for those steps
     (otherwise one pseudo-item per run, seeds only, said in ``note``). The clock is
     :func:`cropi.report.runs.work_clock` with beta's rollouts charged to the arms whose policy uses
-    them (:data:`cropi.report.runs.ROLLOUT_SETS`) and stage 0's scoring charged to every influence
+    them (the policy's ``rollout_sets``: pool pass rates, target gradients) and stage 0's scoring charged to every influence
     run. None without a baseline or a common seed/step."""
     if cmp.baseline is None or cmp.single_run:
         return None
@@ -371,13 +372,13 @@ def _clocks(cmp: Comparison, runs: list[list[RunData]], steps: np.ndarray,
     k = {"pool": int(rollout.get("k_pool", 1)), "targets": int(rollout.get("k_target", 1))} \
         if rollout else None
     floor = max((stage_score_seconds(r.records).get(0, 0.0) for row in runs for r in row
-                 if r.policy in ("influence", "influence-once")), default=0.0)
+                 if policy_fact(r.policy or "", "needs_scores")), default=0.0)
     out = np.full((len(runs), len(runs[0]), steps.size), np.nan)
     for a, row in enumerate(runs):
         for s, run in enumerate(row):
-            sets = ROLLOUT_SETS.get(run.policy or "", ())
+            sets = policy_fact(run.policy or "", "rollout_sets")
             setup = rollout_seconds(cmp.records + run.records, sets, k)
-            score_floor = {0: floor} if run.policy in ("influence", "influence-once") else None
+            score_floor = {0: floor} if policy_fact(run.policy or "", "needs_scores") else None
             clock = work_clock(run.records, setup, score_floor)
             out[a, s] = [clock.get(int(t), np.nan) for t in steps]
     if np.isnan(out).any():

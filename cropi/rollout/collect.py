@@ -75,9 +75,16 @@ def make_policy(model: torch.nn.Module, tokenizer: Any, cfg: RolloutConfig,
     if cfg.backend != "hf":
         log.warning("rollout.backend=%s needs the model's folder; this in-memory model is "
                     "sampled with hf", cfg.backend)
+    return Policy(tokenizer, model, hf_sampler(model, tokenizer, cfg, fast=fast), system_prompt)
+
+
+def hf_sampler(model: torch.nn.Module, tokenizer: Any, cfg: RolloutConfig, model_path: str | None = None,
+               fast: bool = True) -> HFSampler:
+    """``rollout.backend = "hf"``: cropi's decode loop on a bf16 copy of ``model`` (unless
+    ``rollout.dtype == "fp32"``); ``fast=False``: transformers ``generate``."""
     dtype = generation_dtype(cfg.dtype)
     gen_model = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
-    return Policy(tokenizer, model, HFSampler(gen_model.eval(), tokenizer, fast=fast), system_prompt)
+    return HFSampler(gen_model.eval(), tokenizer, fast=fast)
 
 
 def _rows_for_chunk(policy: Policy, records: Sequence[PromptRecord], k: int, cfg: RolloutConfig,

@@ -19,6 +19,7 @@ import torch
 
 from cropi.config import RolloutConfig
 from cropi.model.logprobs import cache_kw, new_cache
+from cropi.rollout.backends import SAMPLERS
 from cropi.utils.errors import CropiError
 
 
@@ -48,25 +49,16 @@ def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
 SamplerFactory = Callable[[torch.nn.Module, Any, RolloutConfig, str], Sampler]
 """``(fp32 model, tokenizer, cfg, model folder holding the same weights) -> Sampler``."""
 
-_SAMPLERS: dict[str, SamplerFactory] = {}
-
-
 def register_sampler(backend: str, factory: SamplerFactory) -> None:
-    """Register a ``rollout.backend``; duplicate names are rejected."""
-    if backend in _SAMPLERS:
-        raise ValueError(f"sampler backend {backend!r} is already registered")
-    _SAMPLERS[backend] = factory
+    """Register a ``rollout.backend`` (:data:`cropi.rollout.backends.SAMPLERS`); duplicate names
+    are rejected."""
+    SAMPLERS.register(backend, factory)
 
 
 def make_sampler(backend: str, model: torch.nn.Module, tokenizer: Any, cfg: RolloutConfig,
                  model_path: str) -> Sampler:
-    """The registered sampler of ``backend`` (not ``hf``: see ``cropi.rollout.collect``)."""
-    factory = _SAMPLERS.get(backend)
-    if factory is None:
-        raise CropiError(f"the {backend!r} rollout backend is not loaded", field="rollout.backend",
-                         fix=f"import cropi.scale.{backend} first (the cropi CLI does), "
-                             "or use rollout.backend=hf")
-    return factory(model, tokenizer, cfg, model_path)
+    """The registered sampler of ``backend`` for ``model`` (loaded from ``model_path``)."""
+    return SAMPLERS.get(backend, field="rollout.backend")(model, tokenizer, cfg, model_path)
 
 
 def _pick(logits: torch.Tensor, greedy: bool, temperature: float, top_p: float,

@@ -9,8 +9,8 @@ A shard store is resumable, so a task whose worker dies is retried by Ray (``MAX
 continues where its store stopped; the other shards are not touched. A driver that dies resumes
 the same way when rerun with the same number of workers. Workers read nothing from disk but the
 model; they write their shard stores under ``RUN/stages/stage_NNN/shards/`` (on a cluster, the
-run directory must be on a filesystem every node sees). Importing this module registers the
-backend.
+run directory must be on a filesystem every node sees). The backend is registered (lazily, by
+name) in :data:`cropi.curriculum.names.SCORE_BACKENDS`.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cropi.config import RunConfig, ScoreConfig
 from cropi.curriculum.phases import Run
-from cropi.curriculum.scoring import register_score_backend, store_spec
+from cropi.curriculum.score_phase import store_spec
 from cropi.influence.features import FeatureStore, merge_stores, shard_ids
 from cropi.influence.pipeline import Timings, add_timings, compute_features, prepare_scoring
 from cropi.rollout.store import PromptRollouts
@@ -36,8 +37,6 @@ from cropi.utils.progress import track
 log = logging.getLogger(__name__)
 
 MAX_RETRIES = 3
-FAULT_ENV = "CROPI_FAULT_KILL_SHARD"
-"""Fault injection for tests: ``"I:J"`` makes shard I's worker exit after its J-th set, first attempt only."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +52,8 @@ class ShardTask:
     model_path: str
     items: dict[str, list[PromptRollouts]]
     out: str
+    after_set: Callable[[ShardTask, int, int], None] | None = None
+    """Test seam: called as ``after_set(task, j, attempt)`` after the task's j-th set (1-based)."""
 
 
 def score_shard(task: ShardTask) -> dict[str, Any]:
@@ -74,8 +75,8 @@ def score_shard(task: ShardTask) -> dict[str, Any]:
             add_timings(timings, compute_features(setup.model, setup.params, setup.projector, items, store,
                                                   setup.gradient, policy.pad_id,
                                                   f"{name} [shard {task.index}]"))
-        if os.environ.get(FAULT_ENV) == f"{task.index}:{j}" and attempt == 1:
-            os._exit(17)
+        if task.after_set is not None:
+            task.after_set(task, j, attempt)
     setup.release()
     return {"index": task.index, "attempt": attempt, "timings": timings, "specs": specs}
 
@@ -103,7 +104,7 @@ def init_ray(cfg: ScoreConfig) -> Any:
     """Connect to ``cfg.ray_address`` (or RAY_ADDRESS), or start a local cluster."""
     ray = import_ray()
     if not ray.is_initialized():
-        env = {k: os.environ[k] for k in (FAULT_ENV, "HF_HUB_OFFLINE") if k in os.environ}
+        env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE",) if k in os.environ}
         ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": env} if env else None)
     return ray
@@ -118,8 +119,10 @@ def plan_workers(cfg: ScoreConfig, resources: dict[str, float], n_items: int) ->
     return max(1, min(n, max(1, n_items))), gpus
 
 
-def ray_features(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]) -> Timings:
-    """The ``ray`` score backend: shard, compute on workers, merge into the stage's stores."""
+def ray_features(run: Run, stage: int, sets: dict[str, list[PromptRollouts]],
+                 after_set: Callable[[ShardTask, int, int], None] | None = None) -> Timings:
+    """The ``ray`` score backend: shard, compute on workers, merge into the stage's stores
+    (``after_set``: the test seam of :class:`ShardTask`)."""
     todo = {n: items for n, items in sets.items()
             if run.overwrite or not (run.dir.features(stage, n) / "manifest.json").exists()}
     if not todo:
@@ -135,7 +138,8 @@ def ray_features(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]) ->
     t0 = time.perf_counter()
     refs = [remote.remote(ShardTask(
         i, n, cfg, str(run.dir.root), str(run.dir.rollouts_root), stage, model_path,
-        {name: _shard(items, n, i) for name, items in todo.items()}, str(folder / f"shard_{i:04d}")))
+        {name: _shard(items, n, i) for name, items in todo.items()}, str(folder / f"shard_{i:04d}"),
+        after_set))
         for i in range(n)]
     results = []
     with track(f"score on {n} ray workers", total=n) as bar:
@@ -171,5 +175,3 @@ def _get(ray: Any, ref: Any) -> dict[str, Any]:
             raise cause from None
         raise
 
-
-register_score_backend("ray", ray_features)

@@ -12,7 +12,7 @@ batch-dependent numerics differ from the HF forward used for gradients): ``colle
 them with the same teacher-forced pass (``cropi.model.logprobs.response_logprobs``) on the fp32 HF
 model whatever the backend, so the stored ``logprobs`` match the POPI gradient code exactly.
 
-Importing this module registers the backend (:func:`cropi.rollout.sampler.register_sampler`);
+The backend is registered (lazily, by name) in :data:`cropi.rollout.backends.SAMPLERS`;
 ``vllm`` itself is imported only when an engine is built, with a :class:`CropiError` if absent.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from cropi.config import RolloutConfig
-from cropi.rollout.sampler import SamplingParams, cut_at_eos, eos_token_ids, register_sampler
+from cropi.rollout.sampler import SamplingParams, cut_at_eos, eos_token_ids
 from cropi.utils.errors import CropiError
 from cropi.utils.seeding import derive_seed
 
@@ -126,11 +126,9 @@ class VLLMSampler:
             torch.cuda.empty_cache()
 
 
-def _factory(model: torch.nn.Module, tokenizer: Any, cfg: RolloutConfig, model_path: str) -> VLLMSampler:
+def vllm_sampler(model: torch.nn.Module, tokenizer: Any, cfg: RolloutConfig, model_path: str) -> VLLMSampler:
     """``rollout.backend = "vllm"``: bf16 engine unless ``rollout.dtype == "fp32"``."""
     return VLLMSampler(model_path, eos_token_ids(model, tokenizer),
                        dtype="float32" if cfg.dtype == "fp32" else "bfloat16",
                        gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed)
 
-
-register_sampler("vllm", _factory)

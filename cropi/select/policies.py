@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from cropi.select.fusion import fuse, order_desc, rank_order
 from cropi.utils.errors import CropiError
+from cropi.utils.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,8 @@ class InfluencePolicy:
     """Top ``n`` by fused influence score; NaN (zero-gradient) prompts are never selected."""
 
     name = "influence"
+    needs_scores = True
+    rollout_sets = ("pool", "targets")
 
     def select(self, ctx: SelectionContext, n: int) -> list[str]:
         n = _check_n(n)
@@ -135,6 +138,7 @@ class RandomPolicy:
     """``n`` prompts drawn uniformly without replacement (seeded)."""
 
     name = "random"
+    seeded = True
 
     def select(self, ctx: SelectionContext, n: int) -> list[str]:
         n = _check_n(n)
@@ -146,6 +150,8 @@ class PassRatePolicy:
     """``n`` prompts drawn uniformly (seeded) among those with beta pass rate 0 < p < 1."""
 
     name = "pass-rate"
+    seeded = True
+    rollout_sets = ("pool",)
 
     def select(self, ctx: SelectionContext, n: int) -> list[str]:
         n = _check_n(n)
@@ -159,6 +165,8 @@ class LearnabilityPolicy:
     """Top ``n`` by p(1-p) of beta's pass rate p; ties by a seeded random order; NaN p excluded."""
 
     name = "learnability"
+    seeded = True
+    rollout_sets = ("pool",)
 
     def select(self, ctx: SelectionContext, n: int) -> list[str]:
         n = _check_n(n)
@@ -181,6 +189,9 @@ class OraclePolicy:
     """
 
     name = "oracle"
+    seeded = True
+    rollout_sets = ("pool",)
+    needs_target_sources = True
 
     def select(self, ctx: SelectionContext, n: int) -> list[str]:
         n = _check_n(n)
@@ -210,32 +221,40 @@ class FullPolicy:
         return list(ctx.ids)
 
 
-_REGISTRY: dict[str, SelectionPolicy] = {}
+POLICIES: Registry[SelectionPolicy] = Registry("selection policy")
+"""Selection policies by name (``select.policy``). Facts a policy may carry (read with
+:func:`policy_fact`; defaults for policies registered without them): ``needs_scores`` (selects by
+the stage's influence scores), ``rollout_sets`` (which of beta's rollouts it reads: ``pool`` pass
+rates, ``targets``), ``seeded`` (uses ``select.seed``), ``needs_target_sources`` (the target sets'
+families)."""
+
+FACT_DEFAULTS: dict[str, Any] = {"needs_scores": False, "rollout_sets": (), "seeded": False,
+                                 "needs_target_sources": False}
 
 
 def register_policy(policy: SelectionPolicy) -> SelectionPolicy:
     """Add a policy to the registry; a second policy with the same name is an error."""
     if not isinstance(policy, SelectionPolicy):
         raise TypeError(f"{policy!r} is not a SelectionPolicy (needs .name and .select(ctx, n))")
-    if policy.name in _REGISTRY:
-        raise CropiError(f"a selection policy named {policy.name!r} is already registered",
-                         fix="choose another name")
-    _REGISTRY[policy.name] = policy
-    return policy
+    return POLICIES.register(policy.name, policy)
 
 
 def get_policy(name: str) -> SelectionPolicy:
     """The registered policy called ``name``."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise CropiError(f"unknown selection policy {name!r}", field="select.policy",
-                         fix=f"use one of: {', '.join(available_policies())}") from None
+    return POLICIES.get(name, field="select.policy")
 
 
 def available_policies() -> list[str]:
     """Names of the registered policies, in registration order."""
-    return list(_REGISTRY)
+    return POLICIES.names()
+
+
+def policy_fact(name: str, fact: str) -> Any:
+    """A fact of the registered policy ``name`` (:data:`FACT_DEFAULTS` when it carries none or
+    is not registered in this process, e.g. a report of a run made with a policy from Python)."""
+    if name not in POLICIES:
+        return FACT_DEFAULTS[fact]
+    return getattr(POLICIES.get(name), fact, FACT_DEFAULTS[fact])
 
 
 def select_ids(policy: str | SelectionPolicy, ctx: SelectionContext, n: int) -> list[str]:
@@ -252,5 +271,5 @@ del _policy
 __all__ = [
     "SelectionContext", "SelectionPolicy", "budget", "InfluencePolicy", "RandomPolicy",
     "PassRatePolicy", "LearnabilityPolicy", "FullPolicy", "OraclePolicy", "register_policy", "get_policy",
-    "available_policies", "select_ids",
+    "available_policies", "select_ids", "POLICIES", "policy_fact",
 ]

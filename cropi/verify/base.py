@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from cropi.utils.errors import CropiError
+from cropi.utils.registry import Registry
 from cropi.verify.deadline import call_with_deadline
 
 if TYPE_CHECKING:  # verifiers only read record.answer / .meta / .verifier / .id at run time
@@ -48,35 +49,23 @@ class Verifier(Protocol):
     def __call__(self, completion: str, record: PromptRecord) -> Verdict: ...
 
 
-_REGISTRY: dict[str, Verifier] = {}
+VERIFIERS: Registry[Verifier] = Registry("verifier")
+"""Verifiers by name (a record's ``meta.verifier``)."""
 
 
 def register_verifier(name: str) -> Callable[[Verifier], Verifier]:
     """Decorator registering a verifier under ``name``; a name can be registered once."""
-
-    def add(fn: Verifier) -> Verifier:
-        if name in _REGISTRY:
-            raise ValueError(f"a verifier named {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-
-    return add
+    return VERIFIERS.register(name)
 
 
 def list_verifiers() -> list[str]:
-    """The registered verifier names, sorted."""
-    return sorted(_REGISTRY)
+    """Names of the registered verifiers, sorted."""
+    return sorted(VERIFIERS.names())
 
 
 def get_verifier(name: str) -> Verifier:
     """The verifier registered as ``name``; :class:`CropiError` naming the known ones if none."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise CropiError(
-            f"unknown verifier {name!r}", field="meta.verifier",
-            fix=f"use one of: {', '.join(list_verifiers())}",
-        ) from None
+    return VERIFIERS.get(name, field="meta.verifier")
 
 
 def verify(

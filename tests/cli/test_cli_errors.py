@@ -153,23 +153,25 @@ def test_prompt_over_char_limit(tmp_path: Path) -> None:
     assert res.exit_code == 2, res.output
     msg = _one_line(res)
     assert "pool.jsonl" in msg and "row 2" in msg and "field 'prompt'" in msg
-    assert "5,000,000 characters" in msg and "CROPI_MAX_PROMPT_CHARS" in msg
+    assert "5,000,000 characters" in msg and "data.max_prompt_chars" in msg
     assert not (tmp_path / "runs").exists()
 
 
-def test_char_limit_is_configurable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_char_limit_is_a_config_key(tmp_path: Path) -> None:
+    from cropi.config import DataConfig
     from cropi.data.io import load_prompts
+    from cropi.data.sets import load_sets
     from cropi.utils.errors import CropiError
 
     pool = _jsonl(tmp_path / "pool.jsonl", [{**GOOD, "prompt": "x" * 60}])
-    monkeypatch.setenv("CROPI_MAX_PROMPT_CHARS", "50")
     with pytest.raises(CropiError, match="over the limit of 50"):
-        load_prompts(pool)
-    monkeypatch.setenv("CROPI_MAX_PROMPT_CHARS", "100")
-    assert len(load_prompts(pool)) == 1
-    monkeypatch.setenv("CROPI_MAX_PROMPT_CHARS", "lots")
-    with pytest.raises(CropiError, match="CROPI_MAX_PROMPT_CHARS"):
-        load_prompts(pool)
+        load_prompts(pool, max_chars=50)
+    assert len(load_prompts(pool, max_chars=100)) == 1
+    data = DataConfig(suite=None, pool=str(pool), targets={"t": str(pool)}, max_prompt_chars=50)
+    with pytest.raises(CropiError, match="over the limit of 50.*data.max_prompt_chars=60"):
+        load_sets(data)
+    res = CliRunner().invoke(app, ["config", "--set", "data.max_prompt_chars=0"])
+    assert res.exit_code == 2 and "data.max_prompt_chars" in res.output
 
 
 LONG = {**GOOD, "id": "long", "prompt": "word " * 1500}  # ~1.5k tokens: over the tiny model's 1024

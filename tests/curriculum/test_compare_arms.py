@@ -11,9 +11,10 @@ from types import SimpleNamespace
 import pytest
 
 from cropi.config import RunConfig, ScoreConfig
-from cropi.curriculum.compare import ARM_POLICY, arm_config, redundant_arms
+from cropi.curriculum.compare import arm_config, redundant_arms
+from cropi.curriculum.names import arm_names
 from cropi.curriculum.phases import Run
-from cropi.curriculum.scoring import phase_select, target_sources
+from cropi.curriculum.select_phase import phase_select, target_sources
 from cropi.data.sets import DataSets
 from cropi.select import read_selection
 
@@ -23,11 +24,11 @@ from test_stage_modes import _config, beta_rollouts  # noqa: E402,F401  (a modul
 
 def test_arm_configs() -> None:
     cfg = RunConfig(score=ScoreConfig(scorer="differential", scorer_options={"reduce": "max"}))
-    assert {"cropi", "cropi-paper", "full", "random", "oracle"} <= set(ARM_POLICY)
+    assert {"cropi", "cropi-paper", "influence-once", "full", "random", "oracle"} <= set(arm_names())
     paper = arm_config(cfg, "cropi-paper", 2)
     assert (paper.select.policy, paper.score.scorer, paper.score.scorer_options) == ("influence", "paper", {})
     cropi = arm_config(cfg, "cropi", 2)
-    assert (cropi.select.policy, cropi.score.scorer, cropi.seed) == ("influence", "differential", 2)
+    assert (cropi.select.policy, cropi.score.scorer, cropi.train.seed) == ("influence", "differential", 2)
 
 
 def test_cropi_paper_is_redundant_only_when_it_would_repeat_cropi() -> None:
@@ -40,7 +41,7 @@ def test_cropi_paper_is_redundant_only_when_it_would_repeat_cropi() -> None:
 
 def _run(tmp_path: Path) -> tuple[Run, list]:
     run = Run(RunConfig(), root=tmp_path / "oracle")
-    run.__dict__["data"] = DataSets(pool=[], targets={"chain": [SimpleNamespace(source="cs1")] * 3,
+    run.sets = DataSets(pool=[], targets={"chain": [SimpleNamespace(source="cs1")] * 3,
                                                       "gcd": [SimpleNamespace(source="gcd20")]})
     pool = [SimpleNamespace(id=f"p{i}", pass_rate=p, source=s, level=None) for i, (s, p) in
             enumerate([("cs1", 0.5), ("add1", 0.5), ("cs1", 0.0), ("gcd20", 0.25)] * 5)]
@@ -58,7 +59,7 @@ def test_oracle_selection_is_recorded_and_reused(tmp_path: Path) -> None:
     assert stored["policy"] == "oracle" and stored["target_sources"] == ["cs1", "gcd20"]
     assert phase_select(run, 0, pool, "oracle")["ids"] == ids  # resume: the stored selection
     other, _ = _run(tmp_path)
-    other.__dict__["data"] = DataSets(pool=[], targets={"x": [SimpleNamespace(source="add1")]})
+    other.sets = DataSets(pool=[], targets={"x": [SimpleNamespace(source="add1")]})
     with pytest.raises(Exception, match="made differently"):
         phase_select(other, 0, pool, "oracle")
 

@@ -26,7 +26,7 @@ def _run(tmp_path: Path, model_dir: Path, **model: Any) -> Run:
                     curriculum=CurriculumConfig(stages=1, tensorboard=False))
     run = Run(cfg, root=tmp_path / "run")
     # the cached_property, pre-filled; evaluate() is stubbed in the tests that evaluate
-    run.__dict__["data"] = SimpleNamespace(pool=POOL, tests={"targeted/t": POOL[:1]})
+    run.sets = SimpleNamespace(pool=POOL, tests={"targeted/t": POOL[:1]})
     return run
 
 

@@ -71,7 +71,7 @@ def _theta1(tiny_model_dir: Path, out: Path) -> Path:
 
 
 def test_onpolicy_scores_fresh_samples_of_the_stage_model(tiny_model_dir, beta_rollouts, tmp_path):
-    from cropi.curriculum.scoring import phase_score
+    from cropi.curriculum.score_phase import phase_score
 
     sets, rollouts = beta_rollouts
     on = _run(tiny_model_dir, sets, rollouts, tmp_path / "on", mode="onpolicy")
@@ -162,7 +162,7 @@ def test_drift_ess_matches_float64_and_resamples_low_prompts(tiny_model_dir, bet
     import json
     import math
 
-    from cropi.curriculum.scoring import phase_score
+    from cropi.curriculum.score_phase import phase_score
     from cropi.influence.drift import pool_ess
     from cropi.influence.scores import read_scores
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from cropi.config import ProjectionConfig
-from cropi.influence import projection, projection_jl
+from cropi.influence import projection
+from cropi.influence.projection import jl as projection_jl
 from cropi.influence.projection import (CountSketchProjector, IdentityProjector, Projector,
                                         dense_matrix, make_projector)
 from cropi.utils.errors import CropiError

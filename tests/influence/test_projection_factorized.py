@@ -11,7 +11,7 @@ from torch import nn
 from cropi.config import ProjectionConfig
 from cropi.influence import projection
 from cropi.influence.projection import dense_matrix
-from cropi.influence.projection_factorized import (FactorizedHooks, FactorizedProjector,
+from cropi.influence.projection.factorized import (FactorizedHooks, FactorizedProjector,
                                                    covered_linears)
 from cropi.utils.errors import CropiError
 

@@ -308,8 +308,13 @@ def test_sequence_logw() -> None:
     np.testing.assert_allclose(lw, [0.5, -0.25])
 
 
-def test_config_names_every_registered_scorer() -> None:
-    from cropi.config import SCORER_NAMES
-    from cropi.influence.scorers import SCORERS
 
-    assert tuple(SCORERS) == SCORER_NAMES
+def test_config_accepts_exactly_the_registered_scorers() -> None:
+    from cropi.api import make_config
+    from cropi.influence.scorers import SCORERS
+    from cropi.utils.errors import CropiError
+
+    for name in SCORERS.names():
+        assert make_config(sets={"score.scorer": name}).score.scorer == name
+    with pytest.raises(CropiError, match="score.scorer.*use one of paper"):
+        make_config(sets={"score.scorer": "nope"})

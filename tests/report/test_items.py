@@ -82,7 +82,7 @@ def test_unfinished_runs_and_lonely_arms_are_left_out(tmp_path: Path) -> None:
     assert "cropi seed 3" in panel.note and "(random)" in panel.note
 
 
-# --- the writer: per-item rows and strict-format shares from cropi.train.evaluate ---
+# --- the writer: per-item rows and strict-format shares from cropi.evaluation ---
 
 
 class _FakePolicy:
@@ -110,7 +110,7 @@ class _FakePolicy:
 def test_evaluation_writes_items_and_format_shares(tmp_path: Path) -> None:
     from cropi.config import EvalConfig
     from cropi.data.schema import validate_record
-    from cropi.train.evaluate import evaluate, strict_answer, write_item_results
+    from cropi.evaluation import evaluate, strict_answer, write_item_results
 
     records = [validate_record({"id": f"q{k}", "prompt": "2+2?", "answer": "4" if k < 3 else "9",
                                 "source": "add", "meta": {"verifier": "numeric"}})
@@ -142,7 +142,7 @@ def test_majority_baseline_and_modal_share() -> None:
     the policy gave (items without an answer never count as modal)."""
     from cropi.config import EvalConfig
     from cropi.data.schema import validate_record
-    from cropi.train.evaluate import evaluate, majority_baseline, modal_share
+    from cropi.evaluation import evaluate, majority_baseline, modal_share
 
     golds = ["4", "4", " 4 ", "9", "Yes", "yes"]
     records = [validate_record({"id": f"q{k}", "prompt": "p", "answer": g, "source": "add",

@@ -17,7 +17,7 @@ from cropi.config import GradientConfig, ProjectionConfig
 from cropi.influence.params import select_params
 from cropi.influence.pipeline import prompt_feature
 from cropi.influence.projection import make_projector
-from cropi.influence.projection_factorized import FactorizedProjector
+from cropi.influence.projection.factorized import FactorizedProjector
 from cropi.rollout.store import PromptRollouts
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -3,7 +3,9 @@ also when a worker dies mid-shard (only that shard is redone)."""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,9 +18,11 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
 from parity_cli import write_parity_sets  # noqa: E402  (registers the test-only parity verifier)
 
 import cropi.scale.ray_score as ray_score  # noqa: E402
-from cropi.cli.common import build_config  # noqa: E402
+from cropi.scale.ray_score import ray_features  # noqa: E402
+from cropi.api import make_config  # noqa: E402
+from cropi.curriculum.names import SCORE_BACKENDS  # noqa: E402
 from cropi.curriculum.phases import Run, phase_rollouts  # noqa: E402
-from cropi.curriculum.scoring import phase_score  # noqa: E402
+from cropi.curriculum.score_phase import phase_score  # noqa: E402
 from cropi.influence.features import FeatureStore  # noqa: E402
 from cropi.influence.scores import read_scores  # noqa: E402
 
@@ -38,11 +42,12 @@ def sets(tmp_path_factory) -> dict[str, Path]:
 
 def _run(model: Path, sets: dict[str, Path], out: Path, backend: str, k: int = 64,
          overwrite: bool = False) -> Run:
-    cfg = build_config(None, [
-        "data.suite=null", "rollout.k_pool=4", "rollout.k_target=4", "rollout.batch_size=16",
-        "rollout.max_new_tokens=8", f"projection.k={k}", f"score.backend={backend}", "score.workers=2"],
-        name=backend, out_dir=str(out), model__path=str(model), data__pool=str(sets["pool"]),
-        data__targets={"a": str(sets["target"]), "b": str(sets["pool"])})
+    cfg = make_config(name=backend, out_dir=str(out), model={"path": str(model)},
+                      data={"suite": None, "pool": str(sets["pool"]),
+                            "targets": {"a": str(sets["target"]), "b": str(sets["pool"])}},
+                      sets={"rollout.k_pool": 4, "rollout.k_target": 4, "rollout.batch_size": 16,
+                            "rollout.max_new_tokens": 8, "projection.k": k, "score.backend": backend,
+                            "score.workers": 2})
     return Run(cfg, overwrite=overwrite, root=out / backend, rollouts_root=out / "rollouts")
 
 
@@ -84,20 +89,20 @@ def test_ray_scores_equal_single_process(tiny_model_dir, sets, tmp_path, local_r
     assert not (sharded.dir.stage(0) / "shards").exists()  # shard stores removed after the merge
 
 
+def _kill_shard_1_after_pool(task, j: int, attempt: int) -> None:
+    if (task.index, j, attempt) == (1, 1, 1):
+        os._exit(17)
+
+
 def test_killed_worker_redoes_only_its_shard(tiny_model_dir, sets, tmp_path, local_ray, monkeypatch):
     local = _run(tiny_model_dir, sets, tmp_path, "local")
     phase_score(local, 0, phase_rollouts(local))
-    # a fresh cluster so the workers see the fault switch: shard 1 dies after its first set (pool)
-    ray.shutdown()
-    monkeypatch.setenv(ray_score.FAULT_ENV, "1:1")
-    try:
-        sharded = _run(tiny_model_dir, sets, tmp_path, "ray")
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {ray_score.FAULT_ENV: "1:1", "OMP_NUM_THREADS": "1"}})
-        phase_score(sharded, 0, phase_rollouts(sharded))
-    finally:
-        ray.shutdown()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # shard 1's worker dies after its first set (pool), on its first attempt only
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the hook travels to the workers
+    kill = functools.partial(ray_features, after_set=_kill_shard_1_after_pool)
+    monkeypatch.setattr(SCORE_BACKENDS, "_entries", {**SCORE_BACKENDS._entries, "ray": kill})
+    sharded = _run(tiny_model_dir, sets, tmp_path, "ray")
+    phase_score(sharded, 0, phase_rollouts(sharded))
     _assert_same(local, sharded)
     attempts = {s["shard"]: s["attempts"] for s in _events(sharded, "score_shard")}
     assert attempts == {0: 1, 1: 2}
@@ -117,9 +122,9 @@ def test_overwrite_recomputes_with_the_new_spec(tiny_model_dir, sets, tmp_path, 
 
 
 def test_plan_workers():
-    cfg = build_config(None, ["score.backend=ray"]).score
+    cfg = make_config(sets={"score.backend": "ray"}).score
     assert ray_score.plan_workers(cfg, {"CPU": 4.0}, 100) == (4, 0.0)
     assert ray_score.plan_workers(cfg, {"CPU": 64.0, "GPU": 8.0}, 100) == (8, 1.0)
     assert ray_score.plan_workers(cfg, {"CPU": 4.0}, 3) == (3, 0.0)
-    half = build_config(None, ["score.backend=ray", "score.worker_gpus=0.5", "score.workers=0"]).score
+    half = make_config(sets={"score.backend": "ray", "score.worker_gpus": 0.5, "score.workers": 0}).score
     assert ray_score.plan_workers(half, {"GPU": 2.0}, 100) == (4, 0.5)

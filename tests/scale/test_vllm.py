@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-import cropi.scale.vllm as cv  # registers the "vllm" backend
+import cropi.scale.vllm as cv
 from cropi.config import RolloutConfig
 from cropi.rollout import sampler as sampler_mod
+from cropi.rollout.backends import SAMPLERS
 from cropi.rollout.collect import make_policy
 from cropi.rollout.sampler import HFSampler, SamplingParams
 from cropi.utils.errors import CropiError
@@ -116,12 +117,12 @@ def test_unloaded_backend_and_live_model_fallback(monkeypatch: pytest.MonkeyPatc
     with caplog.at_level(logging.WARNING):
         policy = make_policy(model, tok, RolloutConfig(backend="vllm"))  # no folder: hf
     assert isinstance(policy.sampler, HFSampler) and "sampled with hf" in caplog.text
-    monkeypatch.setattr(sampler_mod, "_SAMPLERS", {})
-    with pytest.raises(CropiError, match="not loaded.*import cropi.scale.vllm"):
-        make_policy(model, tok, RolloutConfig(backend="vllm"), model_path=str(tiny_model_dir))
+    monkeypatch.setattr(SAMPLERS, "_entries", {**SAMPLERS._entries})  # registrations stay in this test
+    with pytest.raises(CropiError, match="field 'rollout.backend'.*unknown rollout backend 'nope'.*hf, vllm"):
+        sampler_mod.make_sampler("nope", model, tok, RolloutConfig(), str(tiny_model_dir))
     with pytest.raises(ValueError, match="already registered"):
-        sampler_mod.register_sampler("x", cv._factory)
-        sampler_mod.register_sampler("x", cv._factory)
+        sampler_mod.register_sampler("x", cv.vllm_sampler)
+        sampler_mod.register_sampler("x", cv.vllm_sampler)
 
 
 # --------------------------------------------------------------------------- real engine (GPU)
@@ -132,7 +133,7 @@ def test_real_engine_stores_teacher_forced_logprobs(tmp_path: Path) -> None:
     from cropi.data.schema import PromptRecord
     from cropi.model.loading import load_model, load_tokenizer
     from cropi.model.logprobs import response_logprobs
-    from cropi.model.tiny import build_tiny_model
+    from tiny_model import build_tiny_model
     from cropi.rollout.collect import collect
     from cropi.rollout.store import load_rollouts
 

@@ -13,9 +13,9 @@ verl rows (``RLHFDataset``)::
 Loading such a file back with the ``verl`` converter gives the same ids, answers, sources,
 levels and meta (:func:`cropi.data.converters.verl_row_id`).
 
-The sampler lives in :mod:`cropi.scale.verl_sampler` (it imports torch, and verl when installed);
+The sampler lives in :mod:`cropi.integrations.verl_sampler` (it imports torch, and verl when installed);
 ``CropiCurriculumSampler`` is reachable from this module too, so verl's config can name it as
-``data.sampler.class_path=pkg://cropi.scale.verl`` and ``class_name=CropiCurriculumSampler``.
+``data.sampler.class_path=pkg://cropi.integrations.verl`` and ``class_name=CropiCurriculumSampler``.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def export_selection_verl(run_dir: Path, stage: int, out: Path, data_source: str
 def __getattr__(name: str) -> Any:
     """``CropiCurriculumSampler`` on first use, so exports never import torch or verl."""
     if name == "CropiCurriculumSampler":
-        from cropi.scale.verl_sampler import CropiCurriculumSampler
+        from cropi.integrations.verl_sampler import CropiCurriculumSampler
 
         return CropiCurriculumSampler
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from cropi.influence.projection_core import CHUNK, ChunkedProjector, Pieces
+from cropi.influence.projection.core import CHUNK, ChunkedProjector, Pieces
 from cropi.utils.errors import CropiError
 
 JL_BLOCK_ELEMS: int = 2**26

@@ -137,13 +137,6 @@ def item_results(policy: Policy, records: Sequence[PromptRecord], params: Sampli
     return [r for r in out if r is not None]
 
 
-def _rewards(policy: Policy, records: Sequence[PromptRecord], params: SamplingParams, batch: int,
-             seed: int, bar: Any, by_length: bool = True) -> np.ndarray:
-    """[n, params.n] rewards (see :func:`item_results`)."""
-    items = item_results(policy, records, params, batch, seed, bar, by_length)
-    return np.asarray([it.rewards for it in items], dtype=np.float32).reshape(len(records), params.n)
-
-
 def _breakdown(records: Sequence[PromptRecord], acc: np.ndarray, key: str) -> dict[str, float]:
     groups: dict[str, list[float]] = defaultdict(list)
     for rec, a in zip(records, acc, strict=True):

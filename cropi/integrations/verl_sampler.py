@@ -2,7 +2,7 @@
 
 verl 0.7.x (and earlier) builds it from the data config::
 
-    data.sampler.class_path=pkg://cropi.scale.verl  data.sampler.class_name=CropiCurriculumSampler
+    data.sampler.class_path=pkg://cropi.integrations.verl  data.sampler.class_name=CropiCurriculumSampler
     +data.sampler.cropi_run_dir=/abs/path/runs/NAME  data.dataloader_num_workers=0
 
 and calls ``update(batch=...)`` after every training step. verl >= 0.8 dropped that hook: pass the
@@ -13,7 +13,7 @@ Options under ``data.sampler``: ``cropi_run_dir`` (required), ``cropi_stage`` (p
 default: the latest stage with a ``selection.json``, re-checked by ``update``), ``cropi_seed``
 (default ``data.seed``, else 0). Dataset rows map to cropi ids by ``extra_info.cropi_id``, else
 by the verl converter's rule (``<data_source>-<extra_info.index>``), so the train file must hold
-every selected prompt (:func:`cropi.scale.verl.export_pool_verl` writes the whole pool).
+every selected prompt (:func:`cropi.integrations.verl.export_pool_verl` writes the whole pool).
 
 The iterator never ends: it walks a seeded permutation of the selection, reshuffles for the next
 cycle, and moves to a newer stage's selection as soon as ``update`` sees one. verl stops at
@@ -75,7 +75,7 @@ def dataset_ids(data_source: Sized) -> dict[str, int]:
         if rid in positions:
             raise CropiError(f"dataset rows {positions[rid]} and {pos} both map to cropi id "
                              f"{rid!r}", field="extra_info.cropi_id",
-                             fix="write the train file with cropi.scale.verl.export_pool_verl")
+                             fix="write the train file with cropi.integrations.verl.export_pool_verl")
         positions[rid] = pos
     return positions
 
@@ -132,7 +132,7 @@ class CropiCurriculumSampler(_Base):  # type: ignore[misc, valid-type]
             raise CropiError(
                 f"{len(missing)} of {len(ids)} selected ids are not in the verl dataset "
                 f"(e.g. {missing[:3]})", file=path, field="ids",
-                fix="train on a file written by cropi.scale.verl.export_pool_verl for this run")
+                fix="train on a file written by cropi.integrations.verl.export_pool_verl for this run")
         self.indices = [self._positions[i] for i in ids]
         self.stage, self._cycle, self._offset = stage, 0, 0
         self._version += 1

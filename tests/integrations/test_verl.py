@@ -18,7 +18,7 @@ from cropi.config import DataConfig, ModelConfig, RunConfig
 from cropi.curriculum.rundir import RunDir
 from cropi.data.io import load_prompts, save_prompts
 from cropi.data.schema import PromptRecord
-from cropi.scale.verl import export_pool_verl, export_selection_verl, selection_stages
+from cropi.integrations.verl import export_pool_verl, export_selection_verl, selection_stages
 from cropi.select import write_selection
 from cropi.utils.errors import CropiError
 
@@ -173,7 +173,7 @@ def _cfg(run_dir: Path, **opts: Any) -> dict[str, Any]:
 
 
 def _sampler(dataset: Any, run_dir: Path, **opts: Any) -> Any:
-    from cropi.scale.verl import CropiCurriculumSampler
+    from cropi.integrations.verl import CropiCurriculumSampler
 
     return CropiCurriculumSampler(data_source=dataset, data_config=_cfg(run_dir, **opts))
 
@@ -268,7 +268,7 @@ def _write_rows(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def test_sampler_errors(dataset: FrameDataset, run_dir: Path, tmp_path: Path) -> None:
-    from cropi.scale.verl import CropiCurriculumSampler
+    from cropi.integrations.verl import CropiCurriculumSampler
 
     with pytest.raises(CropiError, match="data.sampler.cropi_run_dir.*is not set"):
         CropiCurriculumSampler(dataset, {"sampler": {}})
@@ -309,14 +309,14 @@ def test_real_verl_interface(run_dir: Path, tmp_path: Path) -> None:
     from verl import DataProto
     from verl.utils.import_utils import load_extern_object
 
-    import cropi.scale.verl_sampler as ours
+    import cropi.integrations.verl_sampler as ours
 
     assert ours.VERL_BASE
     config_dir = Path(verl_sampler.__file__).parents[2] / "trainer" / "config" / "data"
     data_config = OmegaConf.merge(OmegaConf.load(config_dir / "legacy_data.yaml"), {
         "dataloader_num_workers": 0, "seed": 11, "filter_overlong_prompts": False,
         "cache_dir": str(tmp_path / "cache"),
-        "sampler": {"class_path": "pkg://cropi.scale.verl", "class_name": "CropiCurriculumSampler",
+        "sampler": {"class_path": "pkg://cropi.integrations.verl", "class_name": "CropiCurriculumSampler",
                     "cropi_run_dir": str(run_dir)},
     })
     OmegaConf.set_struct(data_config, True)

@@ -1,46 +1,36 @@
-"""Stage phases that score and select: POPI features -> scores.parquet -> selection.json."""
+"""The score phase of a stage: POPI features of the pool and the targets -> scores.parquet."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from cropi.curriculum.names import SCORE_BACKENDS
 from cropi.curriculum.phases import Run
 from cropi.data.io import dataset_fingerprint
 from cropi.influence.drift import drift_summary, pool_ess
 from cropi.influence.features import FeatureStore
 from cropi.influence.pipeline import Timings, add_timings, compute_features, prepare_scoring
 from cropi.influence.scorers import score as run_scorer
-from cropi.influence.scores import (read_scores, score_table, scorer_spec, target_mean, target_scores,
-                                    write_scores)
+from cropi.influence.scores import read_scores, score_table, scorer_spec, target_mean, write_scores
 from cropi.rollout.collect import collect
 from cropi.rollout.store import PromptRollouts, load_rollouts
 from cropi.utils.errors import CropiError
-from cropi.select import (SelectionContext, budget, get_policy, read_selection, selection_stats,
-                          write_selection)
 
 log = logging.getLogger(__name__)
-
-SCORED_POLICIES = ("influence",)
-"""Selection policies that need the stage's influence scores."""
-
 
 FeatureBackend = Callable[[Run, int, dict[str, list[PromptRollouts]]], Timings]
 """Fills complete feature stores at ``run.dir.features(stage, set)`` for every set; returns timings."""
 
-_BACKENDS: dict[str, FeatureBackend] = {}
-
 
 def register_score_backend(name: str, fn: FeatureBackend) -> None:
-    """Make ``score.backend=name`` compute features with ``fn`` (``cropi.scale.ray_score`` registers ``ray``)."""
-    if name in _BACKENDS:
-        raise ValueError(f"score backend {name!r} is already registered")
-    _BACKENDS[name] = fn
+    """Make ``score.backend=name`` compute features with ``fn``
+    (:data:`cropi.curriculum.names.SCORE_BACKENDS`)."""
+    SCORE_BACKENDS.register(name, fn)
 
 
 def store_spec(run: Run, stage: int, model_path: str, setup_spec: dict[str, Any], name: str) -> dict[str, Any]:
@@ -51,7 +41,7 @@ def store_spec(run: Run, stage: int, model_path: str, setup_spec: dict[str, Any]
     return spec
 
 
-def _local_features(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]) -> Timings:
+def local_features(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]) -> Timings:
     """One process: every set through :func:`compute_features` at the stage's weights."""
     cfg = run.cfg
     path = run.model_path(stage)
@@ -68,8 +58,6 @@ def _local_features(run: Run, stage: int, sets: dict[str, list[PromptRollouts]])
     setup.release()
     return timings
 
-
-register_score_backend("local", _local_features)
 
 
 def _onpolicy_sets(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]) -> dict[str, list[PromptRollouts]]:
@@ -137,11 +125,7 @@ def phase_score(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]) -> 
         sets = _onpolicy_sets(run, stage, sets)
     elif stage > 0 and (run.cfg.score.drift or run.cfg.score.resample_below_ess is not None):
         extra["ess"], sets = _drift(run, stage, sets)
-    backend = _BACKENDS.get(run.cfg.score.backend)
-    if backend is None:
-        raise CropiError(f"score backend {run.cfg.score.backend!r} is not loaded", field="score.backend",
-                         fix=f"import cropi.scale.ray_score first (the cropi command does), or use one of {sorted(_BACKENDS)}")
-    timings = backend(run, stage, sets)
+    timings = SCORE_BACKENDS.get(run.cfg.score.backend, field="score.backend")(run, stage, sets)
     stores = {name: FeatureStore.load(run.dir.features(stage, name)) for name in sets}
     _write_stage_scores(run, stage, sets["pool"], stores, extra)
     run.dir.mark(stage, "scored", **timings.as_dict())
@@ -199,79 +183,3 @@ def _write_stage_scores(run: Run, stage: int, pool: list[PromptRollouts], stores
     table = score_table(ids, scores, [it.pass_rate for it in items], [it.source for it in items],
                         [it.level for it in items], spec=current_scorer(run), extra=extra)
     write_scores(run.dir.scores(stage), table)
-
-
-def selection_context(run: Run, stage: int, pool: list[PromptRollouts], with_scores: bool) -> SelectionContext:
-    """What the selection policies see; ``with_scores``: the stage's per-target scores, fused with
-    ``score.fusion`` for the budget of the selection being made."""
-    ids = [it.id for it in pool]
-    scores = target_scores(read_scores(run.dir.scores(stage)), ids) if with_scores else None
-    return SelectionContext(ids=ids, pass_rate=[it.pass_rate for it in pool], fused=None,
-                            source=[it.source for it in pool], level=[it.level for it in pool],
-                            seed=run.cfg.select.seed + stage, scores=scores, fusion=run.cfg.score.fusion,
-                            target_sources=target_sources(run))
-
-
-def target_sources(run: Run) -> list[str]:
-    """The families (``source``) of the run's target-set prompts, sorted (the oracle's relevant set)."""
-    return sorted({str(r.source) for recs in run.data.targets.values() for r in recs})
-
-
-def selection_spec(run: Run, policy: str, n_pool: int) -> dict[str, Any]:
-    """What makes a selection: policy, budget, ratio, seed (and fusion for influence)."""
-    cfg = run.cfg.select
-    spec: dict[str, Any] = {"policy": policy, "budget": budget(n_pool, cfg.ratio), "ratio": cfg.ratio}
-    if policy in ("random", "pass-rate", "learnability", "oracle"):
-        spec["seed"] = cfg.seed
-    if policy == "oracle":
-        spec["target_sources"] = target_sources(run)
-    if policy == "influence":
-        spec["fusion"] = run.cfg.score.fusion
-        spec.update(current_scorer(run))
-    return spec
-
-
-def _check_stored_selection(run: Run, stage: int, stored: dict[str, Any], spec: dict[str, Any]) -> None:
-    """Refuse to reuse a stored selection that was made differently from ``spec``."""
-    diff = [f"{k}: {stored[k]!r} -> {v!r}" for k, v in spec.items() if k in stored and stored[k] != v]
-    if diff:
-        raise CropiError(f"stage {stage} already has a selection made differently ({'; '.join(diff)})",
-                     file=run.dir.selection(stage),
-                     fix="rerun with --overwrite to replace it, or use another --name")
-
-
-def phase_select(run: Run, stage: int, pool: list[PromptRollouts], policy: str | None = None) -> dict[str, Any]:
-    """Select the stage's subset with ``policy`` (default: the config's) and write selection.json.
-
-    A stored selection is reused when it was made with the same policy, budget and fusion; a
-    different request is refused (``--overwrite`` recomputes).
-    """
-    run.check_stage(stage)
-    path = run.dir.selection(stage)
-    name = policy or run.cfg.select.policy
-    spec = selection_spec(run, name, len(pool))
-    if run.dir.done(stage, "selected") and path.exists() and not run.overwrite:
-        stored = read_selection(path)
-        _check_stored_selection(run, stage, stored, spec)
-        return stored
-    scored = run.dir.scores(stage).exists()
-    if name in SCORED_POLICIES and not scored:
-        raise CropiError("does not exist: the influence policy selects by the stage's scores",
-                         file=run.dir.scores(stage),
-                         fix=f"run `cropi score --stage {stage}` first, or choose another --policy")
-    t0 = time.perf_counter()
-    ctx = selection_context(run, stage, pool, with_scores=scored)
-    n = spec["budget"]
-    ids = get_policy(name).select(ctx, n)
-    prev = read_selection(run.dir.selection(stage - 1))["ids"] if stage > 0 and run.dir.selection(stage - 1).exists() else None
-    stats = selection_stats(ctx, ids, prev)
-    write_selection(path, name, n, ids, stats, **{k: v for k, v in spec.items() if k not in ("policy", "budget")})
-    run.dir.mark(stage, "selected", policy=name, n=len(ids), seconds=time.perf_counter() - t0)
-    return read_selection(path)
-
-
-def load_run_rollouts(run: Run) -> dict[str, list[PromptRollouts]]:
-    out = {"pool": load_rollouts(run.dir.rollouts("pool"))}
-    for n in run.data.targets:
-        out[f"targets/{n}"] = load_rollouts(run.dir.rollouts(f"targets/{n}"))
-    return out

@@ -17,10 +17,10 @@ Projectors (``ProjectionConfig.kind``):
   shrink like ``1/sqrt(k)``. Both tables come from one ``randint(0, 2k)`` per coordinate
   (bucket = r >> 1, sign = r & 1); 8 bytes per coordinate when cached (1.1 GB for d = 134.5e6).
 - ``sparse-jl``: the paper's ``P S g`` (Bernoulli keep mask, then a dense Rademacher or Gaussian
-  map), see :mod:`cropi.influence.projection_jl` for its (large) cost.
+  map), see :mod:`cropi.influence.projection.jl` for its (large) cost.
 - ``none``: identity, ``k = d``; only for ``d <= 2**24`` (e.g. LoRA gradients).
 - ``factorized``: LoGra-style ``P_out G P_in^T`` per ``nn.Linear``; it needs the model, so it is
-  built with :meth:`FactorizedProjector.from_model` (``cropi.influence.projection_factorized``),
+  built with :meth:`FactorizedProjector.from_model` (``cropi.influence.projection.factorized``),
   not with :func:`make_projector`.
 
 Tests replace ``CHUNK`` in this module (``monkeypatch.setattr(projection, "CHUNK", 1000)``):
@@ -36,8 +36,9 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from cropi.config import ProjectionConfig
-from cropi.influence.projection_core import CHUNK, ChunkedProjector, Pieces, _numel_per_row
-from cropi.influence.projection_jl import SparseJLProjector
+from cropi.influence.projection.core import CHUNK, ChunkedProjector, Pieces, _numel_per_row
+from cropi.influence.projection.jl import SparseJLProjector
+from cropi.influence.registries import PROJECTORS
 from cropi.utils.errors import CropiError
 
 log = logging.getLogger(__name__)
@@ -132,47 +133,38 @@ class IdentityProjector:
 ProjectorFactory = Callable[[ProjectionConfig, int, int, int], Projector]
 """``(cfg, d, chunk, cache_bytes) -> Projector``."""
 
-_REGISTRY: dict[str, ProjectorFactory] = {}
-
-
 def register_projector(kind: str, factory: ProjectorFactory) -> None:
-    """Register a projector kind; duplicate names are rejected."""
-    if kind in _REGISTRY:
-        raise ValueError(f"projector kind {kind!r} is already registered")
-    _REGISTRY[kind] = factory
+    """Register a projector kind (:data:`cropi.influence.registries.PROJECTORS`); duplicate names
+    are rejected."""
+    PROJECTORS.register(kind, factory)
 
 
-def _countsketch(cfg: ProjectionConfig, d: int, chunk: int, cache_bytes: int) -> Projector:
+def countsketch_factory(cfg: ProjectionConfig, d: int, chunk: int, cache_bytes: int) -> Projector:
     if cfg.sparse_ratio != 1.0:
         log.warning("countsketch ignores sparse_ratio=%s (pre-projection dropout is harmful for "
                     "full gradients); spec() records 1.0", cfg.sparse_ratio)
     return CountSketchProjector(cfg.k, d, cfg.seed, chunk=chunk, cache_bytes=cache_bytes)
 
 
-def _sparse_jl(cfg: ProjectionConfig, d: int, chunk: int, cache_bytes: int) -> Projector:
+def sparse_jl_factory(cfg: ProjectionConfig, d: int, chunk: int, cache_bytes: int) -> Projector:
     return SparseJLProjector(cfg.k, d, cfg.seed, sparse_ratio=cfg.sparse_ratio,
                              distribution=cfg.distribution, chunk=chunk, cache_bytes=cache_bytes)
 
 
-def _factorized(cfg: ProjectionConfig, d: int, chunk: int, cache_bytes: int) -> Projector:
+def factorized_factory(cfg: ProjectionConfig, d: int, chunk: int, cache_bytes: int) -> Projector:
     raise CropiError("projection kind 'factorized' needs the model's linear layers",
                      field="projection.kind",
                      fix="build it with FactorizedProjector.from_model(model, cfg) from "
-                         "cropi.influence.projection_factorized")
+                         "cropi.influence.projection.factorized")
 
 
-register_projector("countsketch", _countsketch)
-register_projector("sparse-jl", _sparse_jl)
-register_projector("none", lambda cfg, d, chunk, cache_bytes: IdentityProjector(d))
-register_projector("factorized", _factorized)
+def identity_factory(cfg: ProjectionConfig, d: int, chunk: int, cache_bytes: int) -> Projector:
+    return IdentityProjector(d)
 
 
 def make_projector(cfg: ProjectionConfig, d: int, *, cache_bytes: int = 2**31) -> Projector:
     """The projector of ``cfg`` for gradients of ``d`` coordinates (chunk size: ``CHUNK``)."""
-    factory = _REGISTRY.get(cfg.kind)
-    if factory is None:
-        raise CropiError(f"unknown projector kind {cfg.kind!r}", field="projection.kind",
-                         fix=f"use one of {sorted(_REGISTRY)}")
+    factory = PROJECTORS.get(cfg.kind, field="projection.kind")
     return factory(cfg, int(d), CHUNK, cache_bytes)
 
 
