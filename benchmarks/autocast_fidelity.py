@@ -31,15 +31,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import write_result  # noqa: E402
+from cropi.bench import write_result
 
 
 def truncated(item: Any, k: int | None) -> Any:

@@ -29,14 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import write_result  # noqa: E402
+from cropi.bench import write_result
 
 
 def picks_summary(run: Any, stage: int, info: dict[str, Any], relevant: set[str]) -> dict[str, Any]:
@@ -85,7 +83,8 @@ def main() -> None:
     from cropi.api import make_config, open_run
     from cropi.curriculum.loop import phase_stage_selection, phase_train
     from cropi.curriculum.phases import phase_rollouts
-    from cropi.curriculum.scoring import phase_score, phase_select
+    from cropi.curriculum.score_phase import phase_score
+    from cropi.curriculum.select_phase import phase_select
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)

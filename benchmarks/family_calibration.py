@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, write_result  # noqa: E402
+from cropi.bench import result_path, write_result
 
 # Candidate families that no built-in suite used before this benchmark (numeric answers, large
 # question spaces), next to two catalogue families as anchors (cs1, gcd20: measured before).
@@ -54,7 +51,7 @@ def measure(name: str, fam: Any, args: argparse.Namespace, policy: Any) -> dict[
     from cropi.config import EvalConfig
     from cropi.data.suite_specs import SuiteSpec
     from cropi.data.suites import build_suite_from_spec
-    from cropi.train.evaluate import evaluate_set
+    from cropi.evaluation import evaluate_set
 
     spec = SuiteSpec(name=f"calib_{name}", description="calibration", pool=[(fam, args.n)])
     records = build_suite_from_spec(spec, seed=args.seed).pool
@@ -99,7 +96,7 @@ def main() -> None:
     from cropi.rollout.collect import make_policy
 
     torch.set_num_threads(args.threads)
-    path = RESULTS / "family_calibration.json"
+    path = result_path("family_calibration")
     rows = {} if args.fresh or not path.exists() else json.loads(path.read_text()).get("families", {})
     policy = make_policy(load_model("default", "fp32"), load_tokenizer("default"),
                          RolloutConfig(temperature=args.temperature, max_new_tokens=args.max_new_tokens))

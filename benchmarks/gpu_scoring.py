@@ -37,13 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from _common import estimate_sparse_jl, print_table, write_result
+from cropi.bench import print_table, write_result
+from cropi.bench.sparse_jl import estimate_sparse_jl
 from cropi.config import GradientConfig, ProjectionConfig
 from cropi.influence.params import ParamSet, select_params
 from cropi.influence.pipeline import Timings, prompt_feature
 from cropi.influence.popi import popi_backward
 from cropi.influence.projection import IDENTITY_MAX_D, make_projector
-from cropi.influence.projection_factorized import FactorizedProjector
+from cropi.influence.projection.factorized import FactorizedProjector
 from cropi.model.logprobs import response_logprobs
 from cropi.rollout.store import PromptRollouts
 

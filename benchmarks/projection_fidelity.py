@@ -53,14 +53,14 @@ import numpy as np
 import torch
 from scipy import stats
 
-from _common import RESULTS, print_table, write_result
+from cropi.bench import RESULTS, print_table, write_result
 from cropi.config import GradientConfig, ProjectionConfig
 from cropi.influence.params import ParamSet, select_params
 from cropi.influence.popi import popi_backward
 from cropi.influence.projection import CountSketchProjector, make_projector
-from cropi.influence.projection_core import iter_chunks
-from cropi.influence.projection_factorized import FactorizedProjector
-from cropi.influence.projection_jl import SparseJLProjector
+from cropi.influence.projection.core import iter_chunks
+from cropi.influence.projection.factorized import FactorizedProjector
+from cropi.influence.projection.jl import SparseJLProjector
 from cropi.select.fusion import fuse, order_desc
 from cropi.model.loading import load_model, load_tokenizer
 from cropi.rollout.store import PromptRollouts, load_rollouts

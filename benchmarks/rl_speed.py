@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from _common import load_partial, print_table, write_result
+from cropi.bench import load_result, print_table, write_result
 
 NAME = "rl_speed"
 CONFIGS = ("round1", "new")
@@ -147,7 +147,7 @@ def rollout_cell(policy, records, args, rep: int) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- evaluation
 def eval_cell(policy, tests, config: str, args) -> dict[str, Any]:
     from cropi.rollout.sampler import SamplingParams
-    from cropi.train.evaluate import item_results
+    from cropi.evaluation import item_results
     from cropi.utils.progress import track
 
     params = SamplingParams(n=1, greedy=True, max_new_tokens=64)
@@ -273,7 +273,7 @@ def main() -> None:
     from cropi.rollout.store import PromptRollouts
 
     keep = {k: v for k, v in vars(args).items() if k not in ("fresh", "tasks")}
-    prev = None if args.fresh else load_partial(NAME)
+    prev = None if args.fresh else load_result(NAME)
     cells: dict[str, Any] = prev["cells"] if prev and prev.get("args") == keep else {}
     ref: dict[str, Any] = prev.get("reference", {}) if prev and prev.get("args") == keep else {}
 

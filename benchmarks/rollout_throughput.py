@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from _common import print_table, write_result
+from cropi.bench import print_table, write_result
 from cropi.data.suites import build_suite
 from cropi.model.loading import load_model, load_tokenizer
 from cropi.model.template import prompt_token_ids

@@ -45,14 +45,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from _common import estimate_sparse_jl, load_partial, print_table, write_result
+from cropi.bench import load_result, print_table, write_result
+from cropi.bench.sparse_jl import estimate_sparse_jl
 from cropi.config import GradientConfig, ProjectionConfig
 from cropi.influence.features import FeatureStore
 from cropi.influence.params import ParamSet, select_params
 from cropi.influence.pipeline import Timings, compute_features
 from cropi.influence.popi import grpo_advantages, popi_backward
 from cropi.influence.projection import make_projector
-from cropi.influence.projection_factorized import FactorizedHooks, FactorizedProjector
+from cropi.influence.projection.factorized import FactorizedHooks, FactorizedProjector
 from cropi.model.loading import load_model, load_tokenizer
 from cropi.model.logprobs import pack, token_logprobs
 from cropi.rollout.store import PromptRollouts, load_rollouts
@@ -175,7 +176,7 @@ def hooks_per_prompt(model: torch.nn.Module, params: ParamSet, proj: FactorizedP
 
 def popi_multi_loss(model: torch.nn.Module, items: Sequence[PromptRollouts], pad_id: int
                     ) -> torch.Tensor:
-    """Sum over prompts of the POPI loss (as ``popi._surrogate``, no clipping), one forward."""
+    """Sum over prompts of the POPI loss (as ``popi.surrogate``, no clipping), one forward."""
     prompts, resps, adv, inv_k, old_lp = [], [], [], [], []
     for it in items:
         k = len(it.response_ids)
@@ -294,7 +295,7 @@ def naive_check(model: torch.nn.Module, params: ParamSet, item: PromptRollouts,
 # --------------------------------------------------------------------------- sparse-jl estimate
 def fidelity_of(cell: str) -> dict[str, Any] | None:
     """Spearman (min over targets) and precision@10% of a cell in projection_fidelity.json."""
-    res = load_partial("projection_fidelity")
+    res = load_result("projection_fidelity")
     for c in (res or {}).get("cells", []):
         if c["name"] == cell and c.get("metrics"):
             m = c["metrics"]
