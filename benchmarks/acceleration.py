@@ -39,20 +39,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
-from pathlib import Path
-from typing import Any
 
-from _common import RESULTS, locked, print_table, write_result
-from cropi.cli.common import build_config, setup_env
+from cropi.api import make_config, parse_sets
+from cropi.bench import print_table, write_result
+from cropi.bench.store import RunStore
 from cropi.curriculum.compare import redundant_arms, run_compare, write_plan
 from cropi.report import build_report
-from cropi.report.compact import export_run, restore_run
+from cropi.report.compact import export_run
 from cropi.report.runs import load_comparison, load_run
 from cropi.report.power import power_analysis
 from cropi.report.stats import comparison_panel
 from cropi.report.summary import ACCEL_HEADERS, STATS_HEADERS, acceleration_rows, statistics_rows, summarize
-from cropi.utils.io import atomic_write_text, read_jsonl
 
 log = logging.getLogger("acceleration")
 
@@ -66,59 +65,15 @@ def store_name(name: str) -> str:
     return f"acceleration_runs_{name}"
 
 
-def _load(name: str) -> dict[str, Any]:
-    path = RESULTS / f"{store_name(name)}.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+def setup_env() -> None:
+    """As the ``cropi`` command: offline hub, no tokenizer threads, warnings only, no HF progress bars."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from transformers.utils import logging as hf_logging
 
-
-def load_store(name: str) -> dict[str, dict[str, Any]]:
-    """arm -> seed (str) -> compact record, from the committed result file ({} when none)."""
-    return _load(name).get("runs", {})
-
-
-def _write_store(name: str, runs: dict[str, Any], shared: list[dict[str, Any]]) -> Path:
-    return write_result(store_name(name), {"format": 1, "runs": runs, "shared_events": shared})
-
-
-def save_record(name: str, arm: str, seed: int, record: dict[str, Any]) -> Path:
-    """Add one arm x seed to the result file (read-modify-write under a file lock)."""
-    with locked(store_name(name)):
-        old = _load(name)
-        runs = old.get("runs", {})
-        runs.setdefault(arm, {})[str(seed)] = record
-        return _write_store(name, runs, old.get("shared_events", []))
-
-
-def save_shared(name: str, root: Path) -> None:
-    """Keep the comparison's own events (beta's shared ``rollouts``, ROOT/metrics.jsonl) in the
-    result file, so that a report rebuilt elsewhere charges their seconds on the wall-clock axis."""
-    events = read_jsonl(root / "metrics.jsonl")
-    if not events:
-        return
-    with locked(store_name(name)):
-        old = _load(name)
-        if old and old.get("shared_events") != events:
-            _write_store(name, old.get("runs", {}), events)
-
-
-def _restore(root: Path, name: str, arms: list[str], seeds: list[int]) -> list[str]:
-    """Restore the compact results of arm x seed whose run directory is absent (and the shared
-    events); returns the arm x seed restored or present."""
-    store = _load(name)
-    runs = store.get("runs", {})
-    metrics = root / "metrics.jsonl"
-    if store.get("shared_events") and not metrics.exists():
-        atomic_write_text(metrics, "".join(json.dumps(e) + "\n" for e in store["shared_events"]))
-    done = []
-    for arm in arms:
-        for seed in seeds:
-            record = runs.get(arm, {}).get(str(seed))
-            run = root / "arms" / arm / f"seed_{seed}"
-            if record is not None:
-                done.append(f"{arm}/{seed}")
-                if not (run / "metrics.jsonl").exists():
-                    restore_run(record, run)
-    return done
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def power_rows(power: dict) -> tuple[list[str], list[list[str]]]:
@@ -168,9 +123,12 @@ def main() -> None:
     steps = args.steps_per_stage or defaults["steps_per_stage"]
     every = args.eval_every or defaults["eval_every"]
     setup_env()
-    cfg = build_config(None, args.sets, name=args.name, out_dir=args.out_dir, data__suite=args.suite,
-                       curriculum__stages=stages, train__steps_per_stage=steps,
-                       curriculum__eval_every=every)
+    store = RunStore(store_name(args.name))
+    # a rerun continues the comparison's stored config (as `cropi compare`), the flags over it
+    cfg = make_config(name=args.name, out_dir=args.out_dir, resume=True,
+                      sets=[("data.suite", args.suite), ("curriculum.stages", stages),
+                            ("train.steps_per_stage", steps), ("curriculum.eval_every", every),
+                            *parse_sets(args.sets)])
     root = cfg.run_dir
     for arm, twin in redundant_arms(cfg, arms).items():
         print(f"{arm} is skipped: with score.scorer={cfg.score.scorer} it would repeat {twin} exactly")
@@ -179,14 +137,13 @@ def main() -> None:
     ran = []
     for seed in seeds:  # seeds outer: partial results cover every arm
         for arm in arms:
-            if args.report_only or str(seed) in load_store(args.name).get(arm, {}):
+            if args.report_only or str(seed) in store.runs().get(arm, {}):
                 continue
             run_compare(cfg, [arm], [seed])
-            save_record(args.name, arm, seed,
-                        export_run(load_run(root / "arms" / arm / f"seed_{seed}", arm, seed)))
+            store.save_record(arm, seed, export_run(load_run(root / "arms" / arm / f"seed_{seed}", arm, seed)))
             ran.append(f"{arm}/{seed}")
-    save_shared(args.name, root)
-    done = _restore(root, args.name, arms, seeds)
+    store.save_shared(root)
+    done = store.restore(root, arms, seeds)
     write_plan(root, cfg, arms, seeds)
     seconds = time.perf_counter() - t0
     folder = build_report(root, n_boot=args.n_boot)
@@ -218,8 +175,7 @@ def main() -> None:
     summary_name = args.summary or ("acceleration_pilot" if args.pilot else "acceleration"
                                     if args.name == "acceleration" else f"acceleration_{args.name}")
     path = write_result(summary_name, payload)
-    print(f"report {folder / 'report.md'}; wrote {path}; compact results in "
-          f"{RESULTS / (store_name(args.name) + '.json')}")
+    print(f"report {folder / 'report.md'}; wrote {path}; compact results in {store.path}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,87 @@
+"""The resumable result store of a comparison benchmark (benchmarks/acceleration.py).
+
+One result file (:mod:`cropi.bench.results`: the usual header, then ``{"format": 1, "runs": {arm:
+{seed: record}}, "shared_events": [...]}``) holds the compact record
+(:func:`cropi.report.compact.export_run`) of every finished arm x seed, and the comparison's own
+events (beta's shared ``rollouts``, ROOT/metrics.jsonl) that a report charges on the wall-clock
+axis. Several processes (one per seed) update it under its lock. The file is committed: an arm x
+seed with a record is never run again; :meth:`RunStore.restore` writes it back into a comparison
+directory for the report instead, on this machine or another.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from cropi.bench.results import lock_path, result_path, write_result
+from cropi.report.compact import restore_run
+from cropi.utils.io import atomic_write_text, read_jsonl
+from cropi.utils.locking import locked
+
+FORMAT = 1
+
+
+class RunStore:
+    """The store in result file ``FOLDER/STEM.json`` (FOLDER: :data:`cropi.bench.results.RESULTS`)."""
+
+    def __init__(self, stem: str, folder: Path | None = None) -> None:
+        self.stem, self.folder = stem, folder
+
+    @property
+    def path(self) -> Path:
+        return result_path(self.stem, self.folder)
+
+    def load(self) -> dict[str, Any]:
+        """The whole file (header included); {} when there is none."""
+        path = self.path
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def runs(self) -> dict[str, dict[str, Any]]:
+        """arm -> seed (str) -> compact record ({} when none)."""
+        return self.load().get("runs", {})
+
+    def _write(self, runs: dict[str, Any], shared: list[dict[str, Any]]) -> Path:
+        return write_result(self.stem, {"format": FORMAT, "runs": runs, "shared_events": shared},
+                            self.folder)
+
+    def save_record(self, arm: str, seed: int, record: dict[str, Any]) -> Path:
+        """Add one arm x seed to the file (read-modify-write under its lock)."""
+        with locked(lock_path(self.stem, self.folder)):
+            old = self.load()
+            runs = old.get("runs", {})
+            runs.setdefault(arm, {})[str(seed)] = record
+            return self._write(runs, old.get("shared_events", []))
+
+    def save_shared(self, root: Path) -> None:
+        """Keep the comparison's own events (ROOT/metrics.jsonl) in an existing file, so that a
+        report rebuilt elsewhere charges their seconds on the wall-clock axis."""
+        events = read_jsonl(Path(root) / "metrics.jsonl")
+        if not events:
+            return
+        with locked(lock_path(self.stem, self.folder)):
+            old = self.load()
+            if old and old.get("shared_events") != events:
+                self._write(old.get("runs", {}), events)
+
+    def restore(self, root: Path, arms: list[str], seeds: list[int]) -> list[str]:
+        """Restore into comparison ROOT the records of arm x seed whose run directory is absent
+        (and the shared events, when ROOT has none); returns the arm x seed restored or present
+        (``"arm/seed"``)."""
+        root = Path(root)
+        store = self.load()
+        runs = store.get("runs", {})
+        metrics = root / "metrics.jsonl"
+        if store.get("shared_events") and not metrics.exists():
+            atomic_write_text(metrics, "".join(json.dumps(e) + "\n" for e in store["shared_events"]))
+        done = []
+        for arm in arms:
+            for seed in seeds:
+                record = runs.get(arm, {}).get(str(seed))
+                run = root / "arms" / arm / f"seed_{seed}"
+                if record is not None:
+                    done.append(f"{arm}/{seed}")
+                    if not (run / "metrics.jsonl").exists():
+                        restore_run(record, run)
+        return done

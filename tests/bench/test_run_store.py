@@ -1,0 +1,64 @@
+"""cropi.bench.store: the resumable result store of benchmarks/acceleration.py. A report rebuilt
+on another machine gets the comparison's runs and shared events (beta's rollouts, charged on the
+wall-clock axis) back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cropi.bench.results import HEADER_KEYS
+from cropi.bench.store import RunStore
+
+
+def test_shared_events_survive_records_and_are_restored(tmp_path: Path) -> None:
+    store = RunStore("acceleration_runs_t", tmp_path / "results")
+    assert store.path == tmp_path / "results" / "acceleration_runs_t.json"
+    assert store.load() == {} and store.runs() == {}
+    root = tmp_path / "runs" / "cmp"
+    root.mkdir(parents=True)
+    events = [{"event": "rollouts", "seconds": 12.5, "sampled": {"pool": 4, "targets/a": 2}}]
+    (root / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+
+    store.save_shared(root)  # no file yet: nothing to keep the events in
+    assert not store.path.exists()
+    store.save_record("full", 0, {"format": 1, "arm": "full"})
+    store.save_shared(root)
+    store.save_record("oracle", 0, {"format": 1, "arm": "oracle"})  # keeps the shared events
+    stored = json.loads(store.path.read_text())
+    assert set(HEADER_KEYS) <= set(stored) and stored["benchmark"] == "acceleration_runs_t"
+    assert stored["format"] == 1
+    assert stored["shared_events"] == events
+    assert store.runs() == {"full": {"0": {"format": 1, "arm": "full"}},
+                            "oracle": {"0": {"format": 1, "arm": "oracle"}}}
+
+    fresh = tmp_path / "elsewhere" / "cmp"
+    assert store.restore(fresh, [], []) == []
+    lines = (fresh / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == events
+
+    # an existing comparison keeps its own file
+    (root / "metrics.jsonl").write_text(json.dumps({"event": "rollouts", "seconds": 1.0}) + "\n")
+    store.restore(root, [], [])
+    assert json.loads((root / "metrics.jsonl").read_text())["seconds"] == 1.0
+
+
+def test_restore_names_the_runs_it_has_and_keeps_present_runs(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    import cropi.bench.store as store_module
+
+    restored = []
+    monkeypatch.setattr(store_module, "restore_run", lambda rec, run: restored.append((rec["arm"], run)))
+    store = RunStore("s", tmp_path)
+    store.save_record("full", 0, {"arm": "full"})
+    store.save_record("full", 1, {"arm": "full"})
+    store.save_record("cropi", 1, {"arm": "cropi"})
+    root = tmp_path / "cmp"
+    present = root / "arms" / "full" / "seed_1"
+    present.mkdir(parents=True)
+    (present / "metrics.jsonl").write_text("{}\n")
+    done = store.restore(root, ["cropi", "full", "random"], [0, 1])
+    assert done == ["cropi/1", "full/0", "full/1"]  # arms outer, seeds inner; random has none
+    assert restored == [("cropi", root / "arms" / "cropi" / "seed_1"),
+                        ("full", root / "arms" / "full" / "seed_0")]  # full/1 is present
+    assert not (root / "metrics.jsonl").exists()  # no shared events stored
