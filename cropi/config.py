@@ -64,6 +64,10 @@ class DataConfig:
 class RolloutConfig:
     k_pool: int = opt(8, "responses per pool prompt")
     k_target: int = opt(32, "responses per target prompt")
+    k_first: int | None = opt(None, "adaptive K: sample this many responses per prompt first and the "
+                              "rest (up to k_pool / k_target) only for prompts whose rewards are still "
+                              "mixed; a prompt whose first rewards are all equal stops there (None: all "
+                              "K at once)")
     temperature: float = opt(0.5, "sampling temperature of beta's rollouts (0.5, the paper's: its "
                              "selections hold far more target-family prompts than at 1.0, docs/influence.md)")
     top_p: float = opt(1.0, "nucleus sampling threshold")
@@ -78,6 +82,8 @@ class RolloutConfig:
     def __post_init__(self) -> None:
         _check(self.k_pool >= 2, "rollout", "k_pool", "need at least 2 responses for an advantage")
         _check(self.k_target >= 2, "rollout", "k_target", "need at least 2 responses")
+        _check(self.k_first is None or self.k_first >= 2, "rollout", "k_first",
+               "need at least 2 responses to see mixed rewards (or None)")
         _check(self.temperature > 0, "rollout", "temperature", "must be > 0")
         _check(0 < self.top_p <= 1, "rollout", "top_p", "must be in (0, 1]")
         _check(self.max_new_tokens >= 1, "rollout", "max_new_tokens", "must be >= 1")

@@ -27,6 +27,7 @@ from cropi.evaluation import evaluate, write_item_results
 from cropi.utils.errors import CropiError
 from cropi.utils.hashing import fingerprint
 from cropi.utils.io import atomic_write_json, read_json
+from cropi.utils.work import Work
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,10 @@ def phase_train(run: Run, stage: int, ids: list[str]) -> None:
     def on_eval(model: Any, tokenizer: Any, step: int) -> None:
         eval_and_log(run, model, tokenizer, stage, step)
 
+    logs: list[dict[str, Any]] = []
+
     def on_log(rec: dict[str, Any]) -> None:
+        logs.append(rec)
         run.dir.log_metrics("train_log", stage=stage, **rec)
 
     prev = run.dir.checkpoint(stage - 1) if stage > 0 else None
@@ -126,11 +130,24 @@ def phase_train(run: Run, stage: int, ids: list[str]) -> None:
                       log_fn=on_log, device=run.cfg.model.device)
     # seconds: training alone; the evaluations inside it are eval_seconds (and eval_time events)
     run.dir.log_metrics("train", stage=stage, seconds=res.seconds, eval_seconds=res.eval_seconds,
-                        steps=res.steps)
+                        steps=res.steps, work=grpo_work(logs, tcfg).as_dict())
     run.dir.mark(stage, "trained", steps=res.steps, seconds=res.seconds,
                  eval_seconds=res.eval_seconds)
     if stage > 0 and not run.cfg.curriculum.keep_checkpoints:
         shutil.rmtree(run.dir.checkpoint(stage - 1), ignore_errors=True)
+
+
+def grpo_work(logs: list[dict[str, Any]], tcfg: Any) -> Work:
+    """Counted work of a GRPO stage from TRL's step logs: ``completions/mean_length`` x the
+    completions each step samples, and TRL's ``num_tokens`` (prompt + completion tokens through the
+    training forward and backward, counted from 0 in each stage's trainer)."""
+    steps = [r for r in logs if "num_tokens" in r]
+    if not steps:
+        return Work()
+    per_step = tcfg.prompts_per_step * tcfg.samples_per_prompt
+    generated = sum(float(r.get("completions/mean_length", 0.0)) * per_step for r in steps)
+    return Work(prompts=tcfg.prompts_per_step * len(steps), responses=per_step * len(steps),
+                tokens_generated=round(generated), tokens_backward=round(float(steps[-1]["num_tokens"])))
 
 
 def phase_stage_selection(run: Run, stage: int, sets: dict[str, list[PromptRollouts]],

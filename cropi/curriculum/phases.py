@@ -26,6 +26,7 @@ from cropi.model.loading import load_model, load_tokenizer, resolve_device, reso
 from cropi.rollout.collect import Policy, collect, make_policy
 from cropi.rollout.store import PromptRollouts, load_rollouts
 from cropi.utils.errors import CropiError
+from cropi.utils.work import Work
 
 log = logging.getLogger(__name__)
 
@@ -131,16 +132,17 @@ def phase_rollouts(run: Run) -> dict[str, list[PromptRollouts]]:
         run.dir.write_config(run.cfg)
     t0 = time.perf_counter()
     out = {}
-    sampled: dict[str, int] = {}
+    work: dict[str, Work] = {}
     for name, records, k in sets:
         folder = run.dir.rollouts(name)
         set_spec = {**spec, "dataset": dataset_fingerprint(records)}
-        n = collect(records, folder, lambda: run.policy(beta), k, cfg, set_spec, name=name,
-                    overwrite=run.overwrite)
+        work[name] = collect(records, folder, lambda: run.policy(beta), k, cfg, set_spec, name=name,
+                             overwrite=run.overwrite)
         out[name] = load_rollouts(folder)
-        sampled[name] = n
-    if any(sampled.values()):
-        run.dir.log_metrics("rollouts", seconds=time.perf_counter() - t0, sampled=sampled)
+    if any(w.prompts for w in work.values()):
+        run.dir.log_metrics("rollouts", seconds=time.perf_counter() - t0,
+                            sampled={n: w.prompts for n, w in work.items()},
+                            work={n: w.as_dict() for n, w in work.items()})
     return out
 
 

@@ -20,6 +20,7 @@ from cropi.influence.scores import read_scores, score_table, scorer_spec, target
 from cropi.rollout.collect import collect
 from cropi.rollout.store import PromptRollouts, load_rollouts
 from cropi.utils.errors import CropiError
+from cropi.utils.work import Work
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,10 @@ def _drift(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]
     threshold = run.cfg.score.resample_below_ess
     summary = drift_summary(ess_k, 0.5 if threshold is None else threshold)
     low = [it.id for it, e in zip(pool, ess_k) if threshold is not None and np.isfinite(e) and e < threshold]
-    run.dir.log_metrics("drift", stage=stage, **summary, resampled=len(low))
+    forward = sum(len(it.prompt_ids) * len(it.response_ids) + sum(len(r) for r in it.response_ids)
+                  for it in pool if not it.zero_grad)  # pool_ess: the packed pass, prompts with a gradient
+    run.dir.log_metrics("drift", stage=stage, **summary, resampled=len(low),
+                        work=Work(prompts=sum(not it.zero_grad for it in pool), tokens_forward=forward).as_dict())
     log.info("stage %d drift: mean ESS/K %s, %s of %d prompts below %s", stage, summary["mean_ess"],
              summary["share_below"], summary["n"], summary["threshold"])
     if not low:

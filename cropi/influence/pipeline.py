@@ -20,10 +20,11 @@ import torch
 from cropi.config import GradientConfig, ProjectionConfig
 from cropi.influence.features import FeatureStore
 from cropi.influence.params import ParamSet, attach_lora, select_params
-from cropi.influence.popi import popi_backward, use_autocast
+from cropi.influence.popi import backward_tokens, popi_backward, use_autocast
 from cropi.influence.projection import Projector, make_projector
 from cropi.rollout.store import PromptRollouts
 from cropi.utils.progress import track
+from cropi.utils.work import Work
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,13 @@ class Timings:
     store: float = 0.0
     n_prompts: int = 0
     n_zero_grad: int = 0
+    work: Work = dataclasses.field(default_factory=Work)  # prompts with a gradient, tokens backpropagated
 
     def as_dict(self) -> dict[str, Any]:
         total = self.grad + self.project + self.store
         return {"grad_s": self.grad, "project_s": self.project, "store_s": self.store,
                 "total_s": total, "n_prompts": self.n_prompts, "n_zero_grad": self.n_zero_grad,
-                "project_share": self.project / total if total else 0.0}
+                "project_share": self.project / total if total else 0.0, "work": self.work.as_dict()}
 
 
 def prompt_feature(model: torch.nn.Module, params: ParamSet, projector: Projector,
@@ -60,6 +62,8 @@ def prompt_feature(model: torch.nn.Module, params: ParamSet, projector: Projecto
     if not has_signal:
         timings.n_zero_grad += 1
         return None
+    timings.work.add(Work(prompts=1, responses=len(item.response_ids),
+                          tokens_backward=backward_tokens(item, cfg)))
     feat = projector.project(params.grads()).detach().float().cpu().numpy()
     timings.project += time.perf_counter() - t1
     return feat

@@ -37,8 +37,8 @@ def grpo_advantages(rewards: torch.Tensor, weights: torch.Tensor | None = None) 
     return ((r - mu) / (sigma + ADV_EPS)).float()
 
 
-def _surrogate(new_lp: torch.Tensor, old_lp: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor,
-               lengths: torch.Tensor, clip_eps: float | None) -> torch.Tensor:
+def surrogate(new_lp: torch.Tensor, old_lp: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor,
+              lengths: torch.Tensor, clip_eps: float | None) -> torch.Tensor:
     """Sum over rows of (1/|tau|) sum_t rho * A (clipped PPO form when clip_eps is set). [B,R] -> []"""
     ratio = torch.exp(new_lp - old_lp) * mask
     a = adv.unsqueeze(-1)
@@ -63,6 +63,19 @@ def _reweight(model: torch.nn.Module, item: PromptRollouts, pad_id: int) -> torc
 def use_autocast(cfg: GradientConfig, device: torch.device | str) -> bool:
     """``gradient.autocast_bf16``, with None resolved for ``device`` (on where bf16 is fast)."""
     return bf16_is_fast(device) if cfg.autocast_bf16 is None else bool(cfg.autocast_bf16)
+
+
+def backward_tokens(item: PromptRollouts, cfg: GradientConfig, shared_prefix: bool = True) -> int:
+    """Tokens :func:`popi_backward` runs forward and backward for ``item``: the prompt once per
+    micro-batch and every response (shared prefix), or the prompt with every response (packed)."""
+    if item.zero_grad:
+        return 0
+    resp = sum(len(r) for r in item.response_ids)
+    if not shared_prefix:
+        return resp + len(item.prompt_ids) * len(item.response_ids)
+    k = len(item.response_ids)
+    groups = prompt_groups([item.prompt_ids] * k, [1 + len(r) for r in item.response_ids], cfg.max_batch_tokens)
+    return resp + len(item.prompt_ids) * len(list(groups))
 
 
 def popi_backward(model: torch.nn.Module, item: PromptRollouts, cfg: GradientConfig,
@@ -92,8 +105,8 @@ def popi_backward(model: torch.nn.Module, item: PromptRollouts, cfg: GradientCon
                 old[j, :len(item.logprobs[i])] = torch.as_tensor(item.logprobs[i], device=device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast(cfg, device)):
                 new = shared_prefix_logprobs(model, item.prompt_ids, resp, pad_id)
-            obj = _surrogate(new.float(), old, mask, adv[idx].to(device), mask.sum(-1).clamp(min=1),
-                             cfg.clip_eps)
+            obj = surrogate(new.float(), old, mask, adv[idx].to(device), mask.sum(-1).clamp(min=1),
+                            cfg.clip_eps)
             (-obj / k).backward()
         return True
     lengths = [len(item.prompt_ids) + len(r) for r in item.response_ids]
@@ -105,6 +118,6 @@ def popi_backward(model: torch.nn.Module, item: PromptRollouts, cfg: GradientCon
         lens = batch.response_mask.sum(-1).clamp(min=1)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast(cfg, device)):
             new = token_logprobs(model, batch)
-        obj = _surrogate(new.float(), old, batch.response_mask, adv[idx].to(device), lens, cfg.clip_eps)
+        obj = surrogate(new.float(), old, batch.response_mask, adv[idx].to(device), lens, cfg.clip_eps)
         (-obj / k).backward()
     return True

@@ -8,6 +8,7 @@ any point resumes at the first missing part and ends with the same files as an u
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from cropi.rollout import store
 from cropi.rollout.sampler import HFSampler, Sampler, SamplingParams, make_sampler
 from cropi.utils.progress import track
 from cropi.utils.seeding import derive_seed
+from cropi.utils.work import Work
 from cropi.verify import verify
 
 log = logging.getLogger(__name__)
@@ -87,45 +89,85 @@ def hf_sampler(model: torch.nn.Module, tokenizer: Any, cfg: RolloutConfig, model
     return HFSampler(gen_model.eval(), tokenizer, fast=fast)
 
 
-def _rows_for_chunk(policy: Policy, records: Sequence[PromptRecord], k: int, cfg: RolloutConfig,
-                    seed: int) -> tuple[list[dict[str, Any]], int]:
-    prompts = [policy.prompt_ids(r) for r in records]
-    params = SamplingParams(n=k, temperature=cfg.temperature, top_p=cfg.top_p,
+def sample_group(policy: Policy, prompts: list[list[int]], k: int, cfg: RolloutConfig, seed: int,
+                 reward: Callable[[int, list[int]], float]) -> tuple[list[list[list[int]]], list[str]]:
+    """Up to ``k`` responses per prompt; ``reward(i, response_ids)`` scores one of prompt i.
+
+    With ``cfg.k_first`` below ``k`` (adaptive K), every prompt first gets ``k_first`` responses;
+    only prompts whose rewards are mixed get ``k - k_first`` more (another seed): a prompt whose
+    first rewards are all equal has no GRPO advantage yet, and more samples would rarely give it
+    one. Returns the responses and, per prompt, why it has as many as it has: ``all`` (k at once),
+    ``stopped`` (all equal after k_first) or ``extended`` (mixed after k_first: k in all).
+    """
+    k0 = cfg.k_first if cfg.k_first is not None and cfg.k_first < k else k
+    params = SamplingParams(n=k0, temperature=cfg.temperature, top_p=cfg.top_p,
                             max_new_tokens=cfg.max_new_tokens)
-    responses = policy.sampler.generate(prompts, params, seed)
+    responses = [list(rs) for rs in policy.sampler.generate(prompts, params, seed)]
+    if k0 == k:
+        return responses, ["all"] * len(prompts)
+    first = [[reward(i, r) for r in rs] for i, rs in enumerate(responses)]
+    mixed = [i for i, rw in enumerate(first) if min(rw) != max(rw)]
+    if mixed:
+        more = policy.sampler.generate([prompts[i] for i in mixed], dataclasses.replace(params, n=k - k0),
+                                       derive_seed(seed, "extend"))
+        for i, rs in zip(mixed, more, strict=True):
+            responses[i].extend(rs)
+    open_ = set(mixed)
+    return responses, ["extended" if i in open_ else "stopped" for i in range(len(prompts))]
+
+
+def _rows_for_chunk(policy: Policy, records: Sequence[PromptRecord], k: int, cfg: RolloutConfig,
+                    seed: int) -> tuple[list[dict[str, Any]], Work]:
+    prompts = [policy.prompt_ids(r) for r in records]
+    verdicts: dict[tuple[int, tuple[int, ...]], float] = {}
+
+    def reward(i: int, response: list[int]) -> float:
+        key = (i, tuple(response))
+        if key not in verdicts:
+            verdicts[key] = verify(policy.tokenizer.decode(response, skip_special_tokens=True), records[i]).reward
+        return verdicts[key]
+
+    responses, reasons = sample_group(policy, prompts, k, cfg, seed, reward)
     flat_p = [p for p, rs in zip(prompts, responses, strict=True) for _ in rs]
     flat_r = [r for rs in responses for r in rs]
     fast = getattr(policy.sampler, "fast", True)  # round 1 (HFSampler(fast=False)): the packed pass
     logprobs = response_logprobs(policy.model, flat_p, flat_r, policy.pad_id, share_prompts=fast)
-    rows, n_tok, j = [], 0, 0
-    for rec, p, rs in zip(records, prompts, responses, strict=True):
+    rows, j = [], 0
+    work = Work(prompts=len(records), responses=len(flat_r))
+    for i, (rec, p, rs) in enumerate(zip(records, prompts, responses, strict=True)):
         texts = [policy.tokenizer.decode(r, skip_special_tokens=True) for r in rs]
-        rewards = [verify(t, rec).reward for t in texts]
+        rewards = [reward(i, r) for r in rs]
         lps = logprobs[j:j + len(rs)]
         j += len(rs)
-        n_tok += sum(len(r) for r in rs)
+        n_tok = sum(len(r) for r in rs)
+        rounds = 2 if reasons[i] == "extended" else 1
+        work.tokens_generated += n_tok
+        work.tokens_prefill += rounds * len(p)
+        work.tokens_forward += n_tok + (len(p) if fast else len(p) * len(rs))
         rows.append({
             "id": rec.id, "source": rec.source, "level": rec.level, "prompt_ids": p,
             "response_ids": rs, "response_text": texts, "rewards": rewards, "logprobs": lps,
-            "pass_rate": float(sum(rewards) / len(rewards)), "n_tokens": sum(len(r) for r in rs),
+            "pass_rate": float(sum(rewards) / len(rewards)), "n_tokens": n_tok, "sampling": reasons[i],
         })
-    return rows, n_tok
+    return rows, work
 
 
 def collect(records: Sequence[PromptRecord], folder: str | Path, policy: Callable[[], Policy],
             k: int, cfg: RolloutConfig, spec: dict[str, Any], name: str = "pool",
-            overwrite: bool = False) -> int:
-    """Sample ``k`` responses for every record into ``folder`` (resumable). Returns the folder.
+            overwrite: bool = False) -> Work:
+    """Sample ``k`` responses for every record into ``folder`` (resumable; ``cfg.k_first``:
+    adaptive K, :func:`sample_group`).
 
     ``policy`` is called only when there is work to do (a complete folder loads no model).
-    Returns the number of prompts sampled by this call (0 when everything was already done).
+    Returns the work of this call (prompts sampled, tokens generated and forwarded; all zero when
+    everything was already done).
     """
     folder = Path(folder)
     full_spec = {**spec, "k": k, "rollout": {**vars(cfg)}, "set": name}
     if store.is_complete(folder) and not overwrite:
         store.prepare_dir(folder, full_spec)  # raises when the spec changed
         log.info("%s: rollouts already complete in %s", name, folder)
-        return 0
+        return Work()
     if (folder / "spec.json").exists() and not overwrite:
         store.prepare_dir(folder, full_spec)  # only checks: a changed spec fails before any work
     per_chunk = max(1, cfg.batch_size // k)
@@ -138,14 +180,14 @@ def collect(records: Sequence[PromptRecord], folder: str | Path, policy: Callabl
     done = [c for c in range(len(chunks)) if store.part_path(folder, c).exists()]
     if done:
         log.info("%s: resuming, %d of %d chunks already sampled", name, len(done), len(chunks))
-    sampled = 0
+    work = Work()
     with track(f"rollout {name}", total=len(records), completed=sum(len(chunks[c]) for c in done)) as bar:
         for c, chunk in enumerate(chunks):
             if store.part_path(folder, c).exists():
                 continue
-            rows, n_tok = _rows_for_chunk(policy(), chunk, k, cfg, derive_seed(cfg.seed, name, c))
+            rows, chunk_work = _rows_for_chunk(policy(), chunk, k, cfg, derive_seed(cfg.seed, name, c))
             store.write_part(folder, c, rows)
-            bar.advance(len(chunk), n_tok)
-            sampled += len(chunk)
+            bar.advance(len(chunk), chunk_work.tokens_generated)
+            work.add(chunk_work)
     store.finalize(folder, len(chunks), {"spec": full_spec})
-    return sampled
+    return work

@@ -8,7 +8,8 @@ Layout of a set folder (``rollouts/pool``, ``rollouts/targets/<name>``)::
     manifest.json        written last: its presence means "complete"
 
 One row per prompt: id, source, level, prompt_ids, response_ids [K][len], response_text [K],
-rewards [K], logprobs [K][len] (beta's teacher-forced fp32 log-probs), pass_rate, n_tokens.
+rewards [K], logprobs [K][len] (beta's teacher-forced fp32 log-probs), pass_rate, n_tokens,
+sampling (K can differ between prompts with adaptive K, ``rollout.k_first``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ SCHEMA = pa.schema([
     ("rewards", pa.list_(pa.float32())),
     ("logprobs", pa.list_(pa.list_(pa.float32()))),
     ("pass_rate", pa.float64()), ("n_tokens", pa.int64()),
+    ("sampling", pa.string()),
 ])
+"""``sampling``: why the prompt has as many responses as it has (``all``, ``stopped`` or
+``extended``: :func:`cropi.rollout.collect.sample_group`); missing in stores of earlier versions."""
 
 
 @dataclass
@@ -94,7 +98,7 @@ def write_part(folder: Path, chunk: int, rows: list[dict[str, Any]]) -> None:
 
 def finalize(folder: Path, n_chunks: int, manifest: dict[str, Any]) -> None:
     """Merge the parts in chunk order into rollouts.parquet, then write the manifest."""
-    tables = [pq.read_table(part_path(folder, c), schema=SCHEMA) for c in range(n_chunks)]
+    tables = [_with_schema(pq.read_table(part_path(folder, c))) for c in range(n_chunks)]
     table = pa.concat_tables(tables)
     with atomic_path(folder / "rollouts.parquet") as tmp:
         pq.write_table(table, tmp)
@@ -106,6 +110,14 @@ def finalize(folder: Path, n_chunks: int, manifest: dict[str, Any]) -> None:
     }
     atomic_write_json(folder / "manifest.json", manifest)
     shutil.rmtree(folder / "parts", ignore_errors=True)
+
+
+def _with_schema(table: pa.Table) -> pa.Table:
+    """A part in :data:`SCHEMA` (a part written by an earlier version lacks ``sampling``)."""
+    for f in SCHEMA:
+        if f.name not in table.column_names:
+            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+    return table.select(SCHEMA.names).cast(SCHEMA)
 
 
 def is_complete(folder: Path) -> bool:
