@@ -42,6 +42,10 @@ the results JSON is rewritten after every cell.
 ``--cap N`` keeps at most N pool prompts per family (cell key ``SUITE-capN/...``): the way to
 measure a big suite (``arith-ladder``: 288 pool prompts) within the budget. Several processes may
 run different cells at once; each merges its cells into the result file under a lock.
+
+The cells' files and draws are :mod:`cropi.bench.selection_cells`, the group sums and the
+features rebuilt from them :mod:`cropi.influence.group_sums`, the metrics
+:mod:`cropi.report.selection_quality`.
 """
 
 from __future__ import annotations
@@ -49,7 +53,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 import traceback
 from collections.abc import Sequence
@@ -59,62 +62,19 @@ from typing import Any
 
 import numpy as np
 
-from _common import RESULTS, locked, print_table, write_result
+from cropi.bench import load_result, lock_path, print_table, result_path, write_result
+from cropi.bench.selection_cells import (Draw, cell_data, cell_dir, cell_name, collect_cell, family_of,
+                                         load_groups, make_draws, run_scorers, scorer_grid, suite_label,
+                                         suite_spec)
+from cropi.influence.group_sums import group_backward, half_features
+from cropi.report.selection_quality import (ci95, fused_rule, hypergeom_interval, learnability_expected,
+                                            overlap, rank_rule, selection_metrics, top_n)
+from cropi.utils.locking import locked
 
-RELEVANT_DATASETS: dict[str, str] = {}  # filled from cropi.data.suite_specs at run time
-ADV_EPS = 1e-4
 N_BOOT = 1000
 
 
 # ----------------------------------------------------------------------------------- data phase
-def suite_spec(name: str, cap: int | None) -> Any:
-    """The built-in suite ``name``; with ``cap``, every pool family holds at most ``cap`` prompts
-    (a cheaper cell on a big suite; target sets stay whole; questions are drawn afresh)."""
-    from dataclasses import replace
-
-    from cropi.data.suite_specs import SUITES
-
-    spec = SUITES[name]
-    if cap is None:
-        return spec
-
-    return replace(spec, name=f"{name}-cap{cap}", pool=[(f, min(c, cap)) for f, c in spec.pool])
-
-
-def suite_label(name: str, cap: int | None) -> str:
-    return name if cap is None else f"{name}-cap{cap}"
-
-
-def cell_name(temperature: float, k: int, rollout_seed: int = 0) -> str:
-    """``T0.5-K16``; another rollout seed (an independent draw of everything) adds ``-r1``."""
-    return f"T{temperature:g}-K{k}" + (f"-r{rollout_seed}" if rollout_seed else "")
-
-
-def cell_dir(work: Path, suite: str, temperature: float, k: int, rollout_seed: int = 0) -> Path:
-    return work / suite / cell_name(temperature, k, rollout_seed)
-
-
-def rollouts(args: argparse.Namespace, suite_name: str, temperature: float, cdir: Path,
-             policy_fn: Any) -> tuple[dict[str, list[Any]], float]:
-    """Collect K responses per prompt for the pool and every target set (resumable)."""
-    from cropi.config import RolloutConfig
-    from cropi.data.suites import build_suite_from_spec
-    from cropi.rollout.collect import collect
-    from cropi.rollout.store import load_rollouts
-
-    suite = build_suite_from_spec(suite_spec(suite_name, args.cap), args.suite_seed)
-    cfg = RolloutConfig(k_pool=args.k, k_target=args.k, temperature=temperature,
-                        max_new_tokens=args.max_new_tokens, seed=args.rollout_seed)
-    sets = {"pool": suite.pool, **{f"targets/{t}": recs for t, recs in suite.targets.items()}}
-    spec = {"bench": "selection_quality", "suite": suite_label(suite_name, args.cap), "suite_seed": args.suite_seed}
-    t0 = time.perf_counter()
-    out = {}
-    for name, recs in sets.items():
-        collect(recs, cdir / "rollouts" / name, policy_fn, args.k, cfg, spec, name=name)
-        out[name] = load_rollouts(cdir / "rollouts" / name)
-    return out, time.perf_counter() - t0
-
-
 @dataclass
 class Scorer:
     """What the feature pass needs: model, parameters, projector, gradient config, pad id."""
@@ -124,29 +84,6 @@ class Scorer:
     projector: Any
     gcfg: Any
     pad_id: int
-
-
-def group_backward(sc: Scorer, item: Any, idx: Sequence[int]) -> None:
-    """Accumulate sum_{k in idx} grad (1/|tau_k|) sum_t rho_kt into ``.grad`` (popi's surrogate,
-    advantage 1, same micro-batching and autocast as :func:`cropi.influence.popi.popi_backward`)."""
-    import torch
-
-    from cropi.influence.popi import _surrogate
-    from cropi.model.logprobs import micro_batches, pack, token_logprobs
-
-    device = next(sc.model.parameters()).device
-    lengths = [len(item.prompt_ids) + len(item.response_ids[i]) for i in idx]
-    for mb in micro_batches(lengths, sc.gcfg.max_batch_tokens):
-        sel = [idx[j] for j in mb]
-        batch = pack([item.prompt_ids] * len(sel), [item.response_ids[i] for i in sel], sc.pad_id, device)
-        old = torch.zeros_like(batch.response_mask)
-        for j, i in enumerate(sel):
-            old[j, :len(item.logprobs[i])] = torch.as_tensor(item.logprobs[i], device=device)
-        lens = batch.response_mask.sum(-1).clamp(min=1)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=sc.gcfg.autocast_bf16):
-            new = token_logprobs(sc.model, batch)
-        ones = torch.ones(len(sel), device=device)
-        _surrogate(new.float(), old, batch.response_mask, ones, lens, sc.gcfg.clip_eps).backward()
 
 
 def prompt_groups(sc: Scorer, item: Any, half: int) -> tuple[np.ndarray, dict[str, float]]:
@@ -167,7 +104,7 @@ def prompt_groups(sc: Scorer, item: Any, half: int) -> tuple[np.ndarray, dict[st
                 continue
             t0 = time.perf_counter()
             sc.params.zero_grad()
-            group_backward(sc, item, idx)
+            group_backward(sc.model, item, idx, sc.gcfg, sc.pad_id)
             t1 = time.perf_counter()
             out[2 * h + c_i] = sc.projector.project(sc.params.grads()).detach().float().cpu().numpy()
             t["grad_s"] += t1 - t0
@@ -198,16 +135,6 @@ def features(sc: Scorer, items: Sequence[Any], folder: Path, half: int) -> dict[
     return tot
 
 
-def load_groups(items: Sequence[Any], folder: Path) -> tuple[np.ndarray, dict[str, float]]:
-    gs, t = [], {"grad_s": 0.0, "project_s": 0.0, "n_groups": 0}
-    for it in items:
-        with np.load(folder / f"{it.id}.npz") as z:
-            gs.append(z["groups"])
-            for key in t:
-                t[key] += float(z[key])
-    return np.stack(gs).astype(np.float64), t
-
-
 def check_reconstruction(sc: Scorer, items: Sequence[Any], groups: np.ndarray, half: int) -> dict[str, Any]:
     """Cosine between the reconstructed half-A feature and ``popi_backward`` on half A (one prompt)."""
     from cropi.influence.popi import popi_backward
@@ -223,237 +150,14 @@ def check_reconstruction(sc: Scorer, items: Sequence[Any], groups: np.ndarray, h
         popi_backward(sc.model, sub, sc.gcfg, sc.pad_id)
         ref = sc.projector.project(sc.params.grads()).detach().double().cpu().numpy()
         sc.params.zero_grad()
-        rec = combine(groups[i:i + 1], np.asarray(it.rewards, np.float64)[None], half)["A"][0]
+        rec = half_features(groups[i:i + 1], np.asarray(it.rewards, np.float64)[None], half)["A"][0]
         cos = float(rec @ ref / (np.linalg.norm(rec) * np.linalg.norm(ref)))
         rel = float(np.linalg.norm(rec - ref) / np.linalg.norm(ref))
         return {"id": it.id, "cosine": cos, "rel_l2": rel}
     return {"id": None}
 
 
-# ------------------------------------------------------------------------- reconstruction
-def popi_coeffs(r: np.ndarray) -> tuple[float, float]:
-    """POPI advantages (A for R=1, A for R=0) of a binary reward vector; (0, 0) if all equal."""
-    if r.size < 2 or np.all(r == r[0]):
-        return 0.0, 0.0
-    mu, sd = r.mean(), r.std(ddof=1)
-    return (1 - mu) / (sd + ADV_EPS), (0 - mu) / (sd + ADV_EPS)
-
-
-def _popi_feature(s1: np.ndarray, s0: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """g = -(1/m) (A_1 S_1 + A_0 S_0) of m responses with rewards ``r``, from the sums of their
-    correct (S_1) and incorrect (S_0) per-response gradients; zeros when all rewards are equal."""
-    a1, a0 = popi_coeffs(r)
-    return -(a1 * s1 + a0 * s0) / r.size if a1 or a0 else np.zeros_like(s1)
-
-
-def combine(groups: np.ndarray, rewards: np.ndarray, half: int) -> dict[str, np.ndarray]:
-    """Features ``{"A", "B", "full"}: [n, k]`` from groups ``[n, 4, k]`` and rewards ``[n, K]``:
-    the POPI gradient of the responses of each half (m = half) and of all of them (m = K)."""
-    out = {"A": np.stack([_popi_feature(g[0], g[1], r[:half]) for g, r in zip(groups, rewards)]),
-           "B": np.stack([_popi_feature(g[2], g[3], r[half:]) for g, r in zip(groups, rewards)])}
-    out["full"] = pooled([groups], [rewards])
-    return out
-
-
-def pooled(groups: Sequence[np.ndarray], rewards: Sequence[np.ndarray]) -> np.ndarray:
-    """POPI features ``[n, k]`` of all responses of one or more cells together, from their group
-    sums ``[n, 4, k]`` (correct and incorrect sums of both halves) and rewards ``[n, K_c]``."""
-    s1 = sum(g[:, 0] + g[:, 2] for g in groups)
-    s0 = sum(g[:, 1] + g[:, 3] for g in groups)
-    r = np.concatenate(list(rewards), axis=1)
-    return np.stack([_popi_feature(s1[i], s0[i], r[i]) for i in range(r.shape[0])])
-
-
 # -------------------------------------------------------------------------------- analysis
-@dataclass
-class Draw:
-    """One draw of everything: pool features, zero mask, pass rates, counts; target features."""
-
-    name: str
-    pool: np.ndarray
-    zero: np.ndarray
-    pass_rate: np.ndarray
-    n_correct: np.ndarray
-    k: int
-    targets: dict[str, np.ndarray]
-    target_zero: dict[str, np.ndarray]
-    source: np.ndarray
-
-
-def make_draws(data: dict[str, Any], half: int) -> dict[str, Draw]:
-    draws = {}
-    for key, sl in (("A", slice(0, half)), ("B", slice(half, None)), ("full", slice(None))):
-        pr = data["pool_rewards"][:, sl]
-        feats = data["pool_feats"][key]
-        tfe = {t: data["target_feats"][t][key] for t in data["targets"]}
-        tze = {t: ~np.any(tfe[t] != 0, axis=1) for t in data["targets"]}
-        draws[key] = Draw(key, feats, ~np.any(feats != 0, axis=1), pr.mean(1), pr.sum(1), pr.shape[1],
-                          tfe, tze, data["pool_source"])
-    return draws
-
-
-def scorer_grid() -> list[tuple[str, str, dict[str, Any]]]:
-    """(label, scorer name, options) of every variant evaluated. ``+source`` variants use the
-    family label that enrichment is measured with: only their stability is meaningful."""
-    return [
-        ("paper", "paper", {}),
-        ("differential", "differential", {}),
-        ("differential-max", "differential", {"reduce": "max"}),
-        ("centred", "centred", {}),
-        ("centred-unit", "centred", {"unit": True}),
-        ("unitmean", "unitmean", {}),
-        ("paper+knn5", "knn", {"base": "paper", "neighbours": 5}),
-        ("centred+knn5", "knn", {"base": "centred", "neighbours": 5}),
-        ("centred+knn10", "knn", {"base": "centred", "neighbours": 10}),
-        ("differential+knn5", "knn", {"base": "differential", "neighbours": 5}),
-        ("paper+eb", "eb", {"base": "paper"}),
-        ("centred+eb", "eb", {"base": "centred"}),
-        ("differential+eb", "eb", {"base": "differential"}),
-        ("centred+knn5+eb", "eb", {"base": "knn", "base_opts": {"base": "centred", "neighbours": 5}}),
-        ("paper+source", "source", {"base": "paper"}),
-        ("centred+source", "source", {"base": "centred"}),
-    ]
-
-
-def run_scorers(d: Draw, target_max: int, seed: int) -> dict[str, dict[str, np.ndarray]]:
-    """{label: {target: [n]}} for every variant of :func:`scorer_grid` on one draw."""
-    from cropi.influence import scorers
-    from cropi.influence.scores import target_mean
-
-    means, tfeats = {}, {}
-    for t, tf in d.targets.items():
-        ids = [str(i) for i in range(tf.shape[0])]
-        means[t], used = target_mean(tf, d.target_zero[t], ids, max_n=target_max, seed=seed, name=t)
-        tfeats[t] = tf[[int(u) for u in used]]
-    out = {}
-    for label, name, opts in scorer_grid():
-        out[label] = scorers.score(name, d.pool, d.zero, means, target_feats=tfeats,
-                                   n_correct=d.n_correct, n_responses=d.k, sources=d.source, **opts)
-    return out
-
-
-def _fusion() -> Any:
-    try:  # where cropi keeps order_desc / fuse (moved from cropi.influence.scores to cropi.select)
-        from cropi.select import fusion
-    except ImportError:
-        from cropi.influence import scores as fusion
-    return fusion
-
-
-def top_n(score: np.ndarray, n: int) -> np.ndarray:
-    """Best n finite positions (ties: earlier first), as cropi's selection orders them."""
-    return _fusion().order_desc(score)[:n]
-
-
-def rrf(scores: dict[str, np.ndarray], n: int) -> np.ndarray:
-    return _fusion().fuse(scores, n, "rrf")
-
-
-def _ci(values: np.ndarray) -> list[float]:
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v.size else [None, None]
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 3:
-        return float("nan")
-    return float(spearmanr(a[ok], b[ok]).statistic)
-
-
-def _share(picks: np.ndarray, mask: np.ndarray) -> float:
-    return float(mask[picks].mean()) if picks.size else float("nan")
-
-
-def select_metrics(order_fn: Any, draws: Sequence[str], zero: dict[str, np.ndarray],
-                   rel: np.ndarray, related: np.ndarray | None, n: int, boot: np.ndarray,
-                   stab_scores: dict[str, np.ndarray] | None, src: np.ndarray | None = None
-                   ) -> dict[str, Any]:
-    """Metrics of one ranking rule. ``order_fn(draw, rows) -> picks`` (positions into ``rows``)
-    chooses up to n of ``rows`` (a bootstrap resample of pool positions, or all of them)."""
-    allrows = np.arange(rel.size)
-    res: dict[str, Any] = {"per_draw": {}}
-    point = {}
-    for d in draws:
-        picks = allrows[order_fn(d, allrows)]
-        nz = ~zero[d]
-        share, base = _share(picks, rel), float(rel[nz].mean()) if nz.any() else float("nan")
-        point[d] = share / base if base > 0 else float("nan")
-        res["per_draw"][d] = {"n_picks": int(picks.size), "share": share, "share_grad": base,
-                              "share_pool": float(rel.mean()), "enrichment": point[d],
-                              "related_share": None if related is None else _share(picks, related),
-                              "n_grad": int(nz.sum())}
-        if src is not None:
-            fams, counts = np.unique(src[picks], return_counts=True)
-            res["per_draw"][d]["families"] = {str(f): int(c) for f, c in zip(fams, counts)}
-    bs = {d: [] for d in draws}
-    for rows in boot:
-        for d in draws:
-            picks = rows[order_fn(d, rows)]
-            nz = ~zero[d][rows]
-            base = rel[rows][nz].mean() if nz.any() else np.nan
-            bs[d].append(_share(picks, rel) / base if base > 0 else np.nan)
-    for d in draws:
-        res["per_draw"][d]["enrichment_ci"] = _ci(np.array(bs[d]))
-    halves = [d for d in draws if d in ("A", "B")]
-    if halves:
-        res["enrichment_mean_halves"] = float(np.mean([point[d] for d in halves]))
-        res["_boot"] = np.mean([bs[d] for d in halves], axis=0)  # for paired differences; not saved
-        res["enrichment_mean_halves_ci"] = _ci(res["_boot"])
-        res["share_mean_halves"] = float(np.mean([res["per_draw"][d]["share"] for d in halves]))
-        if related is not None:
-            res["related_share_mean_halves"] = float(np.mean([res["per_draw"][d]["related_share"]
-                                                              for d in halves]))
-    if len(halves) == 2:
-        pa_ = allrows[order_fn("A", allrows)]
-        pb_ = allrows[order_fn("B", allrows)]
-        res["overlap"] = len(set(pa_.tolist()) & set(pb_.tolist())) / n
-        ov = []
-        for rows in boot:  # positions in the resample: each copy of a prompt counts on its own
-            a_, b_ = order_fn("A", rows), order_fn("B", rows)
-            ov.append(len(set(a_.tolist()) & set(b_.tolist())) / n)
-        res["overlap_ci"] = _ci(np.array(ov))
-        if stab_scores is not None:
-            a, b = stab_scores["A"], stab_scores["B"]
-            res["spearman"] = _spearman(a, b)
-            res["spearman_ci"] = _ci(np.array([_spearman(a[rows], b[rows]) for rows in boot[:300]]))
-            res["n_both"] = int((np.isfinite(a) & np.isfinite(b)).sum())
-    return res
-
-
-def ranked(values: dict[str, np.ndarray], n: int) -> Any:
-    """order_fn for fixed scores per draw (NaN never picked; ties: earlier row first)."""
-    def fn(d: str, rows: np.ndarray) -> np.ndarray:
-        return top_n(values[d][rows], n)
-    return fn
-
-
-def fused_rule(per_target: dict[str, dict[str, np.ndarray]], n: int) -> Any:
-    """order_fn of RRF over targets, recomputed on each resample (the fusion uses the top-n lists)."""
-    def fn(d: str, rows: np.ndarray) -> np.ndarray:
-        return top_n(rrf({t: s[d][rows] for t, s in per_target.items()}, n), n)
-    return fn
-
-
-def learnability_expected(p: np.ndarray, zero: np.ndarray, rel: np.ndarray, n: int) -> float:
-    """Expected relevant share of the top n by p(1-p), averaged over random tie orders."""
-    v = np.where(zero, -1.0, p * (1 - p))
-    levels = np.unique(v[v > 0])[::-1]
-    taken, hits = 0, 0.0
-    for lv in levels:
-        grp = v == lv
-        m = int(grp.sum())
-        take = min(m, n - taken)
-        hits += take * rel[grp].mean()
-        taken += take
-        if taken >= n:
-            break
-    return hits / taken if taken else float("nan")
-
-
 def analyse(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Every metric of one cell (see the module docstring)."""
     half = args.k // 2
@@ -486,13 +190,13 @@ def analyse(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         res: dict[str, Any] = {}
         per_t = {t: {d: scores[d][lab][t] for d in draws} for t in rel_t}
         for t in rel_t:
-            res[t] = select_metrics(ranked(per_t[t], n), ("A", "B"), zero, rel_t[t], related_t[t], n,
+            res[t] = selection_metrics(rank_rule(per_t[t], n), ("A", "B"), zero, rel_t[t], related_t[t], n,
                                     boot, {d: per_t[t][d] for d in ("A", "B")}, src)
-            res[t]["k16"] = select_metrics(ranked(per_t[t], n), ("full",), zero, rel_t[t],
+            res[t]["k16"] = selection_metrics(rank_rule(per_t[t], n), ("full",), zero, rel_t[t],
                                            related_t[t], n, boot[:300], None, src)["per_draw"]["full"]
-        res["fused"] = select_metrics(fused_rule(per_t, n), ("A", "B"), zero, rel_any, None, n, boot,
+        res["fused"] = selection_metrics(fused_rule(per_t, n), ("A", "B"), zero, rel_any, None, n, boot,
                                       None, src)
-        res["fused"]["k16"] = select_metrics(fused_rule(per_t, n), ("full",), zero, rel_any, None, n,
+        res["fused"]["k16"] = selection_metrics(fused_rule(per_t, n), ("full",), zero, rel_any, None, n,
                                              boot[:300], None, src)["per_draw"]["full"]
         out["scorers"][lab] = res
         print(f"  analysed {lab} ({time.strftime('%H:%M:%S')})", flush=True)
@@ -502,10 +206,10 @@ def analyse(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         for lab in labels:
             m = out["scorers"][lab][key]
             m["vs_paper"] = {"diff": m["enrichment_mean_halves"] - ref["enrichment_mean_halves"],
-                             "ci": _ci(m["_boot"] - ref["_boot"])}
+                             "ci": ci95(m["bootstrap"] - ref["bootstrap"])}
     for lab in labels:
         for key in [*rel_t, "fused"]:
-            out["scorers"][lab][key].pop("_boot")
+            out["scorers"][lab][key].pop("bootstrap")
     # baselines: learnability = top p(1-p) (= pass rate closest to 0.5); ties broken at random
     # (expected share over tie orders for the point value, one fixed random order in bootstraps)
     pr = {d: draws[d].pass_rate for d in draws}
@@ -518,9 +222,9 @@ def analyse(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     for name, masks in (("per_target", rel_t), ("fused", {"fused": rel_any})):
         for t, rel in masks.items():
             rl = related_t.get(t) if name == "per_target" else None
-            m = select_metrics(ranked(learn, n), ("A", "B"), zero, rel, rl, n, boot,
+            m = selection_metrics(rank_rule(learn, n), ("A", "B"), zero, rel, rl, n, boot,
                                learn_raw, src)
-            m["k16"] = select_metrics(ranked(learn, n), ("full",), zero, rel, rl, n, boot[:300],
+            m["k16"] = selection_metrics(rank_rule(learn, n), ("full",), zero, rel, rl, n, boot[:300],
                                       None, src)["per_draw"]["full"]
             for d in ("A", "B", "full"):
                 dd = m["per_draw"][d] if d != "full" else m["k16"]
@@ -530,9 +234,9 @@ def analyse(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                 tb = np.random.default_rng(100 + s).random(n_pool)
                 a = top_n(np.where(zero["A"], np.nan, pr["A"] * (1 - pr["A"]) + 1e-9 * tb), n)
                 b = top_n(np.where(zero["B"], np.nan, pr["B"] * (1 - pr["B"]) + 1e-9 * tb[::-1]), n)
-                ovs.append(len(set(a.tolist()) & set(b.tolist())) / n)
+                ovs.append(overlap(a, b, n))
             m["overlap_expected_over_ties"] = float(np.mean(ovs))
-            m.pop("_boot")
+            m.pop("bootstrap")
             out["baselines"].setdefault("learnability", {})[t] = m
             # random among prompts with a gradient (= the paper's Pass Rate: 0 < p < 1) and random
             # over the whole pool: expected share (analytic), 95 % interval of one draw (hypergeometric)
@@ -541,7 +245,7 @@ def analyse(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                 nz = ~zero[d]
                 M, R = int(nz.sum()), int(rel[nz].sum())
                 rnd[d] = {"share": R / M if M else None, "enrichment": 1.0,
-                          "share_interval_one_draw": _hyper_interval(M, R, min(n, M)),
+                          "share_interval_one_draw": hypergeom_interval(M, R, min(n, M)),
                           "share_pool": float(rel.mean()),
                           "pool_random_share": float(rel.mean()),
                           "pool_random_enrichment": float(rel.mean()) / (R / M) if R else None,
@@ -630,36 +334,16 @@ def noise_split(draws: dict[str, Draw], rel_t: dict[str, np.ndarray], rel_any: n
             per_t = {t: {h: sc[h][lab][t] for h in pair} for t in rel_t}
             res = {}
             for t in rel_t:
-                m = select_metrics(ranked(per_t[t], n), ("A", "B"), zero, rel_t[t], related_t[t], n, boot,
+                m = selection_metrics(rank_rule(per_t[t], n), ("A", "B"), zero, rel_t[t], related_t[t], n, boot,
                                    per_t[t], src)
                 res[t] = {k_: m.get(k_) for k_ in keep}
-            m = select_metrics(fused_rule(per_t, n), ("A", "B"), zero, rel_any, None, n, boot, None, src)
+            m = selection_metrics(fused_rule(per_t, n), ("A", "B"), zero, rel_any, None, n, boot, None, src)
             res["fused"] = {k_: m.get(k_) for k_ in keep}
             out[kind][lab] = res
     return out
 
 
-def _hyper_interval(M: int, R: int, n: int) -> list[float] | None:
-    from scipy.stats import hypergeom
-
-    if M == 0 or n == 0:
-        return None
-    lo, hi = hypergeom(M, R, n).ppf([0.025, 0.975])
-    return [float(lo) / n, float(hi) / n]
-
-
 # ------------------------------------------------------------------------------------- cells
-def family_of(spec: Any) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """Target family per target, and related pool families (same reasoning-gym generator)."""
-    fam = {t: items[0][0].name for t, items in spec.targets.items()}
-    ds = {f.name: f.dataset for f, _ in spec.pool}
-    for items in spec.targets.values():
-        ds.update({f.name: f.dataset for f, _ in items})
-    related = {t: sorted(p for p in ds if p != fam[t] and ds[p] == ds[fam[t]]
-                         and p in {f.name for f, _ in spec.pool}) for t in fam}
-    return fam, related
-
-
 def run_cell(args: argparse.Namespace, suite: str, temperature: float, state: dict[str, Any]) -> dict[str, Any]:
     import torch
 
@@ -683,7 +367,9 @@ def run_cell(args: argparse.Namespace, suite: str, temperature: float, state: di
 
     timing_file = cdir / "timing.json"
     timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
-    sets, roll_s = rollouts(args, suite, temperature, cdir, policy)
+    sets, roll_s = collect_cell(cdir, suite, cap=args.cap, suite_seed=args.suite_seed, k=args.k,
+                                temperature=temperature, max_new_tokens=args.max_new_tokens,
+                                rollout_seed=args.rollout_seed, policy_fn=policy)
     if "policy" in cache:  # something was sampled in this process (model load included)
         timing["rollout_s"] = timing.get("rollout_s", 0.0) + roll_s
     timing["rollout_sequences"] = sum(len(v) for v in sets.values()) * args.k
@@ -730,28 +416,6 @@ def run_cell(args: argparse.Namespace, suite: str, temperature: float, state: di
     res["load_avg"] = load
     res["target_family"], res["related"] = data["target_family"], data["related"]
     return res
-
-
-def cell_data(sets: dict[str, list[Any]], feat_dir: Path, half: int
-              ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
-    """A finished cell's rollouts and group sums: targets, pool sources and rewards, group sums
-    (``pool_groups``, ``target_groups``, rewards ``target_rewards``), the reconstructed features
-    (:func:`combine`) and the stored feature cost per set."""
-    data: dict[str, Any] = {"targets": [n.split("/", 1)[1] for n in sets if n != "pool"]}
-    pool = sets["pool"]
-    data["pool_source"] = np.array([it.source for it in pool])
-    data["pool_rewards"] = np.stack([np.asarray(it.rewards, np.float64) for it in pool])
-    data["pool_groups"], tp = load_groups(pool, feat_dir / "pool")
-    data["pool_feats"] = combine(data["pool_groups"], data["pool_rewards"], half)
-    data["target_feats"], data["target_groups"], data["target_rewards"] = {}, {}, {}
-    cost = {"pool": tp}
-    for t in data["targets"]:
-        items = sets[f"targets/{t}"]
-        gt, cost[t] = load_groups(items, feat_dir / "targets" / t)
-        rw = np.stack([np.asarray(it.rewards, np.float64) for it in items])
-        data["target_feats"][t] = combine(gt, rw, half)
-        data["target_groups"][t], data["target_rewards"][t] = gt, rw
-    return data, cost
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -809,7 +473,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    prev = json.loads((RESULTS / f"{args.out}.json").read_text()) if (RESULTS / f"{args.out}.json").exists() else {}
+    prev = load_result(args.out) or {}
     cells = prev.get("cells", {})
     # earlier invocations that wrote this file (the header only holds the latest one)
     history = prev.get("history", [])
@@ -834,8 +498,9 @@ def main() -> None:
                 continue
             res["cell_wall_s_this_run"] = time.perf_counter() - t0
             res["args"] = {k_: v for k_, v in vars(args).items() if k_ not in ("suite", "temperature")}
-            with locked(args.out):  # another process may be running other cells into this file
-                path = RESULTS / f"{args.out}.json"
+            # another process may be running other cells into this file
+            with locked(lock_path(args.out)):
+                path = result_path(args.out)
                 if path.exists():  # the file's cells are newer than the ones read at start
                     cells = {**cells, **json.loads(path.read_text()).get("cells", {})}
                 cells[key] = res
@@ -862,5 +527,4 @@ DEFINITIONS = {
 }
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).parent))
     main()

@@ -43,51 +43,52 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
+from cropi.bench import lock_path, print_table, result_path, write_result
+from cropi.bench.selection_cells import (Draw, cell_data, cell_dir, collect_cell, family_of, make_draws,
+                                         run_scorers, suite_label, suite_spec)
+from cropi.influence.group_sums import pooled_features
+from cropi.report.selection_quality import ci95, overlap, rrf, spearman, top_n
+from cropi.report.selection_quality import enrichment as fused_enrichment
+from cropi.utils.locking import locked
 
-import selection_quality as sq  # noqa: E402
-from _common import RESULTS, locked, print_table, write_result  # noqa: E402
 
-
-def pooled_draw(name: str, cells: list[dict[str, Any]]) -> sq.Draw:
+def pooled_draw(name: str, cells: list[dict[str, Any]]) -> Draw:
     """One draw made of every response of ``cells``."""
     first = cells[0]
     pr = np.concatenate([c["pool_rewards"] for c in cells], axis=1)
-    feats = sq.pooled([c["pool_groups"] for c in cells], [c["pool_rewards"] for c in cells])
-    tfe = {t: sq.pooled([c["target_groups"][t] for c in cells], [c["target_rewards"][t] for c in cells])
+    feats = pooled_features([c["pool_groups"] for c in cells], [c["pool_rewards"] for c in cells])
+    tfe = {t: pooled_features([c["target_groups"][t] for c in cells], [c["target_rewards"][t] for c in cells])
            for t in first["targets"]}
-    return sq.Draw(name, feats, ~np.any(feats != 0, axis=1), pr.mean(1), pr.sum(1), pr.shape[1], tfe,
-                   {t: ~np.any(f != 0, axis=1) for t, f in tfe.items()}, first["pool_source"])
+    return Draw(name, feats, ~np.any(feats != 0, axis=1), pr.mean(1), pr.sum(1), pr.shape[1], tfe,
+                {t: ~np.any(f != 0, axis=1) for t, f in tfe.items()}, first["pool_source"])
 
 
 def fused_picks(per_t: dict[str, np.ndarray], rows: np.ndarray, n: int) -> set[int]:
-    return set(sq.top_n(sq.rrf({t: s[rows] for t, s in per_t.items()}, n), n).tolist())
+    return set(top_n(rrf({t: s[rows] for t, s in per_t.items()}, n), n).tolist())
 
 
 def pair_stats(si: dict[str, np.ndarray], sj: dict[str, np.ndarray], rows: np.ndarray, n: int,
-               spearman: bool) -> dict[str, float]:
+               with_spearman: bool) -> dict[str, float]:
     """Fused and per-target overlaps (and Spearman) of two draws' scores on the pool rows ``rows``."""
     out = {"fused": len(fused_picks(si, rows, n) & fused_picks(sj, rows, n)) / n}
     for t in si:
         a, b = si[t][rows], sj[t][rows]
-        out[f"overlap {t}"] = len(set(sq.top_n(a, n).tolist()) & set(sq.top_n(b, n).tolist())) / n
-        if spearman:
-            out[f"rho {t}"] = sq._spearman(a, b)
+        out[f"overlap {t}"] = overlap(top_n(a, n), top_n(b, n), n)
+        if with_spearman:
+            out[f"rho {t}"] = spearman(a, b)
     return out
 
 
 def enrichment(per_t: dict[str, np.ndarray], zero: np.ndarray, rel: np.ndarray, rows: np.ndarray,
                n: int) -> float:
     picks = np.fromiter(fused_picks(per_t, rows, n), dtype=int)
-    nz = ~zero[rows]
-    base = rel[rows][nz].mean() if nz.any() else np.nan
-    return float(rel[rows][picks].mean() / base) if picks.size and base > 0 else float("nan")
+    return fused_enrichment(rows[picks], rel, zero, rows)
 
 
-def curve(draws: dict[int, list[sq.Draw]], labels: list[str], rel_any: np.ndarray, n: int,
+def curve(draws: dict[int, list[Draw]], labels: list[str], rel_any: np.ndarray, n: int,
           boot: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
     """Per scorer label and K: mean pair stability and mean enrichment, with bootstrap CIs."""
-    scores = {(k, d.name): sq.run_scorers(d, args.target_max, args.score_seed)
+    scores = {(k, d.name): run_scorers(d, args.target_max, args.score_seed)
               for k, ds in draws.items() for d in ds}
     allrows = np.arange(rel_any.size)
     out: dict[str, Any] = {}
@@ -100,7 +101,7 @@ def curve(draws: dict[int, list[sq.Draw]], labels: list[str], rel_any: np.ndarra
             enr_b = [np.mean([enrichment(per[d.name], d.zero, rel_any, rows, n) for d in ds])
                      for rows in boot]
             cell["enrichment_fused"] = float(np.mean(enr))
-            cell["enrichment_fused_ci"] = sq._ci(np.array(enr_b))
+            cell["enrichment_fused_ci"] = ci95(np.array(enr_b))
             cell["enrichment_fused_per_draw"] = enr
             pairs = list(itertools.combinations([d.name for d in ds], 2))
             if pairs:
@@ -110,7 +111,7 @@ def curve(draws: dict[int, list[sq.Draw]], labels: list[str], rel_any: np.ndarra
                 cell["stability"] = {key: float(np.nanmean([p[key] for p in point])) for key in keys}
                 bs = [[pair_stats(per[a], per[b], rows, n, True) for a, b in pairs]
                       for rows in boot[:args.n_boot_pairs]]
-                cell["stability_ci"] = {key: sq._ci(np.array([np.nanmean([p[key] for p in b]) for b in bs]))
+                cell["stability_ci"] = {key: ci95(np.array([np.nanmean([p[key] for p in b]) for b in bs]))
                                         for key in keys}
             res[f"K{k}"] = cell
         out[lab] = res
@@ -125,24 +126,25 @@ def spearman_brown(rho: float, factor: float) -> float:
 def load_cells(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Data and timing of the finished cells, one per rollout seed; exits naming a missing one."""
     cells, timings = [], []
-    label = sq.suite_label(args.suite, args.cap)
+    label = suite_label(args.suite, args.cap)
     for seed in args.seeds:
-        cdir = sq.cell_dir(Path(args.work), label, args.temperature, args.k, seed)
+        cdir = cell_dir(Path(args.work), label, args.temperature, args.k, seed)
         timing_file = cdir / "timing.json"
         cmd = (f"OMP_NUM_THREADS=1 python benchmarks/selection_quality.py --threads 1 --suite {args.suite}"
                + (f" --cap {args.cap}" if args.cap else "")
                + f" --temperature {args.temperature:g} --k {args.k} --rollout-seed {seed}")
         if not timing_file.exists():
             sys.exit(f"{cdir}: not computed; run first: {cmd}")
-        cargs = argparse.Namespace(**{**vars(args), "rollout_seed": seed})
 
         def missing() -> Any:
             sys.exit(f"{cdir}: rollouts unfinished; run first: {cmd}")
 
-        sets, _ = sq.rollouts(cargs, args.suite, args.temperature, cdir, missing)
+        sets, _ = collect_cell(cdir, args.suite, cap=args.cap, suite_seed=args.suite_seed, k=args.k,
+                               temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                               rollout_seed=seed, policy_fn=missing)
         if any(not (cdir / "groups" / name / f"{it.id}.npz").exists() for name, v in sets.items() for it in v):
             sys.exit(f"{cdir}: features unfinished; run first: {cmd}")
-        data, cost = sq.cell_data(sets, cdir / "groups", args.k // 2)
+        data, cost = cell_data(sets, cdir / "groups", args.k // 2)
         cells.append(data)
         timing = json.loads(timing_file.read_text())
         timings.append({"rollout_s": timing.get("rollout_s"),
@@ -175,15 +177,15 @@ def main() -> None:
     t0 = time.perf_counter()
     cells, timings = load_cells(args)
     half = args.k // 2
-    draws: dict[int, list[sq.Draw]] = {half: [], args.k: []}
+    draws: dict[int, list[Draw]] = {half: [], args.k: []}
     for seed, data in zip(args.seeds, cells):
-        made = sq.make_draws(data, half)
+        made = make_draws(data, half)
         for h in ("A", "B"):
             draws[half].append(dataclasses.replace(made[h], name=f"r{seed}{h}"))
         draws[args.k].append(dataclasses.replace(made["full"], name=f"r{seed}"))
     draws[args.k * len(cells)] = [pooled_draw("+".join(f"r{s}" for s in args.seeds), cells)]
     src = cells[0]["pool_source"]
-    fam, _ = sq.family_of(sq.suite_spec(args.suite, args.cap))
+    fam, _ = family_of(suite_spec(args.suite, args.cap))
     rel_any = np.isin(src, list(fam.values()))
     n = max(1, round(0.10 * src.size))
     boot = np.random.default_rng(args.boot_seed).integers(0, src.size, size=(args.n_boot, src.size))
@@ -196,7 +198,7 @@ def main() -> None:
             r = rho8[f"rho {t}"]
             by_k[f"K{half}"].setdefault("spearman_brown", {})[t] = {
                 f"K{half * f}": spearman_brown(r, f) for f in (2, 4, 8)}
-    entry = {"suite": sq.suite_label(args.suite, args.cap), "temperature": args.temperature,
+    entry = {"suite": suite_label(args.suite, args.cap), "temperature": args.temperature,
              "seeds": args.seeds, "budget": n, "n_pool": int(src.size),
              "n_grad": {k: [int((~d.zero).sum()) for d in ds] for k, ds in draws.items()},
              "relevant_families": fam, "cost_s_per_draw": {f"K{k}": per_response * k for k in draws},
@@ -204,8 +206,8 @@ def main() -> None:
                           "seconds (one process, one thread); one backward per response group",
              "cell_timings": timings, "scorers": res, "wall_s": time.perf_counter() - t0}
     key = f"{entry['suite']}/T{args.temperature:g}/K{args.k}x{len(cells)}"
-    with locked(args.out):
-        path = RESULTS / f"{args.out}.json"
+    with locked(lock_path(args.out)):
+        path = result_path(args.out)
         prev = json.loads(path.read_text()).get("curves", {}) if path.exists() else {}
         prev[key] = entry
         path = write_result(args.out, {"args": vars(args), "curves": prev})
