@@ -138,8 +138,9 @@ def rollout_cell(policy, records, args, rep: int) -> dict[str, Any]:
     cfg = RolloutConfig(k_pool=8, max_new_tokens=64, batch_size=64)
     chunk = records[:args.rollout_prompts]
     t0 = time.perf_counter()
-    rows, n_tok = _rows_for_chunk(policy, chunk, 8, cfg, 1000 + rep)
+    rows, work = _rows_for_chunk(policy, chunk, 8, cfg, 1000 + rep)
     sec = time.perf_counter() - t0
+    n_tok = work.tokens_generated
     return {"seconds": sec, "tokens": n_tok, "tokens_per_s": n_tok / sec, "sequences": len(chunk) * 8,
             "mean_reward": float(np.mean([r["pass_rate"] for r in rows]))}
 
