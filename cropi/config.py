@@ -161,6 +161,9 @@ class ScoreConfig:
                       "(a forward pass per prompt with a gradient; column ess, metrics event drift)")
     resample_below_ess: float | None = opt(None, "stages > 0: re-sample prompts whose ESS/K is below "
                                            "this with the current policy before scoring (None: never)")
+    shortlist: float | None = opt(None, "stages > 0: re-score only a shortlist, the previous stage's best "
+                                  "shortlist x budget prompts and as many again with the lowest ESS/K; "
+                                  "the others get no score that stage (None: re-score the whole pool)")
     fusion: str = opt("rrf", "fusion of several targets: rrf (reciprocal rank), max or mean "
                       "(cropi.select.FUSIONS)")
     seed: int = opt(0, "seed of the target sample")
@@ -175,6 +178,8 @@ class ScoreConfig:
         _check(self.resample_below_ess is None or 0 < self.resample_below_ess <= 1, "score",
                "resample_below_ess", "must be in (0, 1] or None")
         _check(self.target_max >= 1, "score", "target_max", "must be >= 1")
+        _check(self.shortlist is None or self.shortlist >= 1, "score", "shortlist",
+               "must be >= 1 (a multiple of the selection budget) or None")
         _check(self.workers >= 0, "score", "workers", "must be >= 0 (0 = automatic)")
         _check(self.worker_cpus > 0, "score", "worker_cpus", "must be > 0")
         _check(self.worker_gpus is None or self.worker_gpus >= 0, "score", "worker_gpus", "must be >= 0")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -16,9 +17,10 @@ from cropi.influence.drift import drift_summary, pool_ess
 from cropi.influence.features import FeatureStore
 from cropi.influence.pipeline import Timings, add_timings, compute_features, prepare_scoring
 from cropi.influence.scorers import score as run_scorer
-from cropi.influence.scores import read_scores, score_table, scorer_spec, target_mean, write_scores
+from cropi.influence.scores import read_scores, score_table, scorer_spec, target_mean, target_scores, write_scores
 from cropi.rollout.collect import collect
 from cropi.rollout.store import PromptRollouts, load_rollouts
+from cropi.select import budget, rank_order
 from cropi.utils.errors import CropiError
 from cropi.utils.work import Work
 
@@ -39,6 +41,8 @@ def store_spec(run: Run, stage: int, model_path: str, setup_spec: dict[str, Any]
     spec = {**run.base_spec(model_path), **setup_spec, "stage": stage, "set": name}
     if stage > 0 and name == "pool" and run.cfg.score.resample_below_ess is not None:
         spec["resample_below_ess"] = run.cfg.score.resample_below_ess
+    if stage > 0 and name == "pool" and run.cfg.score.shortlist is not None:
+        spec["shortlist"] = run.cfg.score.shortlist
     return spec
 
 
@@ -126,9 +130,12 @@ def phase_score(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]) -> 
         sets = _onpolicy_sets(run, stage, sets)
     elif stage > 0 and (run.cfg.score.drift or run.cfg.score.resample_below_ess is not None):
         extra["ess"], sets = _drift(run, stage, sets)
+    pool = sets["pool"]
+    if stage > 0 and run.cfg.score.shortlist is not None:
+        sets = {**sets, "pool": shortlist(run, stage, pool, extra.get("ess"))}
     timings = SCORE_BACKENDS.get(run.cfg.score.backend, field="score.backend")(run, stage, sets)
     stores = {name: FeatureStore.load(run.dir.features(stage, name)) for name in sets}
-    _write_stage_scores(run, stage, sets["pool"], stores, extra)
+    _write_stage_scores(run, stage, pool, stores, extra)
     run.dir.mark(stage, "scored", **timings.as_dict())
     run.dir.log_metrics("score", stage=stage, **timings.as_dict())
     return timings
@@ -184,6 +191,33 @@ def _write_stage_scores(run: Run, stage: int, pool: list[PromptRollouts], stores
                         n_correct=np.array([int(np.sum(it.rewards > 0)) for it in items]),
                         n_responses=np.array([len(it.rewards) for it in items]),
                         sources=[it.source for it in items], **run.cfg.score.scorer_options)
-    table = score_table(ids, scores, [it.pass_rate for it in items], [it.source for it in items],
-                        [it.level for it in items], spec=current_scorer(run), extra=extra)
+    extra = dict(extra or {})
+    if len(ids) < len(pool):  # a shortlist was scored: the other prompts get no score (NaN) this stage
+        pos = {pid: n for n, pid in enumerate(ids)}
+        where = np.array([pos.get(it.id, -1) for it in pool])
+        scores = {t: np.where(where >= 0, v[np.maximum(where, 0)], np.nan) for t, v in scores.items()}
+        extra["shortlisted"] = (where >= 0).astype(np.float64)
+        items = pool
+    table = score_table([it.id for it in items], scores, [it.pass_rate for it in items],
+                        [it.source for it in items], [it.level for it in items], spec=current_scorer(run),
+                        extra=extra)
     write_scores(run.dir.scores(stage), table)
+
+
+def shortlist(run: Run, stage: int, pool: list[PromptRollouts], ess: np.ndarray | None) -> list[PromptRollouts]:
+    """The pool prompts re-scored at ``stage`` > 0 with ``score.shortlist = m``: the previous
+    stage's best ``ceil(m x budget)`` by its fused score, and as many again of the others with a
+    gradient whose ESS/K dropped lowest (their stored responses say least about the current
+    policy, so their score may have moved most). Pool order is kept."""
+    m = run.cfg.score.shortlist
+    assert m is not None and stage > 0
+    ids = [it.id for it in pool]
+    n = budget(len(pool), run.cfg.select.ratio)
+    size = math.ceil(m * n)
+    prev = target_scores(read_scores(run.dir.scores(stage - 1)), ids)
+    keep = {int(i) for i in rank_order(prev, n, run.cfg.score.fusion)[:size]}
+    if ess is not None:
+        others = [i for i in np.argsort(ess, kind="stable") if np.isfinite(ess[i]) and int(i) not in keep]
+        keep |= {int(i) for i in others[:size]}
+    log.info("stage %d: re-scoring a shortlist of %d of %d pool prompts", stage, len(keep), len(pool))
+    return [it for i, it in enumerate(pool) if i in keep]
