@@ -133,12 +133,12 @@ def policies(model, tok):
 
 def rollout_cell(policy, records, args, rep: int) -> dict[str, Any]:
     from cropi.config import RolloutConfig
-    from cropi.rollout.collect import _rows_for_chunk
+    from cropi.rollout.collect import rows_for_chunk
 
     cfg = RolloutConfig(k_pool=8, max_new_tokens=64, batch_size=64)
     chunk = records[:args.rollout_prompts]
     t0 = time.perf_counter()
-    rows, work = _rows_for_chunk(policy, chunk, 8, cfg, 1000 + rep)
+    rows, work = rows_for_chunk(policy, chunk, 8, cfg, 1000 + rep)
     sec = time.perf_counter() - t0
     n_tok = work.tokens_generated
     return {"seconds": sec, "tokens": n_tok, "tokens_per_s": n_tok / sec, "sequences": len(chunk) * 8,
@@ -319,10 +319,10 @@ def main() -> None:
         if "score" in args.tasks:
             if not score_items:
                 from cropi.config import RolloutConfig
-                from cropi.rollout.collect import _rows_for_chunk
+                from cropi.rollout.collect import rows_for_chunk
 
                 pool = [r for r in suite.pool[8:40]]
-                rows, _ = _rows_for_chunk(pols["new"], pool, 8, RolloutConfig(max_new_tokens=64), 7)
+                rows, _ = rows_for_chunk(pols["new"], pool, 8, RolloutConfig(max_new_tokens=64), 7)
                 mixed = [r for r in rows if 0 < r["pass_rate"] < 1] + [r for r in rows if r["pass_rate"] in (0, 1)]
                 score_items = [PromptRollouts(r["id"], r["source"], r["level"], r["prompt_ids"], r["response_ids"],
                                               r["response_text"], np.asarray(r["rewards"], np.float32),

@@ -103,7 +103,7 @@ def parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
 
 def data_flags(suite: str | None, pool: str | None, target: list[str] | None,
                test: list[str] | None) -> dict[str, Any]:
-    """Data flags for :func:`build_config`. A pool file without ``--suite`` uses no built-in suite
+    """Data flags for :func:`resolve_config`. A pool file without ``--suite`` uses no built-in suite
     at all (no suite targets, no suite test sets)."""
     flags: dict[str, Any] = {"data.suite": suite, "data.pool": pool}
     if target:

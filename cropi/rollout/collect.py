@@ -68,7 +68,7 @@ def make_policy(model: torch.nn.Module, tokenizer: Any, cfg: RolloutConfig,
 
     Other backends (``cfg.backend``, e.g. vllm) sample from ``model_path``, the folder ``model``
     was loaded from; without it (a live model whose weights are not on disk) sampling falls back
-    to hf. Behaviour log-probs always come from ``model`` (see ``_rows_for_chunk``).
+    to hf. Behaviour log-probs always come from ``model`` (see ``rows_for_chunk``).
     ``fast=False`` samples with transformers ``generate`` (the round-1 path, see ``HFSampler``).
     """
     if cfg.backend != "hf" and model_path is not None:
@@ -116,8 +116,10 @@ def sample_group(policy: Policy, prompts: list[list[int]], k: int, cfg: RolloutC
     return responses, ["extended" if i in open_ else "stopped" for i in range(len(prompts))]
 
 
-def _rows_for_chunk(policy: Policy, records: Sequence[PromptRecord], k: int, cfg: RolloutConfig,
-                    seed: int) -> tuple[list[dict[str, Any]], Work]:
+def rows_for_chunk(policy: Policy, records: Sequence[PromptRecord], k: int, cfg: RolloutConfig,
+                   seed: int) -> tuple[list[dict[str, Any]], Work]:
+    """The store rows of one chunk of prompts (responses, rewards, beta's teacher-forced
+    log-probs) and the work it took."""
     prompts = [policy.prompt_ids(r) for r in records]
     verdicts: dict[tuple[int, tuple[int, ...]], float] = {}
 
@@ -185,7 +187,7 @@ def collect(records: Sequence[PromptRecord], folder: str | Path, policy: Callabl
         for c, chunk in enumerate(chunks):
             if store.part_path(folder, c).exists():
                 continue
-            rows, chunk_work = _rows_for_chunk(policy(), chunk, k, cfg, derive_seed(cfg.seed, name, c))
+            rows, chunk_work = rows_for_chunk(policy(), chunk, k, cfg, derive_seed(cfg.seed, name, c))
             store.write_part(folder, c, rows)
             bar.advance(len(chunk), chunk_work.tokens_generated)
             work.add(chunk_work)

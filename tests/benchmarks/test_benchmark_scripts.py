@@ -14,7 +14,6 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 SCRIPTS = sorted(BENCH.glob("*.py"))
 # private names still imported, each waiting for a public name in the module that owns it
-PENDING = {("rl_speed.py", "cropi.rollout.collect", "_rows_for_chunk")}
 
 
 def _cropi_imports(path: Path) -> list[tuple[str, str]]:
@@ -43,8 +42,6 @@ def test_no_sys_path_and_no_sibling_imports(path: Path) -> None:
 @pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
 def test_only_public_cropi_names_that_exist(path: Path) -> None:
     for module, name in _cropi_imports(path):
-        if (path.name, module, name) in PENDING:
-            continue
         assert not any(part.startswith("_") for part in [*module.split("."), name]), \
             f"{path.name}: from {module} import {name}"
         mod = importlib.import_module(module)
