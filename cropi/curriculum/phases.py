@@ -133,16 +133,19 @@ def phase_rollouts(run: Run) -> dict[str, list[PromptRollouts]]:
     t0 = time.perf_counter()
     out = {}
     work: dict[str, Work] = {}
+    seconds: dict[str, float] = {}
     for name, records, k in sets:
         folder = run.dir.rollouts(name)
         set_spec = {**spec, "dataset": dataset_fingerprint(records)}
+        t_set = time.perf_counter()
         work[name] = collect(records, folder, lambda: run.policy(beta), k, cfg, set_spec, name=name,
                              overwrite=run.overwrite)
+        seconds[name] = time.perf_counter() - t_set  # the first set's includes loading beta
         out[name] = load_rollouts(folder)
     if any(w.prompts for w in work.values()):
         run.dir.log_metrics("rollouts", seconds=time.perf_counter() - t0,
                             sampled={n: w.prompts for n, w in work.items()},
-                            work={n: w.as_dict() for n, w in work.items()})
+                            work={n: w.as_dict() for n, w in work.items()}, seconds_by_set=seconds)
     return out
 
 

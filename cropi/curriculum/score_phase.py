@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -146,6 +147,7 @@ def _drift(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]
     """ESS/K of every pool prompt's stored responses at the stage's weights (logged as a ``drift``
     event); with ``score.resample_below_ess``, the prompts below it get fresh rollouts from the
     stage's model (seeded, under ``stage_NNN/resampled/pool``) that replace beta's for scoring."""
+    t0 = time.perf_counter()
     path = run.model_path(stage)
     policy = run.policy(path)
     pool = sets["pool"]
@@ -155,7 +157,7 @@ def _drift(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]
     low = [it.id for it, e in zip(pool, ess_k) if threshold is not None and np.isfinite(e) and e < threshold]
     forward = sum(len(it.prompt_ids) * len(it.response_ids) + sum(len(r) for r in it.response_ids)
                   for it in pool if not it.zero_grad)  # pool_ess: the packed pass, prompts with a gradient
-    run.dir.log_metrics("drift", stage=stage, **summary, resampled=len(low),
+    run.dir.log_metrics("drift", stage=stage, **summary, resampled=len(low), seconds=time.perf_counter() - t0,
                         work=Work(prompts=sum(not it.zero_grad for it in pool), tokens_forward=forward).as_dict())
     log.info("stage %d drift: mean ESS/K %s, %s of %d prompts below %s", stage, summary["mean_ess"],
              summary["share_below"], summary["n"], summary["threshold"])

@@ -1,0 +1,333 @@
+"""What CROPI's stage selection costs, by part, today and with each cost lever.
+
+A *draw* is one stage-0 selection made from scratch on a built-in suite: beta's rollouts of the
+pool and the target sets (with the draw's rollout seed), POPI gradients and projection of every
+prompt with a gradient, scores, the influence selection (10 %). Each draw is a cropi run under
+``--work``; its parts are read from the run's own metrics (``rollouts`` per set, ``score``,
+``drift``, ``selected``): seconds and the counted work (tokens generated, prefilled, forwarded,
+backpropagated; ``cropi.utils.work``), so the speed-up can be checked on the work axis too, which
+does not depend on the machine's load.
+
+Configurations (:data:`CONFIGS`): ``today`` (the defaults) and each lever alone and combined.
+Per suite the draws run back to back in one process: ``today`` with rollout seeds 0 and 1 (their
+top-10 % overlap is the noise floor: two of today's own draws), then every other configuration
+with seed 1, compared with today's seed-0 draw (``overlap_new_vs_today``: different seeds, so it
+carries the same noise as the floor).
+
+Stage 1 (``--stage1``): stage 0's picks are trained for ``--steps`` GRPO steps (no evaluation),
+then stage 1 is re-scored from beta's stored responses: today's whole pool (today's seed-0 draw)
+against the recommended configuration's draw with ``score.shortlist`` (same checkpoint as its own
+full re-scoring, which gives the shortlist's pick overlap without any sampling noise).
+
+Enrichment (as in benchmarks/selection_quality.py): the share of picks from the target sets' own
+families over that share among the pool prompts with a gradient, picks re-fused on each of 1,000
+bootstrap resamples of the pool for the 95 % interval; today's is the mean of its two draws.
+
+    OMP_NUM_THREADS=1 python benchmarks/selection_cost.py --threads 1            # both suites
+    OMP_NUM_THREADS=1 python benchmarks/selection_cost.py --suite default-small --stage1
+
+Resumable: every draw is a cropi run (skipped phases when done) and every finished draw is written
+to benchmarks/results/selection_cost.json at once, so the benchmark can span working blocks.
+Seconds are only comparable between draws of one run on an otherwise idle machine: the result
+keeps the 1-minute load average at each draw's start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cropi import api
+from cropi.bench import load_result, print_table, write_result
+from cropi.bench.selection_cells import family_of, suite_spec
+from cropi.report.selection_quality import fused_rule, overlap, selection_metrics
+from cropi.utils.io import read_jsonl
+
+NAME = "selection_cost"
+CONFIGS: dict[str, dict[str, Any]] = {
+    "today": {},
+    "adaptive-k4": {"rollout.k_first": 4},
+    "ktarget16": {"rollout.k_target": 16},
+    "ktarget8": {"rollout.k_target": 8},
+    "combined": {"rollout.k_first": 4, "rollout.k_target": 8},
+}
+"""Dotted config keys of each configuration on top of the defaults (``today``)."""
+RECOMMENDED = "combined"
+SHORTLIST = 3.0
+"""``score.shortlist`` of the stage-1 cell: the previous best 3 x budget, and as many low-ESS."""
+BOOT = 1000
+
+
+# ------------------------------------------------------------------------------------ a draw
+EXTRA: list[tuple[str, Any]] = []
+"""``--set`` keys applied to every draw (a cheaper smoke run; the result file records them)."""
+
+
+def draw_config(work: Path, suite: str, config: str, seed: int, steps: int) -> Any:
+    sets = [*EXTRA, *CONFIGS[config].items(), ("rollout.seed", seed), ("curriculum.stages", 2),
+            ("train.steps_per_stage", steps), ("curriculum.eval_every", 10**6)]
+    return api.make_config(name=f"{config}-r{seed}", out_dir=str(work / suite), data={"suite": suite},
+                           sets=sets)
+
+
+def stage0(work: Path, suite: str, config: str, seed: int, steps: int) -> dict[str, Any]:
+    """One stage-0 draw (resumed when done): parts, work and picks."""
+    load = os.getloadavg()[0]
+    run = api.open_run(draw_config(work, suite, config, seed, steps))
+    api.sample_rollouts(run)
+    api.score_stage(run, 0)
+    sel = api.select_prompts(run, 0)
+    return {"config": config, "seed": seed, "run": str(run.dir.root), "load_1min": load,
+            **parts(run, 0), "picks": sel.ids}
+
+
+def parts(run: Any, stage: int) -> dict[str, Any]:
+    """Seconds and work of a stage's selection by part, from the run's metrics and state."""
+    events = list(read_jsonl(run.dir.root / "metrics.jsonl"))
+    out: dict[str, Any] = {"seconds": {}, "work": {}}
+    if stage == 0:
+        roll = next(e for e in events if e.get("event") == "rollouts")
+        pool = roll["seconds_by_set"].get("pool", 0.0)
+        out["seconds"]["pool_rollouts"] = pool
+        out["seconds"]["target_rollouts"] = sum(v for k, v in roll["seconds_by_set"].items() if k != "pool")
+        out["work"]["pool_rollouts"] = roll["work"]["pool"]
+        out["work"]["target_rollouts"] = _sum_work([w for k, w in roll["work"].items() if k != "pool"])
+    else:
+        drift = [e for e in events if e.get("event") == "drift" and e.get("stage") == stage]
+        if drift:
+            out["seconds"]["drift"] = drift[-1]["seconds"]
+            out["work"]["drift"] = drift[-1]["work"]
+    score = [e for e in events if e.get("event") == "score" and e.get("stage") == stage][-1]
+    out["seconds"]["gradients"] = score["grad_s"]
+    out["seconds"]["projection"] = score["project_s"] + score["store_s"]
+    out["work"]["gradients"] = score["work"]
+    out["seconds"]["selection"] = run.dir.state(stage)["selected"].get("seconds", 0.0)
+    out["seconds"]["total"] = sum(out["seconds"].values())
+    out["work"]["total"] = _sum_work(list(out["work"].values()))
+    return out
+
+
+def _sum_work(items: list[dict[str, int]]) -> dict[str, int]:
+    keys = sorted({k for w in items for k in w})
+    return {k: int(sum(w.get(k, 0) for w in items)) for k in keys}
+
+
+def stage1(work: Path, suite: str, config: str, seed: int, steps: int, shortlist: float | None) -> dict[str, Any]:
+    """Stage 1 of a finished stage-0 draw: GRPO on its picks (once), then stage 1 scored and selected
+    in the draw's own run (whole pool) or, with ``shortlist``, in a sibling run that shares its
+    rollouts, stage-0 scores and checkpoint."""
+    from cropi.curriculum.loop import phase_train
+
+    base = api.open_run(draw_config(work, suite, config, seed, steps))
+    phase_train(base, 0, api.select_prompts(base, 0).ids)
+    run = base
+    if shortlist is not None:
+        cfg = api.make_config(draw_config(work, suite, config, seed, steps), name=f"{config}-r{seed}-sl{shortlist:g}",
+                              sets={"score.shortlist": shortlist})
+        run = api.open_run(cfg, rollouts_root=base.dir.rollouts_root)
+        _link_stage0(base.dir.stage(0), run.dir.stage(0))
+    load = os.getloadavg()[0]
+    api.score_stage(run, 1)
+    sel = api.select_prompts(run, 1)
+    return {"config": config, "seed": seed, "shortlist": shortlist, "run": str(run.dir.root), "load_1min": load,
+            **parts(run, 1), "picks": sel.ids}
+
+
+def _link_stage0(src: Path, dest: Path) -> None:
+    """Stage 0's state, scores, selection and checkpoint of ``src`` in ``dest`` (hard links)."""
+    if (dest / "state.json").exists():
+        return
+    tmp = dest.with_name(dest.name + ".linking")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, copy_function=os.link, ignore=shutil.ignore_patterns("features"))
+    tmp.rename(dest)
+
+
+# ------------------------------------------------------------------------------------ metrics
+def pick_metrics(suite: str, draws: dict[str, dict[str, Any]], stage: int, rng: np.random.Generator
+                 ) -> dict[str, Any]:
+    """Fused enrichment with its interval per draw (``{label: draw}``), today's mean of two."""
+    from cropi.influence.scores import read_scores, target_scores
+
+    spec = suite_spec(suite, None)
+    fam, _ = family_of(spec)
+    tables = {d: read_scores(Path(v["run"]) / "stages" / f"stage_{stage:03d}" / "scores.parquet").to_pandas()
+              for d, v in draws.items()}
+    ids = list(next(iter(tables.values()))["id"])
+    src = np.asarray(next(iter(tables.values()))["source"], dtype=object)
+    relevant = np.isin(src, np.asarray(sorted(set(fam.values())), dtype=object))
+    per_target: dict[str, dict[str, np.ndarray]] = {}
+    zero = {}
+    for d, t in tables.items():
+        assert list(t["id"]) == ids, "draws of one suite share the pool order"
+        for target, values in target_scores(read_scores(Path(draws[d]["run"]) / "stages" / f"stage_{stage:03d}"
+                                                       / "scores.parquet"), ids).items():
+            per_target.setdefault(target, {})[d] = values
+        zero[d] = np.asarray(t["zero_grad"], dtype=bool)
+    n = len(next(iter(draws.values()))["picks"])
+    boot = rng.integers(0, len(ids), size=(BOOT, len(ids)))
+    res = selection_metrics(fused_rule(per_target, n), list(draws), zero, relevant, None, n, boot, None)
+    res.pop("bootstrap", None)
+    return res
+
+
+def positions(ids: list[str], picks: list[str]) -> np.ndarray:
+    index = {i: p for p, i in enumerate(ids)}
+    return np.array([index[i] for i in picks], dtype=np.int64)
+
+
+def summarize(suite: str, cells: dict[str, Any], rng: np.random.Generator) -> dict[str, Any] | None:
+    """Per configuration: speed-ups over today's seed-0 draw (seconds and work), enrichment,
+    overlap with today's picks; the noise floor; stage 1 when measured."""
+    today0, today1 = cells.get("today-r0"), cells.get("today-r1")
+    if not (today0 and today1):
+        return None
+    n = len(today0["picks"])
+    ids = _pool_ids(today0)
+    floor = overlap(positions(ids, today0["picks"]), positions(ids, today1["picks"]), n)
+    base = pick_metrics(suite, {"A": today0, "B": today1}, 0, rng)
+    out: dict[str, Any] = {"noise_floor_overlap": floor, "enrichment_today": base["enrichment_mean_halves"],
+                           "enrichment_today_ci": base["enrichment_mean_halves_ci"], "configs": {}}
+    for config in CONFIGS:
+        cell = cells.get(f"{config}-r1")
+        if cell is None:
+            continue
+        new = pick_metrics(suite, {"N": cell}, 0, rng)["per_draw"]["N"]
+        out["configs"][config] = {
+            "speedup_seconds": today0["seconds"]["total"] / cell["seconds"]["total"],
+            "speedup_work_generated": _ratio(today0, cell, "tokens_generated"),
+            "speedup_work_backward": _ratio(today0, cell, "tokens_backward"),
+            "seconds": cell["seconds"], "enrichment": new["enrichment"], "enrichment_ci": new["enrichment_ci"],
+            "n_grad": new["n_grad"],
+            "overlap_vs_today": overlap(positions(ids, today0["picks"]), positions(ids, cell["picks"]), n),
+        }
+    rec = out["configs"].get(RECOMMENDED)
+    summary: dict[str, Any] = {"recommended": RECOMMENDED, "noise_floor_overlap": floor,
+                               "enrichment_today": out["enrichment_today"],
+                               "enrichment_today_lo": out["enrichment_today_ci"][0]}
+    if rec is not None:
+        summary.update(speedup_stage0=rec["speedup_seconds"], enrichment_new=rec["enrichment"],
+                       overlap_new_vs_today=rec["overlap_vs_today"])
+    s1_today, s1_full, s1_short = (cells.get(k) for k in ("stage1-today-r0", f"stage1-{RECOMMENDED}-r1",
+                                                          f"stage1-{RECOMMENDED}-r1-shortlist"))
+    if s1_today and s1_short:
+        summary["speedup_stage1"] = s1_today["seconds"]["total"] / s1_short["seconds"]["total"]
+        out["stage1"] = {"today_seconds": s1_today["seconds"], "new_seconds": s1_short["seconds"],
+                         "speedup_work_backward": _ratio(s1_today, s1_short, "tokens_backward")}
+        if s1_full:
+            out["stage1"]["shortlist_overlap_vs_full"] = overlap(
+                positions(ids, s1_full["picks"]), positions(ids, s1_short["picks"]), n)
+            m = pick_metrics(suite, {"full": s1_full, "shortlist": s1_short}, 1, rng)["per_draw"]
+            out["stage1"]["enrichment_full"] = m["full"]["enrichment"]
+            out["stage1"]["enrichment_shortlist"] = m["shortlist"]["enrichment"]
+    out["summary"] = summary
+    return out
+
+
+def _ratio(a: dict[str, Any], b: dict[str, Any], key: str) -> float | None:
+    x, y = a["work"]["total"].get(key, 0), b["work"]["total"].get(key, 0)
+    return x / y if y else None
+
+
+def _pool_ids(cell: dict[str, Any]) -> list[str]:
+    from cropi.influence.scores import read_scores
+
+    return [str(i) for i in read_scores(Path(cell["run"]) / "stages/stage_000/scores.parquet").column("id").to_pylist()]
+
+
+# ------------------------------------------------------------------------------------ main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--suite", action="append", help="built-in suite (repeatable) [rg-lcm-seq, default-small]")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="configurations to run, comma-separated")
+    ap.add_argument("--stage1", action="store_true", help="also price a stage-1 selection (trains stage 0)")
+    ap.add_argument("--steps", type=int, default=20, help="GRPO steps of stage 0 before stage 1")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--work", default="runs/selection_cost", help="folder of the draws' runs")
+    ap.add_argument("--report-only", action="store_true", help="summarize the finished cells only")
+    ap.add_argument("--set", dest="sets", action="append", default=[],
+                    help="config KEY=VALUE for every draw (e.g. a smoke run: rollout.max_new_tokens=16)")
+    ap.add_argument("--name", default=NAME, help="result file name [selection_cost]")
+    args = ap.parse_args()
+    EXTRA[:] = api.parse_sets(args.sets)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    suites = args.suite or ["rg-lcm-seq", "default-small"]
+    configs = [c for c in args.configs.split(",") if c]
+    work = Path(args.work)
+    stored = load_result(args.name) or {}
+    cells: dict[str, dict[str, Any]] = stored.get("cells", {})
+    summaries: dict[str, Any] = stored.get("summary", {})
+    details: dict[str, Any] = stored.get("details", {})
+    rng = np.random.default_rng(0)
+
+    def save() -> None:
+        write_result(args.name, {"args": {**vars(args), "suite": suites}, "threads": args.threads,
+                            "configs": CONFIGS, "shortlist": SHORTLIST, "summary": summaries,
+                            "details": details, "cells": cells})
+
+    plan = [("today", 0), ("today", 1)] + [(c, 1) for c in configs if c != "today"]
+    for suite in suites:
+        got = cells.setdefault(suite, {})
+        for config, seed in plan if not args.report_only else []:
+            key = f"{config}-r{seed}"
+            if key not in got:
+                t0 = time.perf_counter()
+                got[key] = stage0(work, suite, config, seed, args.steps)
+                got[key]["wall_s"] = time.perf_counter() - t0
+                save()
+        if args.stage1 and not args.report_only:
+            for key, config, seed, short in (("stage1-today-r0", "today", 0, None),
+                                             (f"stage1-{RECOMMENDED}-r1", RECOMMENDED, 1, None),
+                                             (f"stage1-{RECOMMENDED}-r1-shortlist", RECOMMENDED, 1, SHORTLIST)):
+                if key not in got and f"{config}-r{seed}" in got:
+                    got[key] = stage1(work, suite, config, seed, args.steps, short)
+                    save()
+        result = summarize(suite, got, rng)
+        if result is not None:
+            summaries[suite] = result.pop("summary")
+            details[suite] = result
+            save()
+    _print(summaries, details, cells)
+
+
+def _print(summaries: dict[str, Any], details: dict[str, Any], cells: dict[str, Any]) -> None:
+    rows = []
+    for suite, cell in cells.items():
+        for key, c in cell.items():
+            s = c["seconds"]
+            w = c["work"]["total"]
+            rows.append([suite, key, f"{s['total']:.0f}", f"{s.get('pool_rollouts', 0):.0f}",
+                         f"{s.get('target_rollouts', 0):.0f}", f"{s['gradients']:.0f}", f"{s['projection']:.0f}",
+                         w.get("tokens_generated", 0), w.get("tokens_backward", 0), f"{c.get('load_1min', 0):.2f}"])
+    print_table(["suite", "draw", "total s", "pool roll s", "target roll s", "grad s", "proj s",
+                 "tok generated", "tok backprop", "load"], rows)
+    for suite, d in details.items():
+        print(f"\n{suite}: noise floor overlap {d['noise_floor_overlap']:.2f}, today's enrichment "
+              f"{d['enrichment_today']:.2f} {d['enrichment_today_ci']}")
+        print_table(["config", "speed-up (s)", "speed-up (generated)", "speed-up (backprop)", "enrichment",
+                     "overlap vs today"],
+                    [[c, f"{v['speedup_seconds']:.2f}x", _x(v["speedup_work_generated"]),
+                      _x(v["speedup_work_backward"]), f"{v['enrichment']:.2f} {v['enrichment_ci']}",
+                      f"{v['overlap_vs_today']:.2f}"] for c, v in d["configs"].items()])
+        if "stage1" in d:
+            print(f"stage 1: {d['stage1']}")
+    print("\nsummary:", summaries)
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{v:.2f}x"
+
+
+if __name__ == "__main__":
+    main()
