@@ -112,6 +112,9 @@ def main() -> None:
                     help="the summary's result name (default acceleration_NAME; acceleration_pilot "
                          "for --pilot), e.g. for a report over a subset of arms and seeds")
     ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--shared-rollouts", action="store_true",
+                    help="one beta draw for every seed (round 2's layout; needed to continue or rebuild its "
+                         "comparisons); default: every seed its own draw")
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="extra config overrides, e.g. --set eval.max_items=100")
     args = ap.parse_args()
@@ -139,12 +142,12 @@ def main() -> None:
         for arm in arms:
             if args.report_only or str(seed) in store.runs().get(arm, {}):
                 continue
-            run_compare(cfg, [arm], [seed])
+            run_compare(cfg, [arm], [seed], shared_rollouts=args.shared_rollouts)
             store.save_record(arm, seed, export_run(load_run(root / "arms" / arm / f"seed_{seed}", arm, seed)))
             ran.append(f"{arm}/{seed}")
     store.save_shared(root)
     done = store.restore(root, arms, seeds)
-    write_plan(root, cfg, arms, seeds)
+    write_plan(root, cfg, arms, seeds, args.shared_rollouts)
     seconds = time.perf_counter() - t0
     folder = build_report(root, n_boot=args.n_boot)
     cmp = load_comparison(root)

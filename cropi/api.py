@@ -327,13 +327,14 @@ def run_curriculum(run: Run | RunConfig, *, report: bool = False) -> dict[str, A
 
 
 def compare(config: RunConfig, arms: Sequence[str], seeds: Sequence[int], *, overwrite: bool = False,
-            report: bool = True) -> Path:
+            shared_rollouts: bool = False, report: bool = True) -> Path:
     """CROPI and baselines (arms: ``cropi.curriculum.names.arm_names()``) with the same seeds, step
-    budget and evaluation schedule on shared beta rollouts, as ``cropi compare``; resumable.
-    Returns the comparison folder (with its report when ``report``)."""
+    budget and evaluation schedule, as ``cropi compare``; every seed samples its own beta draw
+    (``shared_rollouts``: one draw for all seeds, cheaper); resumable. Returns the comparison
+    folder (with its report when ``report``)."""
     from cropi.curriculum.compare import run_compare
 
-    root = run_compare(config, list(arms), list(seeds), overwrite)
+    root = run_compare(config, list(arms), list(seeds), overwrite, shared_rollouts)
     if report:
         write_report(root)
     return root

@@ -42,9 +42,12 @@ class RunStore:
         """arm -> seed (str) -> compact record ({} when none)."""
         return self.load().get("runs", {})
 
-    def _write(self, runs: dict[str, Any], shared: list[dict[str, Any]]) -> Path:
-        return write_result(self.stem, {"format": FORMAT, "runs": runs, "shared_events": shared},
-                            self.folder)
+    def _write(self, runs: dict[str, Any], shared: list[dict[str, Any]],
+               draws: dict[str, list[dict[str, Any]]] | None = None) -> Path:
+        payload = {"format": FORMAT, "runs": runs, "shared_events": shared}
+        if draws:
+            payload["draw_events"] = draws
+        return write_result(self.stem, payload, self.folder)
 
     def save_record(self, arm: str, seed: int, record: dict[str, Any]) -> Path:
         """Add one arm x seed to the file (read-modify-write under its lock)."""
@@ -52,18 +55,20 @@ class RunStore:
             old = self.load()
             runs = old.get("runs", {})
             runs.setdefault(arm, {})[str(seed)] = record
-            return self._write(runs, old.get("shared_events", []))
+            return self._write(runs, old.get("shared_events", []), old.get("draw_events"))
 
     def save_shared(self, root: Path) -> None:
         """Keep the comparison's own events (ROOT/metrics.jsonl) in an existing file, so that a
         report rebuilt elsewhere charges their seconds on the wall-clock axis."""
         events = read_jsonl(Path(root) / "metrics.jsonl")
-        if not events:
+        draws = {str(seed): read_jsonl(path) for seed, path in _draw_metrics(Path(root))}
+        if not events and not draws:
             return
         with locked(lock_path(self.stem, self.folder)):
             old = self.load()
-            if old and old.get("shared_events") != events:
-                self._write(old.get("runs", {}), events)
+            draws = {**old.get("draw_events", {}), **draws} if old else draws
+            if old and (old.get("shared_events") != events or old.get("draw_events", {}) != draws):
+                self._write(old.get("runs", {}), events or old.get("shared_events", []), draws)
 
     def restore(self, root: Path, arms: list[str], seeds: list[int]) -> list[str]:
         """Restore into comparison ROOT the records of arm x seed whose run directory is absent
@@ -75,6 +80,11 @@ class RunStore:
         metrics = root / "metrics.jsonl"
         if store.get("shared_events") and not metrics.exists():
             atomic_write_text(metrics, "".join(json.dumps(e) + "\n" for e in store["shared_events"]))
+        for seed, events in store.get("draw_events", {}).items():  # each seed's own beta draw
+            path = root / "draws" / f"seed_{seed}" / "metrics.jsonl"
+            if events and not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in events))
         done = []
         for arm in arms:
             for seed in seeds:
@@ -85,3 +95,17 @@ class RunStore:
                     if not (run / "metrics.jsonl").exists():
                         restore_run(record, run)
         return done
+
+
+def _draw_metrics(root: Path) -> list[tuple[int, Path]]:
+    """(seed, metrics.jsonl) of each seed's own beta draw under ``ROOT/draws/seed_S``."""
+    folder = root / "draws"
+    if not folder.is_dir():
+        return []
+    out = []
+    for path in folder.glob("seed_*/metrics.jsonl"):
+        try:
+            out.append((int(path.parent.name.removeprefix("seed_")), path))
+        except ValueError:
+            continue
+    return sorted(out)

@@ -184,9 +184,11 @@ def compare(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = No
             target: TargetOpt = None, test: TestOpt = None, stages: StagesOpt = None,
             steps_per_stage: StepsOpt = None, eval_every: EvalEveryOpt = None,
             ratio: Annotated[Optional[float], typer.Option(help="fraction of the pool per stage for the selecting arms [default: 0.10]")] = None,
+            shared_rollouts: Annotated[bool, typer.Option("--shared-rollouts", help="one beta draw for every seed (cheaper smoke runs; the intervals are then conditional on that draw)")] = False,
             set_: SetOpt = None, overwrite: OverwriteOpt = False, verbose: VerboseOpt = False) -> None:
-    """Run CROPI and baselines with the same seeds, step budget and evaluation schedule on shared
-    beta rollouts, then report each arm's step-level acceleration over full-data GRPO.
+    """Run CROPI and baselines with the same seeds, step budget and evaluation schedule, every
+    seed on its own beta rollouts (rollout seed rollout.seed + seed), then report each arm's
+    step-level acceleration over full-data GRPO.
 
     Resumable: rerun the same command to continue; results are written as each run finishes.
     """
@@ -200,7 +202,7 @@ def compare(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = No
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         raise CropiError(f"--seeds {seeds!r} must be comma-separated integers") from None
-    root = api.compare(cfg, arm_list, seed_list, overwrite=overwrite)
+    root = api.compare(cfg, arm_list, seed_list, overwrite=overwrite, shared_rollouts=shared_rollouts)
     folder = root / "report"
     console.print(f"report: {folder / 'report.md'} and {folder / 'report.html'}")
 

@@ -25,6 +25,7 @@ from cropi.curriculum.loop import run_curriculum
 from cropi.curriculum.names import get_arm
 from cropi.curriculum.phases import Run, phase_rollouts
 from cropi.select import policy_fact
+from cropi.utils.errors import CropiError
 from cropi.utils.io import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
@@ -32,13 +33,20 @@ log = logging.getLogger(__name__)
 BASELINE = "full"
 
 
-def arm_config(cfg: RunConfig, arm: str, seed: int) -> RunConfig:
+def draw_config(cfg: RunConfig, seed: int) -> RunConfig:
+    """The config of seed ``seed``'s own beta draw: rollout seed ``rollout.seed + seed``."""
+    return dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, seed=cfg.rollout.seed + seed))
+
+
+def arm_config(cfg: RunConfig, arm: str, seed: int, own_draw: bool = False) -> RunConfig:
+    """An arm's config for ``seed``: its policy (and fixed scorer), the seed as training and
+    selection seed and, with ``own_draw``, as the offset of the rollout seed (:func:`draw_config`)."""
     spec = get_arm(arm)
     score = cfg.score
     if spec.scorer is not None:
         score = dataclasses.replace(cfg.score, scorer=spec.scorer, scorer_options={})
     return dataclasses.replace(
-        cfg, score=score,
+        draw_config(cfg, seed) if own_draw else cfg, score=score,
         select=dataclasses.replace(cfg.select, policy=spec.policy, seed=seed),
         train=dataclasses.replace(cfg.train, seed=seed),
     )
@@ -56,23 +64,38 @@ def redundant_arms(cfg: RunConfig, arms: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def write_plan(root: Path, cfg: RunConfig, arms: Sequence[str], seeds: Sequence[int]) -> None:
-    """Write (or extend: arms and seeds are merged with an existing one) ``root/compare.json``."""
+def write_plan(root: Path, cfg: RunConfig, arms: Sequence[str], seeds: Sequence[int],
+               shared_rollouts: bool = False) -> None:
+    """Write (or extend: arms and seeds are merged with an existing one) ``root/compare.json``.
+    A comparison keeps its rollout layout: one shared draw, or one draw per seed."""
+    layout = "shared" if shared_rollouts else "per-seed"
     plan = {"arms": list(arms), "seeds": list(seeds), "baseline": BASELINE,
             "steps": cfg.curriculum.stages * cfg.train.steps_per_stage,
             "stages": cfg.curriculum.stages, "eval_every": cfg.curriculum.eval_every,
-            "ratio": cfg.select.ratio}
+            "ratio": cfg.select.ratio, "rollouts": layout}
     path = root / "compare.json"
     if path.exists():
         old = read_json(path)
+        if old.get("rollouts", "shared") != layout:
+            raise CropiError(f"this comparison uses {old.get('rollouts', 'shared')} rollouts, the command "
+                             f"asks for {layout}", file=path,
+                             fix="add --shared-rollouts to continue a shared-draw comparison (or drop it), "
+                                 "or use another --name")
         plan["arms"] = list(dict.fromkeys([*old.get("arms", []), *arms]))
         plan["seeds"] = sorted(set(old.get("seeds", [])) | set(seeds))
+    if layout == "per-seed":
+        plan["rollout_seeds"] = {str(s): cfg.rollout.seed + s for s in plan["seeds"]}
     atomic_write_json(path, plan)
 
 
 def run_compare(cfg: RunConfig, arms: Sequence[str], seeds: Sequence[int],
-                overwrite: bool = False) -> Path:
-    """Run every arm x seed (resumable). Returns the comparison root (see `cropi report`)."""
+                overwrite: bool = False, shared_rollouts: bool = False) -> Path:
+    """Run every arm x seed (resumable). Returns the comparison root (see `cropi report`).
+
+    Every seed samples its own beta rollouts (``CMP/draws/seed_S/``, rollout seed
+    ``rollout.seed + S``), so the seeds replicate the selection too; ``shared_rollouts``: one draw
+    for every seed (``CMP/rollouts/``, cheaper; the intervals are then conditional on that draw).
+    Stage-0 features are shared between the arms of one draw only."""
     root = cfg.run_dir
     for arm in arms:
         arm_config(cfg, arm, 0)  # validate names before any work
@@ -82,30 +105,44 @@ def run_compare(cfg: RunConfig, arms: Sequence[str], seeds: Sequence[int],
                     cfg.score.scorer)
     arms = [a for a in arms if a not in twins]
     root.mkdir(parents=True, exist_ok=True)
-    write_plan(root, cfg, arms, seeds)
-    shared = Run(cfg, overwrite=overwrite, root=root, rollouts_root=root / "rollouts")
-    phase_rollouts(shared)
+    write_plan(root, cfg, arms, seeds, shared_rollouts)
+    if shared_rollouts:
+        phase_rollouts(Run(cfg, overwrite=overwrite, root=root, rollouts_root=root / "rollouts"))
     for seed in seeds:
+        rollouts = root / "rollouts" if shared_rollouts else draw_root(root, seed) / "rollouts"
+        if not shared_rollouts:  # the seed's own draw, logged in its own metrics.jsonl
+            phase_rollouts(Run(draw_config(cfg, seed), overwrite=overwrite, root=draw_root(root, seed),
+                               rollouts_root=rollouts))
         for arm in arms:
-            run = Run(arm_config(cfg, arm, seed), overwrite=overwrite,
-                      root=root / "arms" / arm / f"seed_{seed}", rollouts_root=root / "rollouts")
+            run = Run(arm_config(cfg, arm, seed, own_draw=not shared_rollouts), overwrite=overwrite,
+                      root=root / "arms" / arm / f"seed_{seed}", rollouts_root=rollouts)
             log.info("compare: arm %s seed %d -> %s", arm, seed, run.dir.root)
             if policy_fact(run.cfg.select.policy, "needs_scores") and not overwrite:
-                reuse_stage0_features(root, run.dir.stage(0) / "features")
+                reuse_stage0_features(root, run.dir.stage(0) / "features",
+                                      None if shared_rollouts else seed)
             run_curriculum(run, once=get_arm(arm).once)
             run.save_config()
     return root
 
 
-def reuse_stage0_features(root: Path, dest: Path) -> int:
-    """Hard-link stage 0's complete feature stores from another arm or seed into ``dest``.
+def draw_root(root: Path, seed: int) -> Path:
+    """Where seed ``seed``'s own beta draw lives (its rollouts and its ``rollouts`` metrics)."""
+    return root / "draws" / f"seed_{seed}"
 
-    Stage 0 is scored at beta on the shared rollouts with the comparison's one projection seed, so
-    its features do not depend on the arm or the seed: computing them once is enough. The store
-    still checks its spec when the run opens it. Returns the number of sets linked.
+
+def reuse_stage0_features(root: Path, dest: Path, seed: int | None = None) -> int:
+    """Hard-link stage 0's complete feature stores from another arm (of seed ``seed`` when given,
+    else of any seed) into ``dest``.
+
+    Stage 0 is scored at beta on the draw's rollouts with the comparison's one projection seed, so
+    its features do not depend on the arm, nor on the seed when the seeds share one draw:
+    computing them once per draw is enough. The store still checks its spec when the run opens
+    it. Returns the number of sets linked.
     """
     linked = 0
-    for features in sorted(root.glob("arms/*/seed_*/stages/stage_000/features")):
+    pattern = f"arms/*/seed_{seed}/stages/stage_000/features" if seed is not None else \
+        "arms/*/seed_*/stages/stage_000/features"
+    for features in sorted(root.glob(pattern)):
         if features.resolve() == dest.resolve():
             continue
         for manifest in sorted(features.glob("**/manifest.json")):

@@ -63,14 +63,18 @@ def _log_eval(run: Run, stage: int, step: int, result: dict[str, Any], items: li
     run.dir.log_metrics("eval_time", stage=stage, seconds=seconds, **extra)
 
 
+POLICY_ROLLOUT_KEYS = ("backend", "dtype", "gpu_memory_utilization")
+"""The rollout settings that build the evaluated policy (the sampling seed and K do not)."""
+
+
 def beta_eval_path(run: Run) -> Path:
     """Where beta's step-0 evaluation is kept next to beta's rollouts (shared by every arm and seed
     of a comparison), keyed by everything the result depends on: beta's weights and system
     prompt, the test sets, the eval config (its sampling seed is not the run's seed), the rollout
-    config that builds the policy and the device."""
+    settings that build the policy and the device (so every seed's own beta draw shares it)."""
     key = fingerprint({**run.base_spec(run.model_path(0)), "device": run.device,
                        "eval": dataclasses.asdict(run.cfg.eval),
-                       "rollout": dataclasses.asdict(run.cfg.rollout),
+                       "rollout": {k: getattr(run.cfg.rollout, k) for k in POLICY_ROLLOUT_KEYS},
                        "tests": {n: dataset_fingerprint(r) for n, r in run.data.tests.items()}})
     return run.dir.rollouts("beta_eval") / f"{key}.json"
 

@@ -113,6 +113,7 @@ class Comparison:
     meta: dict[str, Any]
     single_run: bool = False
     records: list[dict[str, Any]] = field(default_factory=list)  # the comparison's own metrics
+    seed_records: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # each seed's own draw
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -231,8 +232,12 @@ def load_comparison(path: str | Path) -> Comparison:
     if baseline not in arms:
         log.warning("baseline arm %r has no runs: no acceleration can be computed", baseline)
     root_metrics = path / "metrics.jsonl"
+    draws = path / "draws"  # each seed's own beta draw (cropi compare without --shared-rollouts)
+    seed_records = {s: read_jsonl(p / "metrics.jsonl") for s, p in (_seed_dirs(draws) if draws.is_dir() else [])
+                    if (p / "metrics.jsonl").exists()}
     return Comparison(path=path, arms=arms, baseline=baseline if baseline in arms else None,
-                      meta=meta, records=read_jsonl(root_metrics) if root_metrics.exists() else [])
+                      meta=meta, records=read_jsonl(root_metrics) if root_metrics.exists() else [],
+                      seed_records=seed_records)
 
 
 def load_any(path: str | Path) -> Comparison:
@@ -305,8 +310,9 @@ def read_item_results(run: str | Path) -> dict[int, dict[str, list[Any]]]:
 
 def rollout_seconds(records: list[dict[str, Any]], sets: tuple[str, ...],
                     k: dict[str, int] | None = None) -> float:
-    """Seconds of beta's rollouts attributable to ``sets`` ("pool", "targets"): each ``rollouts``
-    event's seconds shared in proportion to the responses sampled per set (prompts x k, with
+    """Seconds of beta's rollouts attributable to ``sets`` ("pool", "targets"): per set as measured
+    (``seconds_by_set``), else each ``rollouts`` event's seconds shared by the tokens generated per
+    set (``work``), else (older runs) by the responses sampled per set (prompts x k, with
     ``k = {"pool": k_pool, "targets": k_target}``; prompts alone when ``k`` is None)."""
     total = 0.0
     for rec in records:
@@ -314,6 +320,15 @@ def rollout_seconds(records: list[dict[str, Any]], sets: tuple[str, ...],
         sampled = rec.get("sampled") if seconds is not None else None
         if seconds is None:
             continue
+        by_set = rec.get("seconds_by_set")
+        if isinstance(by_set, dict) and by_set:  # measured per set (since the work was counted)
+            total += sum(_number(v) or 0.0 for name, v in by_set.items()
+                         if ("pool" if name == "pool" else "targets") in sets)
+            continue
+        work = rec.get("work")
+        if isinstance(work, dict) and work:  # split by tokens generated
+            sampled = {name: (w or {}).get("tokens_generated", 0) for name, w in work.items()}
+            k = None
         if not isinstance(sampled, dict) or not sampled:
             total += seconds if sets else 0.0
             continue
@@ -326,6 +341,58 @@ def rollout_seconds(records: list[dict[str, Any]], sets: tuple[str, ...],
                    if ("pool" if name == "pool" else "targets") in sets)
         total += seconds * mine / whole
     return total
+
+
+WORK_UNITS = "forward-token equivalents: tokens generated, prefilled and forwarded + 3 x tokens backpropagated"
+"""The unit of the compute axis (:func:`work_units`): FLOPs / (2 N) for a model of N parameters."""
+
+
+def work_units(work: Any) -> float:
+    """A ``work`` mapping (:class:`cropi.utils.work.Work` as logged) in :data:`WORK_UNITS`."""
+    if not isinstance(work, dict):
+        return 0.0
+    def get(key: str) -> float:
+        return _number(work.get(key)) or 0.0
+    return get("tokens_generated") + get("tokens_prefill") + get("tokens_forward") + 3.0 * get("tokens_backward")
+
+
+def rollout_work(records: list[dict[str, Any]], sets: tuple[str, ...]) -> float:
+    """Counted work (:func:`work_units`) of beta's rollouts of ``sets`` ("pool", "targets")."""
+    total = 0.0
+    for rec in records:
+        if rec.get("event") == "rollouts" and isinstance(rec.get("work"), dict):
+            total += sum(work_units(w) for name, w in rec["work"].items()
+                         if ("pool" if name == "pool" else "targets") in sets)
+    return total
+
+
+def stage_score_work(records: list[dict[str, Any]]) -> dict[int, float]:
+    """Counted work per stage of scoring (``score`` events) and drift (``drift`` events)."""
+    out: dict[int, float] = {}
+    for rec in records:
+        stage = _number(rec.get("stage"))
+        if rec.get("event") in ("score", "drift") and stage is not None and isinstance(rec.get("work"), dict):
+            out[int(stage)] = out.get(int(stage), 0.0) + work_units(rec["work"])
+    return out
+
+
+def compute_clock(records: list[dict[str, Any]], setup: float = 0.0,
+                  score_floor: dict[int, float] | None = None) -> dict[int, float] | None:
+    """step -> counted work (:data:`WORK_UNITS`) before the evaluation at that step, as
+    :func:`work_clock` counts seconds: independent of the machine's load. None for runs made
+    before the work was counted (no ``work`` in their ``train`` events)."""
+    train: dict[int, tuple[float, int]] = {}
+    for rec in records:
+        steps, stage = _number(rec.get("steps")), _number(rec.get("stage"))
+        if rec.get("event") == "train" and None not in (steps, stage) and steps > 0:
+            if not isinstance(rec.get("work"), dict):
+                return None
+            train[int(stage)] = (work_units(rec["work"]), int(steps))
+    scores = stage_score_work(records)
+    for stage, floor in (score_floor or {}).items():
+        if stage in scores or stage in train:
+            scores[stage] = max(scores.get(stage, 0.0), floor)
+    return _step_clock(records, setup, scores, train)
 
 
 def stage_score_seconds(records: list[dict[str, Any]]) -> dict[int, float]:
@@ -365,6 +432,107 @@ def work_clock(records: list[dict[str, Any]], setup_seconds: float = 0.0,
         if stage in scores or stage in train or any(
                 rec.get("event") == "eval" and rec.get("stage") == stage for rec in records):
             scores[stage] = max(scores.get(stage, 0.0), floor)
+    return _step_clock(records, setup_seconds, scores, train)
+
+
+WORK_UNITS = "forward-token equivalents: tokens generated, prefilled and forwarded + 3 x tokens backpropagated"
+"""The unit of the compute axis (:func:`work_units`): FLOPs / (2 N) for a model of N parameters."""
+
+
+def work_units(work: Any) -> float:
+    """A ``work`` mapping (:class:`cropi.utils.work.Work` as logged) in :data:`WORK_UNITS`."""
+    if not isinstance(work, dict):
+        return 0.0
+    def get(key: str) -> float:
+        return _number(work.get(key)) or 0.0
+    return get("tokens_generated") + get("tokens_prefill") + get("tokens_forward") + 3.0 * get("tokens_backward")
+
+
+def rollout_work(records: list[dict[str, Any]], sets: tuple[str, ...]) -> float:
+    """Counted work (:func:`work_units`) of beta's rollouts of ``sets`` ("pool", "targets")."""
+    total = 0.0
+    for rec in records:
+        if rec.get("event") == "rollouts" and isinstance(rec.get("work"), dict):
+            total += sum(work_units(w) for name, w in rec["work"].items()
+                         if ("pool" if name == "pool" else "targets") in sets)
+    return total
+
+
+def stage_score_work(records: list[dict[str, Any]]) -> dict[int, float]:
+    """Counted work per stage of scoring (``score`` events) and drift (``drift`` events)."""
+    out: dict[int, float] = {}
+    for rec in records:
+        stage = _number(rec.get("stage"))
+        if rec.get("event") in ("score", "drift") and stage is not None and isinstance(rec.get("work"), dict):
+            out[int(stage)] = out.get(int(stage), 0.0) + work_units(rec["work"])
+    return out
+
+
+def compute_clock(records: list[dict[str, Any]], setup: float = 0.0,
+                  score_floor: dict[int, float] | None = None) -> dict[int, float] | None:
+    """step -> counted work (:data:`WORK_UNITS`) before the evaluation at that step, as
+    :func:`work_clock` counts seconds: independent of the machine's load. None for runs made
+    before the work was counted (no ``work`` in their ``train`` events)."""
+    train: dict[int, tuple[float, int]] = {}
+    for rec in records:
+        steps, stage = _number(rec.get("steps")), _number(rec.get("stage"))
+        if rec.get("event") == "train" and None not in (steps, stage) and steps > 0:
+            if not isinstance(rec.get("work"), dict):
+                return None
+            train[int(stage)] = (work_units(rec["work"]), int(steps))
+    scores = stage_score_work(records)
+    for stage, floor in (score_floor or {}).items():
+        if stage in scores or stage in train:
+            scores[stage] = max(scores.get(stage, 0.0), floor)
+    return _step_clock(records, setup, scores, train)
+
+
+def stage_score_seconds(records: list[dict[str, Any]]) -> dict[int, float]:
+    """Scoring seconds per stage (``score`` events' ``total_s``, summed over resumed attempts)."""
+    out: dict[int, float] = {}
+    for rec in records:
+        seconds, stage = _number(rec.get("total_s")), _number(rec.get("stage"))
+        if rec.get("event") == "score" and seconds is not None and stage is not None:
+            out[int(stage)] = out.get(int(stage), 0.0) + seconds
+    return out
+
+
+def work_clock(records: list[dict[str, Any]], setup_seconds: float = 0.0,
+               score_floor: dict[int, float] | None = None) -> dict[int, float]:
+    """step -> seconds of work done before the run's evaluation at that step, evaluation excluded.
+
+    The clock: ``setup_seconds`` (beta's rollouts the arm's policy needs, :func:`rollout_seconds`)
+    and stage m's scoring (``score`` events, at least ``score_floor[m]``: stage-0 features shared
+    between the runs of a comparison are charged to every run that uses them) are paid before
+    stage m's first step; stage m's training seconds (``train`` events, which exclude the
+    evaluations) are spread uniformly over its steps. The step-0 evaluation of beta is at 0 s.
+    A stage still running (no ``train`` event) uses the mean seconds per step of the finished
+    stages; with none finished, its evaluations get no clock.
+    """
+    train: dict[int, tuple[float, int]] = {}
+    for rec in records:
+        seconds, steps, stage = (_number(rec.get("seconds")), _number(rec.get("steps")),
+                                 _number(rec.get("stage")))
+        if rec.get("event") == "train" and None not in (seconds, steps, stage) and steps > 0:
+            train[int(stage)] = (seconds, int(steps))
+    # training seconds per stage as the time table counts them (evaluation taken out of old runs)
+    breakdown = time_breakdown(records)
+    for stage, (_, steps) in list(train.items()):
+        train[stage] = (breakdown[_stage_label(stage)]["training"], steps)
+    scores = stage_score_seconds(records)
+    for stage, floor in (score_floor or {}).items():
+        if stage in scores or stage in train or any(
+                rec.get("event") == "eval" and rec.get("stage") == stage for rec in records):
+            scores[stage] = max(scores.get(stage, 0.0), floor)
+    return _step_clock(records, setup_seconds, scores, train)
+
+
+def _step_clock(records: list[dict[str, Any]], setup: float, scores: dict[int, float],
+                train: dict[int, tuple[float, int]]) -> dict[int, float]:
+    """step -> cost before the evaluation at that step: ``setup``, then per stage its selection's
+    cost (``scores``) and its training cost (``train``: stage -> (cost, steps)) spread over its
+    steps (see :func:`work_clock`)."""
+    setup_seconds = setup
     rate = (sum(s for s, _ in train.values()) / sum(n for _, n in train.values())) if train else None
     steps_known = [n for _, n in train.values()]
     default_steps = max(set(steps_known), key=steps_known.count) if steps_known else None

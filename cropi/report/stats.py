@@ -60,8 +60,8 @@ import yaml
 from scipy import stats as sps
 
 from cropi.report.acceleration import SMOOTHING_METHODS, TOLERANCE
-from cropi.report.runs import (Comparison, RunData, rollout_seconds,
-                               stage_score_seconds, work_clock)
+from cropi.report.runs import (Comparison, RunData, compute_clock, rollout_seconds, rollout_work,
+                               stage_score_seconds, stage_score_work, work_clock)
 from cropi.select import policy_fact
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class Panel:
     strata: np.ndarray
     items: bool
     clock: np.ndarray | None = None
+    compute: np.ndarray | None = None  # [A, S, T] counted work (forward-token units) at each step
     note: str = ""
     item_ids: list[str] = field(default_factory=list)
 
@@ -97,10 +98,12 @@ class Panel:
         if (a, s, t) != (len(self.arms), len(self.seeds), self.steps.size) or self.strata.shape != (i,):
             raise ValueError(f"panel shapes disagree: values {self.values.shape}, arms {len(self.arms)}, "
                              f"seeds {len(self.seeds)}, steps {self.steps.size}, strata {self.strata.shape}")
-        if self.clock is not None:
-            self.clock = np.asarray(self.clock, dtype=np.float64)
-            if self.clock.shape != (a, s, t):
-                raise ValueError(f"clock {self.clock.shape} != {(a, s, t)}")
+        for name in ("clock", "compute"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, np.asarray(value, dtype=np.float64))
+                if getattr(self, name).shape != (a, s, t):
+                    raise ValueError(f"{name} {getattr(self, name).shape} != {(a, s, t)}")
 
     def weights(self) -> np.ndarray:
         """``w_i = 1 / (n_sets * n_items of i's set)``: ``acc = Y @ w``."""
@@ -143,6 +146,32 @@ def first_reach_index(smoothed: np.ndarray, threshold: np.ndarray) -> np.ndarray
     return np.where(hit.any(axis=-1), first, -1)
 
 
+def crossing_step(smoothed: np.ndarray, steps: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """The step at which ``smoothed`` first reaches ``threshold``, linearly interpolated between the
+    last evaluation below it and the first at or above it (not a grid point); ``steps[0]`` when the
+    first evaluation reaches it, NaN when none does. Shapes as :func:`first_reach_index`."""
+    steps = np.asarray(steps, dtype=np.float64)
+    thr = np.asarray(threshold, dtype=np.float64)[..., None] - TOLERANCE
+    i = first_reach_index(smoothed, np.asarray(threshold))
+    j = np.maximum(i, 1)
+    hi = np.take_along_axis(smoothed, j[..., None], -1)[..., 0]
+    lo = np.take_along_axis(smoothed, (j - 1)[..., None], -1)[..., 0]
+    frac = np.clip((thr[..., 0] - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0, 1.0)
+    out = steps[j - 1] + frac * (steps[j] - steps[j - 1])
+    out = np.where(i == 0, steps[0], out)
+    return np.where(i < 0, np.nan, out)
+
+
+def interpolated_ratio(s_base: np.ndarray, s_arm: np.ndarray, start: float) -> np.ndarray:
+    """``(s_base - start) / (s_arm - start)`` of interpolated crossing steps, counted from the first
+    evaluation ``start`` (beta, shared by every arm): 0 where the arm never reaches a* ("< 1"),
+    +inf where it is there from the start while the baseline is not, NaN where neither needs a step."""
+    num, den = np.asarray(s_base) - start, np.asarray(s_arm) - start
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(num > 0, np.inf, np.nan))
+    return np.where(np.isnan(s_arm), 0.0, out)
+
+
 def area(values: np.ndarray, steps: np.ndarray) -> np.ndarray:
     """Area under the curve along the last axis, normalised by the step range (trapezoid rule);
     the value itself for a single step."""
@@ -170,8 +199,9 @@ def _ratios(steps: np.ndarray, i_base: np.ndarray, i_arm: np.ndarray,
 
 
 def _replicate_stats(curves: np.ndarray, steps: np.ndarray, base: int, smooth_kw: Mapping[str, Any],
-                     clocks: np.ndarray | None) -> dict[str, np.ndarray]:
-    """Statistics of replicates: ``curves [B, A, S, T]``, ``clocks [B, A, S, T]`` or None."""
+                     clocks: np.ndarray | None, compute: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Statistics of replicates: ``curves [B, A, S, T]``; ``clocks`` (seconds) and ``compute``
+    (counted work) ``[B, A, S, T]`` or None."""
     auc = area(curves, steps)  # [B, A, S]
     mean_auc = auc.mean(axis=-1)
     diff = mean_auc - mean_auc[:, base][:, None]
@@ -182,8 +212,10 @@ def _replicate_stats(curves: np.ndarray, steps: np.ndarray, base: int, smooth_kw
     a_star = sm[:, base, -1]  # [B]
     i_arm = first_reach_index(sm, a_star[:, None])  # [B, A]
     i_base = i_arm[:, base][:, None].repeat(sm.shape[1], axis=1)
+    cross = crossing_step(sm, steps, a_star[:, None])  # [B, A]
     out = {"area": mean_auc, "area_diff": diff, "poi": poi, "accel": _ratios(steps, i_base, i_arm),
-           "never": (i_arm < 0), "mean_curve": mean_curve, "a_star": a_star,
+           "accel_interp": interpolated_ratio(cross[:, base][:, None], cross, float(steps[0])),
+           "reach_step": cross, "never": (i_arm < 0), "mean_curve": mean_curve, "a_star": a_star,
            "gap": a_star[:, None] - sm.max(axis=-1)}
     if clocks is not None:
         mclock = clocks.mean(axis=2)  # [B, A, T]
@@ -191,7 +223,20 @@ def _replicate_stats(curves: np.ndarray, steps: np.ndarray, base: int, smooth_kw
                                     .repeat(sm.shape[1], axis=1), mclock)
         out["reach_seconds"] = np.where(i_arm >= 0, np.take_along_axis(
             mclock, np.maximum(i_arm, 0)[..., None], -1)[..., 0], np.nan)
+    if compute is not None:  # the compute at the interpolated crossing, interpolated likewise
+        mcomp = compute.mean(axis=2)  # [B, A, T]
+        at = _interp_along(mcomp, steps, cross)
+        out["compute_accel"] = interpolated_ratio(at[:, base][:, None], at, 0.0)
+        out["reach_compute"] = at
     return out
+
+
+def _interp_along(values: np.ndarray, steps: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """``values [..., T]`` on ``steps`` read at ``at [...]`` (linear; NaN where ``at`` is NaN)."""
+    flat_v = values.reshape(-1, values.shape[-1])
+    flat_at = at.reshape(-1)
+    out = np.array([np.interp(x, steps, v) if np.isfinite(x) else np.nan for v, x in zip(flat_v, flat_at)])
+    return out.reshape(at.shape)
 
 
 def _item_weight_draws(rng: np.random.Generator, strata: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -225,7 +270,8 @@ def bootstrap(panel: Panel, baseline: str, n_boot: int = 2000, seed: int = 0,
     rng = np.random.default_rng(seed)
     w0 = panel.weights()
     point = _replicate_stats(panel.accuracy()[None], panel.steps, base, smooth_kw,
-                             None if panel.clock is None else panel.clock[None])
+                             None if panel.clock is None else panel.clock[None],
+                             None if panel.compute is None else panel.compute[None])
     reps: dict[str, list[np.ndarray]] = {}
     resample_items = panel.items and I > 1
     for start in range(0, n_boot, CHUNK):
@@ -242,7 +288,8 @@ def bootstrap(panel: Panel, baseline: str, n_boot: int = 2000, seed: int = 0,
             w = _item_weight_draws(rng, panel.strata, (b, S))  # [b, S, I]
             curves = np.einsum("absti,bsi->bast", panel.values[:, idx], w)
         clocks = None if panel.clock is None else np.moveaxis(panel.clock[:, idx], 1, 0)
-        for key, value in _replicate_stats(curves, panel.steps, base, smooth_kw, clocks).items():
+        compute = None if panel.compute is None else np.moveaxis(panel.compute[:, idx], 1, 0)
+        for key, value in _replicate_stats(curves, panel.steps, base, smooth_kw, clocks, compute).items():
             reps.setdefault(key, []).append(value)
     rep = {k: np.concatenate(v) for k, v in reps.items()}
     q = (1 - confidence) / 2
@@ -252,7 +299,7 @@ def bootstrap(panel: Panel, baseline: str, n_boot: int = 2000, seed: int = 0,
         for key in ("area", "area_diff", "poi"):
             lo, hi = np.quantile(rep[key][:, a], [q, 1 - q])
             r[key] = {"value": float(point[key][0, a]), "lo": float(lo), "hi": float(hi)}
-        for key in ("accel", "wall_accel"):
+        for key in ("accel", "wall_accel", "accel_interp", "compute_accel"):
             if key not in rep:
                 continue
             x = rep[key][:, a]
@@ -278,6 +325,13 @@ def bootstrap(panel: Panel, baseline: str, n_boot: int = 2000, seed: int = 0,
             r["area_diff_t"] = {"value": float(d.mean()), "lo": low, "hi": high}
         if "reach_seconds" in point:
             r["reach_seconds"] = _finite_or_none(point["reach_seconds"][0, a])
+        if "reach_compute" in point:
+            r["reach_compute"] = _finite_or_none(point["reach_compute"][0, a])
+        steps_at = rep["reach_step"][:, a]
+        steps_at = steps_at[np.isfinite(steps_at)]
+        r["reach_step"] = {"value": _finite_or_none(point["reach_step"][0, a]),
+                           "lo": float(np.quantile(steps_at, q)) if steps_at.size else None,
+                           "hi": float(np.quantile(steps_at, 1 - q)) if steps_at.size else None}
         result[arm] = r
     return {"arms": result, "n_boot": n_boot, "confidence": confidence, "items": items,
             "resampled": "seeds and items" if resample_items else "seeds only",
@@ -328,9 +382,9 @@ def comparison_panel(cmp: Comparison, key: str = "targeted") -> Panel | None:
         notes.append(f"seeds not run by every arm are left out ({', '.join(dropped)})")
     acc = np.array([[v[np.searchsorted(st, steps)] for st, v in row] for row in curves])
     values, strata, items, item_ids = _item_values(runs, steps, key == "targeted", acc, notes)
-    clock = _clocks(cmp, runs, steps, notes)
+    clock, compute = _clocks(cmp, runs, steps, notes)
     return Panel(arms=arms, seeds=seeds, steps=steps, values=values, strata=strata,
-                 items=items, clock=clock, note="; ".join(notes), item_ids=item_ids)
+                 items=items, clock=clock, compute=compute, note="; ".join(notes), item_ids=item_ids)
 
 
 def _item_values(runs: list[list[RunData]], steps: np.ndarray, targeted: bool, acc: np.ndarray,
@@ -365,26 +419,37 @@ def _item_values(runs: list[list[RunData]], steps: np.ndarray, targeted: bool, a
 
 
 def _clocks(cmp: Comparison, runs: list[list[RunData]], steps: np.ndarray,
-            notes: list[str]) -> np.ndarray | None:
+            notes: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Seconds and counted work (:data:`cropi.report.runs.WORK_UNITS`) of every run at each step,
+    beta's rollouts charged to the runs whose policy reads them (the comparison's shared draw or
+    the run's seed's own draw) and stage-0 scoring to every run that scores."""
     path = cmp.path / "config.yaml"
     cfg = (yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None) or {}
     rollout = cfg.get("rollout") if isinstance(cfg.get("rollout"), dict) else {}
     k = {"pool": int(rollout.get("k_pool", 1)), "targets": int(rollout.get("k_target", 1))} \
         if rollout else None
-    floor = max((stage_score_seconds(r.records).get(0, 0.0) for row in runs for r in row
-                 if policy_fact(r.policy or "", "needs_scores")), default=0.0)
+    scoring = [r for row in runs for r in row if policy_fact(r.policy or "", "needs_scores")]
+    floor = max((stage_score_seconds(r.records).get(0, 0.0) for r in scoring), default=0.0)
+    floor_work = max((stage_score_work(r.records).get(0, 0.0) for r in scoring), default=0.0)
     out = np.full((len(runs), len(runs[0]), steps.size), np.nan)
+    comp = np.full_like(out, np.nan)
     for a, row in enumerate(runs):
         for s, run in enumerate(row):
             sets = policy_fact(run.policy or "", "rollout_sets")
-            setup = rollout_seconds(cmp.records + run.records, sets, k)
-            score_floor = {0: floor} if policy_fact(run.policy or "", "needs_scores") else None
-            clock = work_clock(run.records, setup, score_floor)
+            shared = cmp.records + cmp.seed_records.get(run.seed, []) + run.records
+            scores = policy_fact(run.policy or "", "needs_scores")
+            clock = work_clock(run.records, rollout_seconds(shared, sets, k), {0: floor} if scores else None)
             out[a, s] = [clock.get(int(t), np.nan) for t in steps]
+            work = compute_clock(run.records, rollout_work(shared, sets), {0: floor_work} if scores else None)
+            if work is not None:
+                comp[a, s] = [work.get(int(t), np.nan) for t in steps]
     if np.isnan(out).any():
         notes.append("no wall-clock axis: some runs lack train/score timings")
-        return None
-    return out
+        out = None
+    if np.isnan(comp).any():
+        notes.append("no compute axis: some runs lack counted work (made before it was logged)")
+        comp = None
+    return out, comp
 
 
 def _finite_or_none(x: float) -> float | None:

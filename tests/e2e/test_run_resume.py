@@ -102,7 +102,8 @@ def test_compare_two_arms_builds_acceleration_table(tiny_model_dir, parity_sets,
     res = run_cli(args + ["--arms", "cropi,full", "--seeds", "0"])
     assert res.returncode == 0, res.stderr[-2000:]
     root = tmp_path / "r"
-    assert (root / "rollouts" / "pool" / "manifest.json").exists()  # shared by the arms
+    draw = root / "draws" / "seed_0"
+    assert (draw / "rollouts" / "pool" / "manifest.json").exists()  # the seed's draw, shared by the arms
     assert not (root / "arms" / "full" / "seed_0" / "rollouts").exists()
     # beta is evaluated once per comparison: the second arm reuses the first one's step-0 evaluation
     cropi_run, full_run = root / "arms/cropi/seed_0", root / "arms/full/seed_0"
@@ -110,7 +111,7 @@ def test_compare_two_arms_builds_acceleration_table(tiny_model_dir, parity_sets,
                    if e["step"] == 0] for r in (cropi_run, full_run)]
     assert len(beta_evals[0]) == 1 and beta_evals[0] == beta_evals[1]
     times = [[e for e in _metric_events(r, "eval_time") if e["stage"] == -1] for r in (cropi_run, full_run)]
-    assert "reused" not in times[0][0] and times[1][0]["reused"].startswith(str(root / "rollouts"))
+    assert "reused" not in times[0][0] and times[1][0]["reused"].startswith(str(draw / "rollouts"))
     assert pq.read_table(cropi_run / "evals/step_000000.parquet").equals(
         pq.read_table(full_run / "evals/step_000000.parquet"))
     full = read_selection(root / "arms/full/seed_0/stages/stage_000/selection.json")
