@@ -191,6 +191,14 @@ class SelectConfig:
                       "them; oracle: the target families' own pool prompts, an upper bound)")
     ratio: float = opt(0.10, "fraction of the pool kept per stage")
     seed: int = opt(0, "seed for random policies")
+    analysis: bool = opt(True, "compare the selection with the prompts with a gradient and the pool "
+                         "(entropy, pass rate, level, similarity to the targets; selection.json "
+                         "'analysis'); the embedding similarity runs the stage's model over the "
+                         "prompts once per stage")
+    embedding_model: str | None = opt(None, "prompt embeddings for the similarity analysis and the "
+                                      "embedding-space policies: None = the stage's policy (mean-pooled "
+                                      "last hidden state of the templated prompt), or a Hugging Face "
+                                      "encoder (local folder or hub id)")
 
     def __post_init__(self) -> None:
         _check(0 < self.ratio <= 1, "select", "ratio", "must be in (0, 1]")

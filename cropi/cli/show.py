@@ -65,6 +65,25 @@ def print_selection(sel: dict[str, Any]) -> None:
                   + (f"; {zero} prompts with zero gradient excluded" if zero is not None else ""))
     if stats.get("overlap_previous"):
         console.print(f"overlap with the previous stage: {stats['overlap_previous']['fraction']:.2f}")
+    if stats.get("analysis"):
+        print_analysis(stats["analysis"])
+
+
+def print_analysis(analysis: dict[str, Any]) -> None:
+    """A selection's ``analysis``: entropy, pass rates, level and similarities vs the prompts with
+    a gradient and the pool, with intervals and p-values."""
+    from cropi.report.selection_analysis import analysis_rows
+
+    table = Table("measure", "selected [95 % CI]", "with gradient", "selected - with gradient",
+                  "random picks (95 %)", "pool", "selected - pool",
+                  title=f"what the selection picks (vs the {analysis['n_gradient']} prompts with a "
+                        f"gradient and the {analysis['n_pool']} of the pool)")
+    for row in analysis_rows(analysis):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"{analysis['method']}.")
+    for key, note in analysis.get("notes", {}).items():
+        console.print(f"{key}: {note}")
 
 
 def print_eval(result: dict[str, Any]) -> None:
@@ -90,4 +109,5 @@ def print_eval_curve(evals: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
-__all__ = ["fmt", "print_eval", "print_eval_curve", "print_pass_rates", "print_scores", "print_selection"]
+__all__ = ["fmt", "print_analysis", "print_eval", "print_eval_curve", "print_pass_rates",
+           "print_scores", "print_selection"]

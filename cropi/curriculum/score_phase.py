@@ -151,7 +151,8 @@ def _drift(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]
     path = run.model_path(stage)
     policy = run.policy(path)
     pool = sets["pool"]
-    ess_k = pool_ess(policy.model, pool, policy.pad_id, run.cfg.gradient.max_batch_tokens)
+    ess_k, per_prompt = pool_ess(policy.model, pool, policy.pad_id, run.cfg.gradient.max_batch_tokens,
+                                 details=True)
     threshold = run.cfg.score.resample_below_ess
     summary = drift_summary(ess_k, 0.5 if threshold is None else threshold)
     low = [it.id for it, e in zip(pool, ess_k) if threshold is not None and np.isfinite(e) and e < threshold]
@@ -161,7 +162,16 @@ def _drift(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]
                         work=Work(prompts=sum(not it.zero_grad for it in pool), tokens_forward=forward).as_dict())
     log.info("stage %d drift: mean ESS/K %s, %s of %d prompts below %s", stage, summary["mean_ess"],
              summary["share_below"], summary["n"], summary["threshold"])
+    from cropi.utils.io import atomic_path  # the stage policy's NLL and pass rate on beta's responses
+
+    def save(resampled: dict[str, PromptRollouts]) -> None:  # stage_NNN/drift.npz, for the selection analysis
+        with atomic_path(run.dir.stage(stage) / "drift.npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, ids=np.array([it.id for it in pool]), ess=ess_k, **per_prompt,
+                     pass_rate_resampled=np.array([resampled[it.id].pass_rate if it.id in resampled
+                                                   else np.nan for it in pool], dtype=np.float64))
+
     if not low:
+        save({})
         return ess_k, sets
     wanted = set(low)
     records = [r for r in run.data.pool if r.id in wanted]
@@ -171,6 +181,7 @@ def _drift(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]
     collect(records, folder, lambda: run.policy(path), run.cfg.rollout.k_pool, cfg, spec,
             name="resampled pool", overwrite=run.overwrite)
     fresh = {it.id: it for it in load_rollouts(folder)}
+    save(fresh)
     return ess_k, {**sets, "pool": [fresh.get(it.id, it) for it in pool]}
 
 

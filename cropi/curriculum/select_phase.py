@@ -1,28 +1,189 @@
-"""The select phase of a stage: a registered selection policy over the pool -> selection.json."""
+"""The select phase of a stage: a registered selection policy over the pool -> selection.json.
+
+It also measures what the selection picks (``select.analysis``, :mod:`cropi.select.analysis`):
+beta's token NLL of its own responses, the stage's policy's NLL and pass rate on them (stages > 0,
+from the drift pass's ``drift.npz``), the ordinal level, and the similarity of each prompt to each
+target set in embedding space (hidden states of the stage's policy, or ``select.embedding_model``)
+and in gradient space (the stage's feature stores).
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
+import numpy as np
+
 from cropi.curriculum.phases import Run
 from cropi.curriculum.score_phase import current_scorer
-from cropi.influence.scores import read_scores, target_scores
-from cropi.rollout.store import PromptRollouts
+from cropi.influence.features import FeatureStore
+from cropi.influence.scores import read_scores, target_mean, target_scores
+from cropi.model.fingerprint import model_fingerprint
+from cropi.rollout.store import PromptRollouts, load_rollouts
 from cropi.select import (SelectionContext, budget, get_policy, policy_fact, read_selection,
                           selection_stats, write_selection)
+from cropi.select.analysis import PromptMeasures, centred_cosine, similarity_to_targets
 from cropi.utils.errors import CropiError
 
+log = logging.getLogger(__name__)
 
-def selection_context(run: Run, stage: int, pool: list[PromptRollouts], with_scores: bool) -> SelectionContext:
+
+def selection_context(run: Run, stage: int, pool: list[PromptRollouts], with_scores: bool,
+                      policy: str | None = None,
+                      cache: dict[str, dict[str, np.ndarray]] | None = None) -> SelectionContext:
     """What the selection policies see; ``with_scores``: the stage's per-target scores, fused with
-    ``score.fusion`` for the budget of the selection being made."""
+    ``score.fusion`` for the budget of the selection being made. ``policy``: the policy the context
+    is for; a policy that reads ``select.options`` gets the vectors its diversity rule needs
+    (embeddings or projected gradients), and every context gets the stage's policy's pass rate
+    where the drift pass estimated it. ``cache``: see :func:`stage_embeddings`."""
     ids = [it.id for it in pool]
     scores = target_scores(read_scores(run.dir.scores(stage)), ids) if with_scores else None
+    options: dict[str, Any] = {}
+    embeddings = features = None
+    drift = drift_measures(run, stage, ids)
     return SelectionContext(ids=ids, pass_rate=[it.pass_rate for it in pool], fused=None,
                             source=[it.source for it in pool], level=[it.level for it in pool],
                             seed=run.cfg.select.seed + stage, scores=scores, fusion=run.cfg.score.fusion,
-                            target_sources=target_sources(run))
+                            target_sources=target_sources(run), stage=stage, options=options,
+                            embeddings=embeddings, features=features,
+                            current_pass_rate=None if drift is None else drift["pass_rate_current"])
+
+
+# ---------------------------------------------------------------------------- per-prompt measures
+def beta_nll(item: PromptRollouts) -> float:
+    """Beta's mean negative log-probability per token of its own stored responses (all K pooled;
+    the stored teacher-forced fp32 log-probs of the sampled tokens; NaN without tokens)."""
+    n = sum(len(lp) for lp in item.logprobs)
+    return float(-sum(float(np.sum(lp, dtype=np.float64)) for lp in item.logprobs) / n) if n else float("nan")
+
+
+def drift_measures(run: Run, stage: int, ids: list[str]) -> dict[str, np.ndarray] | None:
+    """The stage's policy's NLL and pass rate on beta's stored responses, aligned to ``ids``, from
+    the drift pass (``stage_NNN/drift.npz``, stages > 0 with ``score.drift``); the pass rate is
+    the one measured on re-sampled responses where the stage re-sampled the prompt, else the
+    self-normalised importance-weighted estimate. None when the stage has no drift file."""
+    path = run.dir.stage(stage) / "drift.npz"
+    if stage == 0 or not path.is_file():
+        return None
+    with np.load(path) as data:
+        index = {str(i): n for n, i in enumerate(data["ids"].tolist())}
+        pos = np.array([index.get(i, -1) for i in ids])
+
+        def col(name: str) -> np.ndarray:
+            values = np.asarray(data[name], dtype=np.float64)
+            return np.where(pos >= 0, values[np.maximum(pos, 0)], np.nan)
+
+        resampled = col("pass_rate_resampled")
+        return {"nll_current": col("nll"),
+                "pass_rate_current": np.where(np.isfinite(resampled), resampled, col("pass_rate_is"))}
+
+
+def embedding_spec(run: Run, stage: int) -> str:
+    """What makes the stage's embeddings: the encoder's name, or the stage's policy's fingerprint."""
+    name = run.cfg.select.embedding_model
+    if name is not None:
+        return f"encoder:{name}"
+    return f"policy:{model_fingerprint(run.model_path(stage))}:{run.cfg.model.system_prompt}"
+
+
+def stage_embeddings(run: Run, stage: int, pool: list[PromptRollouts],
+                     cache: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, np.ndarray]:
+    """``{"pool": [n, h], "targets/NAME": [m, h]}``: mean-pooled prompt embeddings of the pool and
+    of every target set (:mod:`cropi.influence.embeddings`); ``cache``: a dict that keeps them
+    for the other callers of one selection (keyed by :func:`embedding_spec`)."""
+    from cropi.influence.embeddings import encoder_embeddings, hidden_state_embeddings, prompt_text
+
+    spec = embedding_spec(run, stage)
+    if cache is not None and spec in cache:
+        return cache[spec]
+    targets = {f"targets/{n}": load_rollouts(run.dir.rollouts(f"targets/{n}")) for n in run.data.targets}
+    sets = {"pool": pool, **targets}
+    t0 = time.perf_counter()
+    name = run.cfg.select.embedding_model
+    if name is None:
+        policy = run.policy(run.model_path(stage))
+        out = {n: hidden_state_embeddings(policy.model, [it.prompt_ids for it in items], policy.pad_id,
+                                          run.cfg.gradient.max_batch_tokens) for n, items in sets.items()}
+    else:
+        records = {r.id: r for recs in (run.data.pool, *run.data.targets.values()) for r in recs}
+        out = {n: encoder_embeddings(name, [prompt_text(records[it.id].prompt) for it in items], run.device)
+               for n, items in sets.items()}
+    log.info("stage %d: embedded %d prompts (%s) in %.1f s", stage, sum(len(v) for v in out.values()),
+             spec, time.perf_counter() - t0)
+    if cache is not None:
+        cache[spec] = out
+    return out
+
+
+def pool_features(run: Run, stage: int, ids: list[str]) -> np.ndarray:
+    """``[n, k]`` float32 projected gradients of the pool prompts ``ids`` at ``stage`` (rows of zeros
+    for prompts without a gradient or not scored this stage)."""
+    store = FeatureStore.load(run.dir.features(stage, "pool"))
+    index = {i: n for n, i in enumerate(store.ids)}
+    out = np.zeros((len(ids), store.k), dtype=np.float32)
+    feats = store.features
+    rows = [(n, index[i]) for n, i in enumerate(ids) if i in index]
+    for start in range(0, len(rows), 4096):
+        chunk = rows[start:start + 4096]
+        out[[a for a, _ in chunk]] = np.asarray(feats[[b for _, b in chunk]], dtype=np.float32)
+    return out
+
+
+def gradient_similarity(run: Run, stage: int, ids: list[str]) -> dict[str, np.ndarray]:
+    """``{target: [n]}``: cosine of each pool prompt's projected gradient with the target set's mean
+    projected gradient (the same mean as scoring: ``score.target_max``, ``score.seed``); NaN for
+    prompts without a gradient."""
+    store = FeatureStore.load(run.dir.features(stage, "pool"))
+    index = {i: n for n, i in enumerate(store.ids)}
+    out = {}
+    for name in run.data.targets:
+        t_ids, t_feats, t_zero = FeatureStore.load(run.dir.features(stage, f"targets/{name}")).read()
+        mean, _ = target_mean(t_feats, t_zero, t_ids, run.cfg.score.target_max, run.cfg.score.seed, name=name)
+        values = np.full(len(ids), np.nan)
+        rows = [(n, index[i]) for n, i in enumerate(ids) if i in index]
+        for start in range(0, len(rows), 4096):
+            chunk = rows[start:start + 4096]
+            values[[a for a, _ in chunk]] = centred_cosine(np.asarray(store.features[[b for _, b in chunk]],
+                                                                      dtype=np.float64), mean, None)
+        out[name] = values
+    return out
+
+
+def selection_measures(run: Run, stage: int, pool: list[PromptRollouts],
+                       cache: dict[str, dict[str, np.ndarray]] | None = None) -> PromptMeasures:
+    """The per-prompt measures the selection is compared on (:func:`cropi.select.analysis.
+    selection_analysis`); what could not be measured is said in ``notes``."""
+    ids = [it.id for it in pool]
+    m = PromptMeasures()
+    m.add("entropy_beta", [beta_nll(it) for it in pool])
+    m.notes["entropy"] = ("the sampled tokens' negative log-probability under beta (its stored "
+                          "teacher-forced log-probs); the full-distribution entropy is not stored")
+    drift = drift_measures(run, stage, ids)
+    if drift is not None:
+        m.add("nll_current", drift["nll_current"])
+        m.add("pass_rate_current", drift["pass_rate_current"])
+        m.notes["current"] = ("stage's policy on beta's responses (drift pass): NLL per token; pass rate "
+                              "by self-normalised importance weights, or measured where re-sampled")
+    elif stage > 0:
+        m.notes["current"] = ("not measured: the stage has no drift.npz (score.drift off, or scored by "
+                              "an earlier cropi); the GRPO groups' rewards are logged only as means")
+    try:
+        emb = stage_embeddings(run, stage, pool, cache)
+        sims = similarity_to_targets(emb["pool"], {n.removeprefix("targets/"): v for n, v in emb.items()
+                                                   if n != "pool"})
+        for name, values in sims.items():
+            m.add(f"similarity_embedding/{name}", values)
+        m.notes["embedding"] = embedding_spec(run, stage)
+    except CropiError as exc:  # e.g. the stage's checkpoint was removed since
+        m.notes["embedding"] = f"not computed: {exc}"
+    if (run.dir.features(stage, "pool") / "manifest.json").exists():
+        for name, values in gradient_similarity(run, stage, ids).items():
+            m.add(f"similarity_gradient/{name}", values)
+        m.notes["gradient"] = f"projected POPI features of stage {stage}"
+    else:
+        m.notes["gradient"] = "not computed: the stage has no pool features (not scored)"
+    return m
 
 
 def target_sources(run: Run) -> list[str]:
@@ -30,7 +191,7 @@ def target_sources(run: Run) -> list[str]:
     return sorted({str(r.source) for recs in run.data.targets.values() for r in recs})
 
 
-def selection_spec(run: Run, policy: str, n_pool: int) -> dict[str, Any]:
+def selection_spec(run: Run, policy: str, n_pool: int, stage: int = 0) -> dict[str, Any]:
     """What makes a selection: policy, budget, ratio, seed (and fusion for influence)."""
     cfg = run.cfg.select
     spec: dict[str, Any] = {"policy": policy, "budget": budget(n_pool, cfg.ratio), "ratio": cfg.ratio}
@@ -62,7 +223,7 @@ def phase_select(run: Run, stage: int, pool: list[PromptRollouts], policy: str |
     run.check_stage(stage)
     path = run.dir.selection(stage)
     name = policy or run.cfg.select.policy
-    spec = selection_spec(run, name, len(pool))
+    spec = selection_spec(run, name, len(pool), stage)
     if run.dir.done(stage, "selected") and path.exists() and not run.overwrite:
         stored = read_selection(path)
         _check_stored_selection(run, stage, stored, spec)
@@ -73,11 +234,13 @@ def phase_select(run: Run, stage: int, pool: list[PromptRollouts], policy: str |
                          file=run.dir.scores(stage),
                          fix=f"run `cropi score --stage {stage}` first, or choose another --policy")
     t0 = time.perf_counter()
-    ctx = selection_context(run, stage, pool, with_scores=scored)
+    cache: dict[str, dict[str, np.ndarray]] = {}
+    ctx = selection_context(run, stage, pool, with_scores=scored, policy=name, cache=cache)
     n = spec["budget"]
     ids = get_policy(name).select(ctx, n)
     prev = read_selection(run.dir.selection(stage - 1))["ids"] if stage > 0 and run.dir.selection(stage - 1).exists() else None
-    stats = selection_stats(ctx, ids, prev)
+    measures = selection_measures(run, stage, pool, cache) if run.cfg.select.analysis else None
+    stats = selection_stats(ctx, ids, prev, measures=measures)
     write_selection(path, name, n, ids, stats, **{k: v for k, v in spec.items() if k not in ("policy", "budget")})
     run.dir.mark(stage, "selected", policy=name, n=len(ids), seconds=time.perf_counter() - t0)
     return read_selection(path)

@@ -24,24 +24,48 @@ from cropi.rollout.store import PromptRollouts
 from cropi.utils.progress import track
 
 
+def prompt_drift(model: torch.nn.Module, item: PromptRollouts, pad_id: int,
+                 max_batch_tokens: int = 4096) -> tuple[float, float, float]:
+    """``(ESS/K, nll, pass_rate_is)`` of one prompt's stored responses at ``model``'s weights
+    (teacher-forced, no grad): the ESS of the sequence weights, the policy's mean negative
+    log-probability per token of the responses, and its pass rate estimated with self-normalised
+    sequence weights, sum_k w_k R_k / sum_k w_k."""
+    k = len(item.response_ids)
+    lp = [np.asarray(x, dtype=np.float64) for x in
+          response_logprobs(model, [item.prompt_ids] * k, item.response_ids, pad_id, max_batch_tokens)]
+    logw = sequence_logw(lp, item.logprobs)
+    n_tok = sum(x.size for x in lp)
+    nll = float(-sum(x.sum() for x in lp) / n_tok) if n_tok else float("nan")
+    w = np.exp(logw - logw.max())
+    pass_is = float(np.sum(w * np.asarray(item.rewards, dtype=np.float64)) / np.sum(w))
+    return float(ess(logw)), nll, pass_is
+
+
 def prompt_ess(model: torch.nn.Module, item: PromptRollouts, pad_id: int,
                max_batch_tokens: int = 4096) -> float:
     """ESS/K of one prompt's stored responses at ``model``'s weights (teacher-forced, no grad)."""
-    k = len(item.response_ids)
-    lp = response_logprobs(model, [item.prompt_ids] * k, item.response_ids, pad_id, max_batch_tokens)
-    return float(ess(sequence_logw([np.asarray(x) for x in lp], item.logprobs)))
+    return prompt_drift(model, item, pad_id, max_batch_tokens)[0]
 
 
 def pool_ess(model: torch.nn.Module, items: Sequence[PromptRollouts], pad_id: int,
-             max_batch_tokens: int = 4096, only_with_gradient: bool = True) -> np.ndarray:
+             max_batch_tokens: int = 4096, only_with_gradient: bool = True, details: bool = False
+             ) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
     """``[n]`` ESS/K per prompt; NaN for prompts without a gradient when ``only_with_gradient``
-    (they are never scored, so their drift does not matter and costs nothing)."""
+    (they are never scored, so their drift does not matter and costs nothing).
+
+    ``details``: also ``{"nll": [n], "pass_rate_is": [n]}`` from the same pass
+    (:func:`prompt_drift`); a prompt without a gradient has its (all-equal) reward as pass rate
+    and NaN NLL when it was skipped."""
     out = np.full(len(items), np.nan)
+    nll = np.full(len(items), np.nan)
+    pass_is = np.array([it.pass_rate for it in items], dtype=np.float64)
     todo = [i for i, it in enumerate(items) if not (only_with_gradient and it.zero_grad)]
     with track("drift (ESS)", total=len(todo)) as bar:
         for i in todo:
-            out[i] = prompt_ess(model, items[i], pad_id, max_batch_tokens)
+            out[i], nll[i], pass_is[i] = prompt_drift(model, items[i], pad_id, max_batch_tokens)
             bar.advance()
+    if details:
+        return out, {"nll": nll, "pass_rate_is": pass_is}
     return out
 
 

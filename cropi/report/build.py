@@ -17,6 +17,7 @@ from cropi.report import figures
 from cropi.report.acceleration import describe_smoothing, smooth
 from cropi.report.render import Document, Heading, Image, Paragraph, Table, to_html, to_markdown
 from cropi.report.runs import Comparison, RunData, load_any, score_stats_from_table, time_breakdown
+from cropi.report.selection_analysis import analysis_section
 from cropi.report.stats import Panel, bootstrap, comparison_panel
 from cropi.report.summary import (
     ACCEL_HEADERS,
@@ -203,6 +204,7 @@ def _detail_section(doc: Document, cmp: Comparison, out: Path) -> None:
     if not any(s.selection for s in run.stages):
         doc.add(Paragraph("No stage has a selection.json."))
     _stage_figures(doc, run, out)
+    analysis_section(doc, run, out, prefix)
 
 
 SETTINGS = ("model.path", "data.suite", "data.pool", "data.targets", "data.tests", "rollout.k_pool",

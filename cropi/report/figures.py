@@ -222,3 +222,35 @@ def time_figure(path: Path, breakdown: Mapping[str, Mapping[str, float]]) -> Pat
     ax.set_title("time breakdown")
     ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def analysis_figure(path: Path, stage: int, measures: Mapping[str, Mapping[str, Any]]) -> Path | None:
+    """What a stage's selection picks, one panel per measure (``selection.json``'s
+    ``stats.analysis.measures``): the selection's mean with its 95 % bootstrap interval (red), the
+    prompts with a gradient (black bar) and the 95 % range of random picks from them (grey band),
+    and the whole pool (grey diamond)."""
+    rows = [(name, row) for name, row in measures.items() if row.get("gradient") or row.get("pool")]
+    if not rows:
+        return None
+    fig = _figure(7.0, 0.75 * len(rows) + 1.0)
+    axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]
+    for ax, (name, row) in zip(axes, rows, strict=True):
+        g, p = row.get("gradient"), row.get("pool")
+        ref = g or p
+        if g is not None:
+            ax.axvspan(g["random_lo"], g["random_hi"], color=POOL_COLOR, alpha=0.35, linewidth=0,
+                       label="random picks (95 %)")
+            ax.axvline(g["group"], color="black", linewidth=1.2, label="with gradient")
+        if p is not None:
+            ax.plot([p["group"]], [0], marker="D", color=POOL_COLOR, markersize=6, linestyle="none",
+                    label="pool")
+        ax.errorbar([ref["selected"]], [0], xerr=[[ref["selected"] - ref["selected_lo"]],
+                                                  [ref["selected_hi"] - ref["selected"]]],
+                    fmt="o", color=SELECTED_COLOR, capsize=3, label="selected (95 % CI)")
+        star = "" if g is None else (" *" if g["p"] < 0.05 else "")
+        ax.set_yticks([0], [f"{name}{star}"], fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.margins(x=0.15)
+    axes[0].set_title(f"stage {stage}: what the selection picks (* p < 0.05 vs random picks)", fontsize=10)
+    axes[-1].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.6), ncol=4, frameon=False)
+    return save_figure(fig, path)

@@ -34,7 +34,10 @@ class SelectionContext:
     fused with ``fusion`` for the budget of each selection (see :mod:`cropi.select.fusion`); when
     both are given, ``scores`` wins. Neither: the pool was not scored. target_sources: the task
     families (``source``) of the target sets' prompts, or None when unknown (the ``oracle`` policy
-    needs them).
+    needs them). stage: the stage being selected. options: ``select.options``. embeddings ``[n, h]``:
+    the prompts' embeddings; features ``[n, k]``: their projected gradients (rows of zeros for
+    prompts without one); current_pass_rate ``[n]``: the stage's policy's pass rate where the stage
+    estimated it (NaN elsewhere); each None when not provided.
     """
 
     ids: list[str]
@@ -46,6 +49,11 @@ class SelectionContext:
     scores: dict[str, np.ndarray] | None = None
     fusion: str = "rrf"
     target_sources: list[str] | None = None
+    stage: int = 0
+    options: dict[str, Any] | None = None
+    embeddings: np.ndarray | None = None
+    features: np.ndarray | None = None
+    current_pass_rate: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.ids = [str(i) for i in self.ids]
@@ -60,6 +68,15 @@ class SelectionContext:
         if self.scores is not None:
             self.scores = {t: np.asarray(v, dtype=np.float64) for t, v in self.scores.items()}
             lengths.update({f"scores[{t}]": len(v) for t, v in self.scores.items()})
+        if self.current_pass_rate is not None:
+            self.current_pass_rate = np.asarray(self.current_pass_rate, dtype=np.float64)
+            lengths["current_pass_rate"] = len(self.current_pass_rate)
+        for name in ("embeddings", "features"):
+            value = getattr(self, name)
+            if value is not None:
+                if np.ndim(value) != 2:
+                    raise ValueError(f"SelectionContext: {name} must be [n, d], got {np.shape(value)}")
+                lengths[name] = len(value)
         bad = {key: value for key, value in lengths.items() if value != n}
         if bad:
             raise ValueError(f"SelectionContext: {n} ids but lengths {bad}")

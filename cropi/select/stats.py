@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from cropi import __version__
+from cropi.select.analysis import PromptMeasures, ordinal_levels, selection_analysis
 from cropi.select.policies import SelectionContext
 from cropi.utils.errors import CropiError
 from cropi.utils.io import atomic_write_json, read_json
@@ -76,8 +77,14 @@ def _score_stats(values: np.ndarray | None, pos: np.ndarray) -> dict[str, Any] |
 
 def selection_stats(ctx: SelectionContext, selected: Sequence[str],
                     previous: Sequence[str] | None = None,
-                    scores: np.ndarray | None = None) -> dict[str, Any]:
+                    scores: np.ndarray | None = None,
+                    measures: PromptMeasures | None = None) -> dict[str, Any]:
     """Counts, family/level mix, pass-rate and score histograms, overlap with ``previous``.
+
+    ``measures``: per-prompt measures (entropy, similarity, ...) to compare the selection with the
+    prompts with a gradient and with the pool (``analysis``: :func:`cropi.select.analysis.
+    selection_analysis`, seeded by ``ctx.seed``; the ordinal level is added when the pool's level
+    labels have one); None: no ``analysis`` key.
 
     ``scores [n]``: the scores to histogram (default: the fused score for a budget of
     ``len(selected)``; NaN/inf ignored). Overlap = |selected ∩ previous| / |selected| (None without
@@ -96,7 +103,13 @@ def selection_stats(ctx: SelectionContext, selected: Sequence[str],
         overlap = {"n_previous": len(previous), "n_common": common,
                    "fraction": common / len(selected) if selected else 0.0}
     p = ctx.pass_rate
-    return {
+    analysis = None
+    if measures is not None:
+        if "level" not in measures.values:
+            measures = PromptMeasures(dict(measures.values), dict(measures.notes))
+            measures.add("level", ordinal_levels(ctx.level))
+        analysis = selection_analysis(p, pos, measures, seed=ctx.seed)
+    out = {
         "n_pool": len(ctx),
         "n_selected": len(selected),
         "n_zero_grad": None if fused is None else int(np.count_nonzero(np.isnan(fused))),
@@ -107,6 +120,9 @@ def selection_stats(ctx: SelectionContext, selected: Sequence[str],
         "score": _score_stats(scores, pos),
         "overlap_previous": overlap,
     }
+    if analysis is not None:
+        out["analysis"] = analysis
+    return out
 
 
 def write_selection(path: str | Path, policy: str, n: int, ids: Sequence[str],
