@@ -26,8 +26,9 @@ bootstrap resamples of the pool for the 95 % interval; today's is the mean of it
     OMP_NUM_THREADS=1 python benchmarks/selection_cost.py --threads 1            # both suites
     OMP_NUM_THREADS=1 python benchmarks/selection_cost.py --suite default-small --stage1
 
-Resumable: every draw is a cropi run (skipped phases when done) and every finished draw is written
-to benchmarks/results/selection_cost.json at once, so the benchmark can span working blocks.
+Resumable: every finished draw is written to benchmarks/results/selection_cost.json at once, so the
+benchmark can span working blocks; a draw interrupted before it finished is refused when its cost
+was not measured in one go (delete its folder under --work and rerun).
 Seconds are only comparable between draws of one run on an otherwise idle machine: the result
 keeps the 1-minute load average at each draw's start.
 """
@@ -94,7 +95,11 @@ def parts(run: Any, stage: int) -> dict[str, Any]:
     events = list(read_jsonl(run.dir.root / "metrics.jsonl"))
     out: dict[str, Any] = {"seconds": {}, "work": {}}
     if stage == 0:
-        roll = next(e for e in events if e.get("event") == "rollouts")
+        rolls = [e for e in events if e.get("event") == "rollouts"]
+        if len(rolls) != 1:  # a draw killed mid-rollout logged only what its resumed process sampled
+            raise SystemExit(f"{run.dir.root}: {len(rolls)} rollouts events; delete the draw's folder "
+                             "and rerun, so that its whole cost is measured in one go")
+        roll = rolls[0]
         pool = roll["seconds_by_set"].get("pool", 0.0)
         out["seconds"]["pool_rollouts"] = pool
         out["seconds"]["target_rollouts"] = sum(v for k, v in roll["seconds_by_set"].items() if k != "pool")
