@@ -191,6 +191,10 @@ class SelectConfig:
                       "them; oracle: the target families' own pool prompts, an upper bound)")
     ratio: float = opt(0.10, "fraction of the pool kept per stage")
     seed: int = opt(0, "seed for random policies")
+    options: dict[str, Any] = opt({}, "options of the difficulty- and diversity-aware policies "
+                                  "(influence-quota, -window, -mmr, -cap, -window-mmr), e.g. {window: "
+                                  "[0.1, 0.6], window_step: 0.05} or {mmr_lambda: 0.5, space: gradient} "
+                                  "(docs/influence.md, 'What the selection picks')")
     analysis: bool = opt(True, "compare the selection with the prompts with a gradient and the pool "
                          "(entropy, pass rate, level, similarity to the targets; selection.json "
                          "'analysis'); the embedding similarity runs the stage's model over the "

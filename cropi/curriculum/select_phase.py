@@ -24,6 +24,7 @@ from cropi.rollout.store import PromptRollouts, load_rollouts
 from cropi.select import (SelectionContext, budget, get_policy, policy_fact, read_selection,
                           selection_stats, write_selection)
 from cropi.select.analysis import PromptMeasures, centred_cosine, similarity_to_targets
+from cropi.select.shaping import window_at
 from cropi.utils.errors import CropiError
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,14 @@ def selection_context(run: Run, stage: int, pool: list[PromptRollouts], with_sco
     where the drift pass estimated it. ``cache``: see :func:`stage_embeddings`."""
     ids = [it.id for it in pool]
     scores = target_scores(read_scores(run.dir.scores(stage)), ids) if with_scores else None
-    options: dict[str, Any] = {}
+    options = dict(run.cfg.select.options)
     embeddings = features = None
+    if policy is not None and policy_fact(policy, "uses_options"):
+        space = get_policy(policy).space(options)  # type: ignore[attr-defined]
+        if space == "embedding":
+            embeddings = stage_embeddings(run, stage, pool, cache)["pool"]
+        elif space == "gradient":
+            features = pool_features(run, stage, ids)
     drift = drift_measures(run, stage, ids)
     return SelectionContext(ids=ids, pass_rate=[it.pass_rate for it in pool], fused=None,
                             source=[it.source for it in pool], level=[it.level for it in pool],
@@ -192,7 +199,8 @@ def target_sources(run: Run) -> list[str]:
 
 
 def selection_spec(run: Run, policy: str, n_pool: int, stage: int = 0) -> dict[str, Any]:
-    """What makes a selection: policy, budget, ratio, seed (and fusion for influence)."""
+    """What makes a selection: policy, budget, ratio, seed (and fusion for influence; the resolved
+    ``select.options`` for the policies that read them, and the window of the stage)."""
     cfg = run.cfg.select
     spec: dict[str, Any] = {"policy": policy, "budget": budget(n_pool, cfg.ratio), "ratio": cfg.ratio}
     if policy_fact(policy, "seeded"):
@@ -202,6 +210,11 @@ def selection_spec(run: Run, policy: str, n_pool: int, stage: int = 0) -> dict[s
     if policy_fact(policy, "needs_scores"):
         spec["fusion"] = run.cfg.score.fusion
         spec.update(current_scorer(run))
+    if policy_fact(policy, "uses_options"):
+        pol = get_policy(policy)
+        spec["options"] = pol.options(dict(cfg.options))  # type: ignore[attr-defined]
+        if getattr(pol, "difficulty", None) == "window":
+            spec["window_at_stage"] = window_at(spec["options"], stage)
     return spec
 
 

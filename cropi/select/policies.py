@@ -11,11 +11,13 @@ score for the selection's budget, then the full-ranking reciprocal-rank sum, the
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from cropi.select import shaping
 from cropi.select.fusion import fuse, order_desc, rank_order
 from cropi.utils.errors import CropiError
 from cropi.utils.registry import Registry
@@ -34,7 +36,8 @@ class SelectionContext:
     fused with ``fusion`` for the budget of each selection (see :mod:`cropi.select.fusion`); when
     both are given, ``scores`` wins. Neither: the pool was not scored. target_sources: the task
     families (``source``) of the target sets' prompts, or None when unknown (the ``oracle`` policy
-    needs them). stage: the stage being selected. options: ``select.options``. embeddings ``[n, h]``:
+    needs them). stage: the stage being selected. options: ``select.options`` (read by the
+    difficulty- and diversity-aware policies, :mod:`cropi.select.shaping`). embeddings ``[n, h]``:
     the prompts' embeddings; features ``[n, k]``: their projected gradients (rows of zeros for
     prompts without one); current_pass_rate ``[n]``: the stage's policy's pass rate where the stage
     estimated it (NaN elsewhere); each None when not provided.
@@ -229,6 +232,86 @@ class OraclePolicy:
         return _take(ctx, order, n, self.name, "pool")
 
 
+class ShapedInfluencePolicy:
+    """The influence ranking with a difficulty rule (``quota`` per level, or a pass-rate
+    ``window`` that moves with the stage) and/or a diversity rule (``mmr``, or a ``cap`` per
+    cluster in embedding or gradient space) deciding which ranked prompts fill the budget
+    (:mod:`cropi.select.shaping`; options from ``ctx.options`` = ``select.options``). Picks are in
+    rank order (MMR: in pick order); NaN (zero-gradient) prompts are never selected."""
+
+    needs_scores = True
+    rollout_sets = ("pool", "targets")
+    seeded = True
+    uses_options = True
+
+    def __init__(self, name: str, difficulty: str | None = None, diversity: str | None = None) -> None:
+        if difficulty not in shaping.DIFFICULTY_KEYS or diversity not in shaping.DIVERSITY_KEYS:
+            raise ValueError(f"difficulty {difficulty!r} / diversity {diversity!r}")
+        self.name, self.difficulty, self.diversity = name, difficulty, diversity
+
+    def options(self, options: dict[str, Any] | None) -> dict[str, Any]:
+        """The options this policy reads, defaults filled in (recorded in selection.json)."""
+        return shaping.resolve_options(options, self.difficulty, self.diversity)
+
+    def space(self, options: dict[str, Any] | None) -> str | None:
+        """The vectors its diversity rule reads (embedding or gradient), or None."""
+        return self.options(options)["space"] if self.diversity else None
+
+    def _vectors(self, ctx: SelectionContext, space: str) -> np.ndarray:
+        vectors = ctx.embeddings if space == "embedding" else ctx.features
+        if vectors is None:
+            raise CropiError(f"the {self.name} policy needs the prompts' {space} vectors "
+                             f"(SelectionContext.{'embeddings' if space == 'embedding' else 'features'})",
+                             field="select.options.space",
+                             fix="select through `cropi select`/`cropi run`, which provide them")
+        return np.asarray(vectors)
+
+    def select(self, ctx: SelectionContext, n: int) -> list[str]:
+        n = _check_n(n)
+        opts = self.options(ctx.options)
+        order = ctx.influence_order(max(n, 1))
+        n_first = order.size  # the candidates the rules prefer come first in ``order``
+        if self.difficulty == "window":
+            rate = ctx.pass_rate
+            if opts["rate"] == "current" and ctx.current_pass_rate is not None:
+                rate = np.where(np.isfinite(ctx.current_pass_rate), ctx.current_pass_rate, rate)
+            window = shaping.window_at(opts, ctx.stage)
+            order, n_first = shaping.window_order(order, rate, window)
+            if n_first < n:
+                log.warning("%s: %d scored prompts with a pass rate in [%.3f, %.3f] for a budget of "
+                            "%d; the best-ranked others fill the rest", self.name, n_first, *window, n)
+        if self.diversity is not None:
+            size = min(order.size, max(n, min(n_first, math.ceil(float(opts["candidates"]) * n))))
+            if self.difficulty == "quota":  # the candidates keep the quota's proportions
+                if self.diversity == "mmr":
+                    raise CropiError("a level quota with MMR is not supported", field="select.policy")
+                cand = shaping.level_quota(order, ctx.level, size, opts["quota"])
+            else:
+                cand = order[:size]
+            vectors = self._vectors(ctx, opts["space"])
+            if self.diversity == "mmr":
+                picks = shaping.mmr(cand, vectors, n, float(opts["mmr_lambda"]))
+            else:
+                picks, _ = shaping.cluster_cap(cand, vectors, n, int(opts["clusters"]),
+                                               float(opts["cluster_cap"]), ctx.seed)
+        elif self.difficulty == "quota":
+            picks = shaping.level_quota(order, ctx.level, n, opts["quota"])
+        else:
+            picks = order[:n]
+        return _take(ctx, np.asarray(picks, dtype=np.int64), n, self.name, "scored (non-zero-gradient)")
+
+
+SHAPED_POLICIES = (
+    ShapedInfluencePolicy("influence-quota", difficulty="quota"),
+    ShapedInfluencePolicy("influence-window", difficulty="window"),
+    ShapedInfluencePolicy("influence-mmr", diversity="mmr"),
+    ShapedInfluencePolicy("influence-cap", diversity="cap"),
+    ShapedInfluencePolicy("influence-window-mmr", difficulty="window", diversity="mmr"),
+)
+"""The difficulty- and diversity-aware influence policies (off by default: ``select.policy``
+stays ``influence``)."""
+
+
 class FullPolicy:
     """Every prompt of the pool, in pool order (``n`` is ignored)."""
 
@@ -243,10 +326,11 @@ POLICIES: Registry[SelectionPolicy] = Registry("selection policy")
 :func:`policy_fact`; defaults for policies registered without them): ``needs_scores`` (selects by
 the stage's influence scores), ``rollout_sets`` (which of beta's rollouts it reads: ``pool`` pass
 rates, ``targets``), ``seeded`` (uses ``select.seed``), ``needs_target_sources`` (the target sets'
-families)."""
+families), ``uses_options`` (reads ``select.options``: the policy has ``options(dict)``, which
+resolves them, and ``space(dict)``, the vectors it needs: embedding, gradient or None)."""
 
 FACT_DEFAULTS: dict[str, Any] = {"needs_scores": False, "rollout_sets": (), "seeded": False,
-                                 "needs_target_sources": False}
+                                 "needs_target_sources": False, "uses_options": False}
 
 
 def register_policy(policy: SelectionPolicy) -> SelectionPolicy:
@@ -281,12 +365,13 @@ def select_ids(policy: str | SelectionPolicy, ctx: SelectionContext, n: int) -> 
 
 
 for _policy in (InfluencePolicy(), RandomPolicy(), PassRatePolicy(), LearnabilityPolicy(),
-                FullPolicy(), OraclePolicy()):
+                FullPolicy(), OraclePolicy(), *SHAPED_POLICIES):
     register_policy(_policy)
 del _policy
 
 __all__ = [
     "SelectionContext", "SelectionPolicy", "budget", "InfluencePolicy", "RandomPolicy",
-    "PassRatePolicy", "LearnabilityPolicy", "FullPolicy", "OraclePolicy", "register_policy", "get_policy",
+    "PassRatePolicy", "LearnabilityPolicy", "FullPolicy", "OraclePolicy", "ShapedInfluencePolicy",
+    "SHAPED_POLICIES", "register_policy", "get_policy",
     "available_policies", "select_ids", "POLICIES", "policy_fact",
 ]

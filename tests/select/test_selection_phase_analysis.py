@@ -127,6 +127,22 @@ def test_no_analysis_when_switched_off(run) -> None:
     assert "analysis" not in sel["stats"]
 
 
+def test_mmr_in_embedding_and_gradient_space_records_its_options(run) -> None:
+    import dataclasses
+
+    pool = load_rollouts(run.dir.rollouts("pool"))
+    for space in ("embedding", "gradient"):
+        cfg = run.cfg
+        shaped = run.with_config(dataclasses.replace(cfg, select=dataclasses.replace(
+            cfg.select, options={"space": space, "mmr_lambda": 0.3})))
+        shaped.overwrite = True
+        sel = phase_select(shaped, 0, pool, policy="influence-mmr")
+        assert sel["policy"] == "influence-mmr" and len(sel["ids"]) == 4
+        assert sel["options"] == {"mmr_lambda": 0.3, "space": space, "candidates": 3.0}
+        if space == "gradient":  # at most one of the three planted near-duplicates
+            assert len({"p01", "p03", "p05"} & set(sel["ids"])) == 1
+
+
 def test_current_policy_measures_from_the_drift_file(run) -> None:
     ids = [f"p{i:02d}" for i in range(N_POOL)]
     assert drift_measures(run, 0, ids) is None
