@@ -79,6 +79,9 @@ Suites (``describe_suite(name)`` prints the full table):
   without a dominant answer, for the acceleration benchmark.
 - ``arith-ladder`` (pool 288): chain_sum, products and basic_arithmetic at levels L1-L3, 32 each;
   targets at L2 (chain = cs3t, products = prod3); tests of 50 per family and level.
+- ``difficulty-ladder`` (pool 144): gcd, lcm and chain_sum each at four increasing settings with
+  ordinal levels d1-d4 (12 each); targets gcd at d3 and chain at d2; for measuring whether the
+  selections move to harder levels across stages (the selection analysis reads d1-d4 as numbers).
 
 Pitfall: ``simple_equations`` with custom ``operators`` needs a matching ``operators_weights``
 (``lineq`` sets both).
@@ -247,10 +250,24 @@ PRIMES30 = _fam("primes30", "count_primes", "guess", "greedy 0.00, T=0.5 0.07, m
 BITS255 = _fam("bits255", "count_bits", "hard", "greedy 0.03, T=0.5 0.04, mixed 0.12; 255 questions",
                max_n=255)
 
+# the same generators at increasing value ranges (difficulty-ladder; pass rates unmeasured except
+# gcd20 and lcm20, above)
+GCD10 = _fam("gcd10", "gcd", "d1", "unmeasured; 100 questions", min_numbers=2, max_numbers=2,
+             min_value=1, max_value=10)
+GCD50 = _fam("gcd50", "gcd", "d3", "unmeasured", min_numbers=2, max_numbers=2, min_value=1, max_value=50)
+GCD100 = _fam("gcd100", "gcd", "d4", "unmeasured", min_numbers=2, max_numbers=2, min_value=1,
+              max_value=100)
+LCM10 = _fam("lcm10", "lcm", "d1", "unmeasured; 81 questions", min_numbers=2, max_numbers=2,
+             min_value=2, max_value=10)
+LCM50 = _fam("lcm50", "lcm", "d3", "unmeasured", min_numbers=2, max_numbers=2, min_value=2, max_value=50)
+LCM100 = _fam("lcm100", "lcm", "d4", "unmeasured", min_numbers=2, max_numbers=2, min_value=2,
+              max_value=100)
+
 FAMILIES: dict[str, FamilySpec] = {
     f.name: f for f in (ADD1, ARITH1, ARITH3, CS1, CS3T, CS2D, CS_HARD, PROD1, PROD12, PROD3,
                         PROD22, GCD20, LEGS2, FRAC, GSM, SYLLOG, WEEKDAY,
-                        LETTERS, LCM20, AIW, LINEQ, SEQ, PRIMES30, BITS255)
+                        LETTERS, LCM20, AIW, LINEQ, SEQ, PRIMES30, BITS255,
+                        GCD10, GCD50, GCD100, LCM10, LCM50, LCM100)
 }
 
 
@@ -377,7 +394,34 @@ def _rg_lcm_seq() -> SuiteSpec:
     )
 
 
+def _difficulty_ladder() -> SuiteSpec:
+    """gcd, lcm and chain_sum, each at four increasing difficulty settings with ordinal levels
+    d1 < d2 < d3 < d4: a difficulty trend across stages can be measured on it."""
+    ladders = {
+        "gcd": (GCD10, replace(GCD20, level="d2"), GCD50, GCD100),
+        "lcm": (LCM10, replace(LCM20, level="d2"), LCM50, LCM100),
+        "chain": tuple(replace(f, level=f"d{i + 1}") for i, f in enumerate((CS1, CS3T, CS2D, CS_HARD))),
+    }
+    pool: Items = [(f, 12) for fams in ladders.values() for f in fams]
+    return SuiteSpec(
+        name="difficulty-ladder",
+        description="Ordinal difficulty levels d1-d4 from one reasoning-gym generator each at increasing "
+                    "settings: gcd of two numbers up to 10 / 20 / 50 / 100, lcm of two numbers in 2..10 / "
+                    "2..20 / 2..50 / 2..100, chain_sum 2x1 digit / 3x1 digit / 2x2 digits / 3-4 terms of "
+                    "2-3 digits; 12 each in the pool (144). Targets gcd at d3 (up to 50) and chain at d2 "
+                    "(3 terms of 1 digit), 24 each; tests targeted/gcd and targeted/chain of 50 (the target "
+                    "levels), untargeted/lcm of 50 (d2). The level is the record's `level` (d1..d4), so "
+                    "the selection analysis reads it as an ordinal; pass rates unmeasured except gcd20, "
+                    "lcm20 and cs1 (suite_specs tables). gcd up to 10 has 100 distinct questions, lcm "
+                    "in 2..10 81.",
+        pool=pool,
+        targets={"gcd": [(ladders["gcd"][2], 24)], "chain": [(ladders["chain"][1], 24)]},
+        tests={"targeted/gcd": [(ladders["gcd"][2], 50)], "targeted/chain": [(ladders["chain"][1], 50)],
+               "untargeted/lcm": [(ladders["lcm"][1], 50)]},
+    )
+
+
 SUITES: dict[str, SuiteSpec] = {
     s.name: s for s in (_default("default", "full"), _default("default-small", "small"), _tiny(), _ladder(),
-                        _rg_numeric(), _rg_lcm_seq())
+                        _rg_numeric(), _rg_lcm_seq(), _difficulty_ladder())
 }

@@ -25,7 +25,7 @@ from cropi.data.suites import (
 )
 from cropi.utils.errors import CropiError
 
-ALL = ["tiny", "default-small", "default", "arith-ladder", "rg-numeric", "rg-lcm-seq"]
+ALL = ["tiny", "default-small", "default", "arith-ladder", "rg-numeric", "rg-lcm-seq", "difficulty-ladder"]
 
 
 @cache
