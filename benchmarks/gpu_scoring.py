@@ -23,10 +23,10 @@ by each projector on the CPU and on CUDA with the same seed; max abs diff and re
 (max abs diff / max |cpu|) must be ~0 (float summation order only).
 
 The result also records ``versions`` (python, torch and its CUDA, cuDNN, transformers, GPU, driver)
-and ``commit_given`` (``CROPI_GIT_COMMIT``, for a copy of the checkout without .git).
+and ``commit_given`` (``CROPI_GIT_COMMIT``, for a copied checkout whose .git is missing or stale).
 scripts/gpu-check.sh runs this after the CUDA tests.
 
-    .venv/bin/python benchmarks/gpu_scoring.py                # CUDA, <= ~8 min on one H200
+    .venv/bin/python benchmarks/gpu_scoring.py                # CUDA, about 70 s on one H200
     .venv/bin/python benchmarks/gpu_scoring.py --tiny         # same code, tiny model on the CPU
 """
 

@@ -8,14 +8,16 @@
 # 2. pytest tests/scale/test_gpu_path.py tests/influence/test_projection.py: the CUDA features
 #    equal the CPU's within the tests' tolerance (log: OUT_DIR/pytest.log);
 # 3. python benchmarks/gpu_scoring.py: seconds per prompt and peak GPU memory per projector on a
-#    random Qwen2-1.5B-shaped model, K = 8 x 512 tokens (about 3-5 min on one H200; log:
+#    random Qwen2-1.5B-shaped model, K = 8 x 512 tokens (about 70 s on one H200; log:
 #    OUT_DIR/gpu_scoring.log); its result file benchmarks/results/gpu_scoring.json is copied to
 #    OUT_DIR. Extra arguments for it: GPU_SCORING_ARGS="--time-box 30 ...".
 #
 # Needs python3 (PYTHON=...) with torch (CUDA), transformers, numpy, pyarrow, rich, pyyaml and
-# pytest; cropi is used from this checkout (PYTHONPATH), not installed. trl, reasoning-gym and
-# math-verify are not needed. On a machine without network, wheels put in .whl/ are installed into
-# /tmp/site first. CROPI_GIT_COMMIT names the commit when the checkout was copied without .git.
+# pytest (the image of the H200 it ran on had them all); cropi is used from this checkout
+# (PYTHONPATH), not installed; trl, reasoning-gym and math-verify are not needed. On a machine
+# without network, wheels put in .whl/ are installed into /tmp/site first. CROPI_GIT_COMMIT names
+# the commit where the copied checkout has no .git or one that does not match its files (it goes
+# into the result file as commit_given).
 # Exit status: 0 when both steps passed, else that of the first failure (the benchmark runs even
 # when a test failed).
 set -uo pipefail
@@ -45,9 +47,11 @@ if not torch.cuda.is_available():
     sys.exit("torch sees no CUDA device")
 p = torch.cuda.get_device_properties(0)
 print("gpu", p.name, f"sm_{p.major}{p.minor}", f"{p.total_memory / 2**30:.1f} GiB", torch.cuda.device_count(), "device(s)")
-for name in ("transformers", "numpy", "pyarrow", "rich", "yaml", "pytest", "safetensors"):
-    m = importlib.import_module(name)
-    print(name, getattr(m, "__version__", "?"))
+from importlib.metadata import version
+for name, dist in (("transformers", "transformers"), ("numpy", "numpy"), ("pyarrow", "pyarrow"),
+                   ("rich", "rich"), ("yaml", "pyyaml"), ("pytest", "pytest")):
+    importlib.import_module(name)
+    print(name, version(dist))
 # the scoring path as the tests and the benchmark import it (no trl / reasoning-gym / math-verify)
 for name in ("cropi.config", "cropi.influence.pipeline", "cropi.influence.popi",
              "cropi.influence.projection", "cropi.influence.projection_factorized",
