@@ -22,14 +22,21 @@ Equality: one random fp32 vector of --eq-dim coordinates (split into uneven tens
 by each projector on the CPU and on CUDA with the same seed; max abs diff and relative error
 (max abs diff / max |cpu|) must be ~0 (float summation order only).
 
-    .venv/bin/python benchmarks/gpu_scoring.py                # CUDA, <= ~8 min on one H200
+The result also records ``versions`` (python, torch and its CUDA, cuDNN, transformers, GPU, driver)
+and ``commit_given`` (``CROPI_GIT_COMMIT``, for a copied checkout whose .git is missing or stale).
+scripts/gpu-check.sh runs this after the CUDA tests.
+
+    .venv/bin/python benchmarks/gpu_scoring.py                # CUDA, about 70 s on one H200
     .venv/bin/python benchmarks/gpu_scoring.py --tiny         # same code, tiny model on the CPU
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import resource
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -110,6 +117,27 @@ class FullGradient:
 
     def project(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
         return torch.cat([g.reshape(-1).float() for g in grads])
+
+
+def versions(device: torch.device) -> dict[str, Any]:
+    """Software and GPU versions the numbers were measured with (driver from ``nvidia-smi``)."""
+    import transformers
+
+    out: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+                           "torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+                           "transformers": transformers.__version__, "numpy": np.__version__,
+                           "gpu": None, "gpu_capability": None, "gpu_memory_gb": None, "driver": None}
+    if device.type == "cuda":
+        prop = torch.cuda.get_device_properties(device)
+        out.update(gpu=prop.name, gpu_capability=f"{prop.major}.{prop.minor}",
+                   gpu_memory_gb=prop.total_memory / 2**30)
+        try:
+            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=30)
+            out["driver"] = smi.stdout.strip().splitlines()[0] if smi.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError, IndexError):
+            pass
+    return out
 
 
 # ---------------------------------------------------------------------------------- timing
@@ -246,6 +274,7 @@ def main() -> None:
     if not args.tiny and not torch.cuda.is_available():
         raise SystemExit("gpu_scoring needs CUDA; use --tiny for the CPU smoke test")
     device = torch.device("cpu" if args.tiny else "cuda")
+    print(f"versions: {versions(device)}", flush=True)
     arch = TINY if args.tiny else QWEN2_1P5B
     model = build_model(arch, device, args.seed)
     gcfg = GradientConfig(autocast_bf16=device.type == "cuda", max_batch_tokens=args.max_batch_tokens)
@@ -301,7 +330,9 @@ def main() -> None:
     total = time.perf_counter() - t_start
     print(f"\ntotal {total:.0f} s (setup {setup_s:.0f} s)")
     path = write_result(args.out, {
-        "args": vars(args), "device": str(device), "arch": arch, "d": params.dim,
+        "args": vars(args), "device": str(device), "versions": versions(device),
+        "commit_given": os.environ.get("CROPI_GIT_COMMIT"),  # where the copy has no .git
+        "arch": arch, "d": params.dim,
         "gradient": {"autocast_bf16": gcfg.autocast_bf16, "max_batch_tokens": gcfg.max_batch_tokens,
                      "param_dtype": "fp32"},
         "rows": rows, "equality": eq, "setup_s": setup_s, "total_s": total,
