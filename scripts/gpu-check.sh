@@ -54,7 +54,7 @@ for name, dist in (("transformers", "transformers"), ("numpy", "numpy"), ("pyarr
     print(name, version(dist))
 # the scoring path as the tests and the benchmark import it (no trl / reasoning-gym / math-verify)
 for name in ("cropi.config", "cropi.influence.pipeline", "cropi.influence.popi",
-             "cropi.influence.projection", "cropi.influence.projection_factorized",
+             "cropi.influence.projection", "cropi.influence.projection.factorized",
              "cropi.model.logprobs", "cropi.rollout.store", "transformers.models.qwen2",
              "transformers.models.llama"):
     importlib.import_module(name)
