@@ -121,6 +121,9 @@ class GradientConfig:
     autocast_bf16: bool | None = opt(None, "bf16 autocast in the gradient pass (fp32 parameters, gradients "
                                      "and accumulation); None: on where bf16 is fast (CUDA with bf16, "
                                      "CPUs with AVX512-BF16 or AMX), off elsewhere")
+    prompts_per_backward: int = opt(1, "prompts per forward/backward pass; > 1 takes per-prompt "
+                                    "gradients from layer hooks (projection.kind factorized only; "
+                                    "other kinds keep 1); 1: one backward per prompt")
 
     def __post_init__(self) -> None:
         _check(self.params in ("all", "lora", "filter"), "gradient", "params", "use all, lora or filter")
@@ -128,6 +131,7 @@ class GradientConfig:
         _check(self.mode in ("offpolicy", "onpolicy"), "gradient", "mode", "use offpolicy or onpolicy")
         _check(self.clip_eps is None or self.clip_eps > 0, "gradient", "clip_eps", "must be > 0 or None")
         _check(self.max_batch_tokens >= 16, "gradient", "max_batch_tokens", "must be >= 16")
+        _check(self.prompts_per_backward >= 1, "gradient", "prompts_per_backward", "must be >= 1")
 
 
 @dataclass

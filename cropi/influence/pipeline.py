@@ -2,6 +2,11 @@
 
 One backward per prompt (a loop beats vmap on CPU and uses far less memory), then the projector
 reads the parameters' ``.grad`` tensors in their fixed order; nothing of size d is flattened or kept.
+
+With ``gradient.prompts_per_backward > 1`` and the factorized projector, several prompts share one
+forward and backward (:func:`~cropi.influence.popi.popi_backward_batched`) and each prompt's
+projected gradient comes from layer hooks (``FactorizedHooks`` with ``per_example_rest``): the
+features equal the one-prompt path's with the same projector up to floating-point rounding.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import torch
 from cropi.config import GradientConfig, ProjectionConfig
 from cropi.influence.features import FeatureStore
 from cropi.influence.params import ParamSet, attach_lora, select_params
-from cropi.influence.popi import backward_tokens, popi_backward, use_autocast
+from cropi.influence.popi import (backward_batches, backward_tokens, fits_one_backward, popi_backward,
+                                  popi_backward_batched, use_autocast)
 from cropi.influence.projection import Projector, make_projector
 from cropi.rollout.store import PromptRollouts
 from cropi.utils.progress import track
@@ -69,6 +75,42 @@ def prompt_feature(model: torch.nn.Module, params: ParamSet, projector: Projecto
     return feat
 
 
+def batch_features(model: torch.nn.Module, params: ParamSet, projector: Projector,
+                   items: Sequence[PromptRollouts], cfg: GradientConfig, pad_id: int,
+                   timings: Timings | None = None) -> list[np.ndarray]:
+    """Projected g(s) as float32 [k] of several prompts from ONE forward and backward.
+
+    Every item has a gradient and :func:`~cropi.influence.popi.fits_one_backward`; the projector
+    is a ``FactorizedProjector`` (per-example projection from layer hooks, no weight gradient
+    formed). Timings: the forward and backward (hooks included) count as ``grad``, assembling
+    the features (sketching the norms' per-prompt gradients) as ``project``."""
+    from cropi.influence.projection.factorized import FactorizedHooks
+
+    timings = timings or Timings()
+    device = next(model.parameters()).device
+    t0 = time.perf_counter()
+    params.zero_grad()
+    hooks = FactorizedHooks(model, projector, torch.zeros(1, dtype=torch.long, device=device),
+                            len(items), per_example_rest=True)  # type: ignore[arg-type]
+    with hooks:
+        popi_backward_batched(model, items, cfg, pad_id, hooks.set_rows)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t1 = time.perf_counter()
+    timings.grad += t1 - t0
+    for it in items:
+        timings.work.add(Work(prompts=1, responses=len(it.response_ids),
+                              tokens_backward=backward_tokens(it, cfg)))
+    feats = hooks.features().detach().float().cpu().numpy()
+    timings.project += time.perf_counter() - t1
+    return list(feats)
+
+
+def supports_batched(projector: Projector) -> bool:
+    """Whether ``projector`` projects per example from hooks (``gradient.prompts_per_backward > 1``)."""
+    return getattr(projector, "kind", None) == "factorized" and hasattr(projector, "blocks")
+
+
 def compute_features(model: torch.nn.Module, params: ParamSet, projector: Projector,
                      items: Sequence[PromptRollouts], store: FeatureStore, cfg: GradientConfig,
                      pad_id: int, name: str = "features", flush_every: int = 8) -> Timings:
@@ -88,17 +130,46 @@ def compute_features(model: torch.nn.Module, params: ParamSet, projector: Projec
         buf_ids.clear(), buf_feats.clear(), buf_zero.clear()
         timings.store += time.perf_counter() - t
 
+    def emit(item: PromptRollouts, feat: np.ndarray | None) -> None:
+        buf_ids.append(item.id)
+        buf_zero.append(feat is None)
+        buf_feats.append(np.zeros(projector.k, np.float32) if feat is None else feat)
+        timings.n_prompts += 1
+        if len(buf_ids) >= flush_every:
+            flush()
+        bar.advance(1, sum(len(r) for r in item.response_ids))
+
+    per_backward = cfg.prompts_per_backward
+    if per_backward > 1 and not supports_batched(projector):
+        log.warning("gradient.prompts_per_backward=%d needs projection.kind factorized (per-prompt "
+                    "gradients from layer hooks); scoring one prompt per backward", per_backward)
+        per_backward = 1
     with track(f"score {name}", total=len(items), completed=done) as bar:
-        for pid in pending:
-            item = by_id[pid]
-            feat = prompt_feature(model, params, projector, item, cfg, pad_id, timings)
-            buf_ids.append(pid)
-            buf_zero.append(feat is None)
-            buf_feats.append(np.zeros(projector.k, np.float32) if feat is None else feat)
-            timings.n_prompts += 1
-            if len(buf_ids) >= flush_every:
-                flush()
-            bar.advance(1, sum(len(r) for r in item.response_ids))
+        if per_backward == 1:
+            for pid in pending:
+                item = by_id[pid]
+                emit(item, prompt_feature(model, params, projector, item, cfg, pad_id, timings))
+        else:
+            i = 0
+            while i < len(pending):
+                window: list[PromptRollouts] = []
+                while i < len(pending) and len(window) < per_backward:
+                    item = by_id[pending[i]]
+                    i += 1
+                    if item.zero_grad:
+                        timings.n_zero_grad += 1
+                        emit(item, None)
+                    else:
+                        window.append(item)
+                for group in backward_batches(window, cfg, per_backward):
+                    chunk = [window[j] for j in group]
+                    if len(chunk) == 1 and not fits_one_backward(chunk[0], cfg):
+                        emit(chunk[0], prompt_feature(model, params, projector, chunk[0], cfg,
+                                                      pad_id, timings))
+                        continue
+                    feats = batch_features(model, params, projector, chunk, cfg, pad_id, timings)
+                    for item, feat in zip(chunk, feats):
+                        emit(item, feat)
         flush()
     params.zero_grad()
     store.finalize()
