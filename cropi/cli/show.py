@@ -71,19 +71,17 @@ def print_selection(sel: dict[str, Any]) -> None:
 
 def print_analysis(analysis: dict[str, Any]) -> None:
     """A selection's ``analysis``: entropy, pass rates, level and similarities vs the prompts with
-    a gradient and the pool, with intervals and p-values."""
+    a gradient and the pool, with intervals and p-values (one line per measure)."""
     from cropi.report.selection_analysis import analysis_rows
 
-    table = Table("measure", "selected [95 % CI]", "with gradient", "selected - with gradient",
-                  "random picks (95 %)", "pool", "selected - pool",
-                  title=f"what the selection picks (vs the {analysis['n_gradient']} prompts with a "
-                        f"gradient and the {analysis['n_pool']} of the pool)")
-    for row in analysis_rows(analysis):
-        table.add_row(*row)
-    console.print(table)
-    console.print(f"{analysis['method']}.")
+    console.print(f"what the selection picks, vs the {analysis['n_gradient']} prompts with a gradient "
+                  f"and the {analysis['n_pool']} of the pool (selected - group [95 % CI], p):", markup=False)
+    for name, sel, grad, diff_g, rand, pool, diff_p in analysis_rows(analysis):
+        console.print(f"  {name}: selected {sel}; with gradient {grad}: {diff_g} (random picks {rand}); "
+                      f"pool {pool}: {diff_p}", markup=False, highlight=False)
+    console.print(f"  {analysis['method']}.", markup=False, highlight=False)
     for key, note in analysis.get("notes", {}).items():
-        console.print(f"{key}: {note}")
+        console.print(f"  {key}: {note}", markup=False, highlight=False)
 
 
 def print_eval(result: dict[str, Any]) -> None:

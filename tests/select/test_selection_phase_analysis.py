@@ -182,3 +182,12 @@ def test_drift_pass_returns_the_policys_nll_and_pass_rate(run) -> None:
         assert per["nll"][i] == pytest.approx(-sum(x.sum() for x in lp) / sum(x.size for x in lp))
         assert ess_k[i] == pytest.approx(float(ess(logw))) == pytest.approx(prompt_ess(policy.model, it, policy.pad_id))
     assert np.isnan(per["nll"][-1]) and per["pass_rate_is"][-1] == 0.0  # no gradient: skipped
+
+
+def test_cropi_select_prints_the_analysis(run, capsys: pytest.CaptureFixture[str]) -> None:
+    from cropi.cli.show import print_selection
+
+    print_selection(phase_select(run, 0, load_rollouts(run.dir.rollouts("pool"))))
+    out = capsys.readouterr().out
+    assert "what the selection picks" in out and "entropy_beta" in out and "similarity_gradient/t" in out
+    assert "permutation p-value" in out and "sampled tokens" in out
