@@ -10,7 +10,7 @@ from cropi.cli.app import app
 from cropi import api
 from cropi.cli.common import (ConfigArg, EvalEveryOpt, ModelOpt, NameOpt, OutOpt, OverwriteOpt, PoolOpt,
                               ScorerOpt, SetOpt, StageOpt, StagesOpt, StepsOpt, SuiteOpt, TargetOpt, TestOpt,
-                              VerboseOpt, console, data_flags, names_help, report_config_changes,
+                              VerboseOpt, WaitOpt, console, data_flags, names_help, report_config_changes,
                               resolve_config, setup_env, user_errors)
 from cropi.cli.show import print_eval, print_pass_rates, print_scores, print_selection
 from cropi.curriculum.names import arm_names
@@ -29,7 +29,8 @@ def rollout(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = No
             max_new_tokens: Annotated[Optional[int], typer.Option(help="maximum response tokens [default: 64]")] = None,
             batch_size: Annotated[Optional[int], typer.Option(help="sequences per generation batch [default: 64]")] = None,
             seed: Annotated[Optional[int], typer.Option(help="sampling seed [default: 0]")] = None,
-            set_: SetOpt = None, overwrite: OverwriteOpt = False, verbose: VerboseOpt = False) -> None:
+            set_: SetOpt = None, overwrite: OverwriteOpt = False, wait: WaitOpt = False,
+            verbose: VerboseOpt = False) -> None:
     """Sample the initial policy (beta) once: K responses per prompt, rewards, log-probs.
 
     Writes RUN/rollouts/pool and RUN/rollouts/targets/NAME (Parquet + manifest). Resumable: rerun
@@ -64,7 +65,8 @@ def score(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = None
           scorer: ScorerOpt = None,
           backend: Annotated[Optional[str], typer.Option(help=f"{names_help('score.backend')}: local = this process, ray = shards over Ray workers [default: local]")] = None,
           workers: Annotated[Optional[int], typer.Option(help="ray: number of workers/shards (0 = one per GPU, else per CPU) [default: 0]")] = None,
-          set_: SetOpt = None, overwrite: OverwriteOpt = False, verbose: VerboseOpt = False) -> None:
+          set_: SetOpt = None, overwrite: OverwriteOpt = False, wait: WaitOpt = False,
+          verbose: VerboseOpt = False) -> None:
     """Score every pool prompt by POPI influence on the target sets at the stage's weights.
 
     Needs the rollouts (runs them first if missing). Writes RUN/stages/stage_NNN/features/ (a
@@ -102,7 +104,8 @@ def select(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = Non
            ratio: Annotated[Optional[float], typer.Option(help="fraction of the pool kept [default: 0.10]")] = None,
            fusion: Annotated[Optional[str], typer.Option(help=f"fusion of several targets: {names_help('score.fusion')} [default: rrf]")] = None,
            scorer: ScorerOpt = None,
-           set_: SetOpt = None, overwrite: OverwriteOpt = False, verbose: VerboseOpt = False) -> None:
+           set_: SetOpt = None, overwrite: OverwriteOpt = False, wait: WaitOpt = False,
+           verbose: VerboseOpt = False) -> None:
     """Select the stage's training subset and write RUN/stages/stage_NNN/selection.json.
 
     The influence policy fuses the stored per-target scores for this selection's budget (with rrf:
@@ -155,7 +158,8 @@ def run_cmd(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = No
             steps_per_stage: StepsOpt = None, eval_every: EvalEveryOpt = None,
             policy: Annotated[Optional[str], typer.Option(help=f"selection policy: {names_help('select.policy')} [default: influence]")] = None,
             ratio: Annotated[Optional[float], typer.Option(help="fraction of the pool per stage [default: 0.10]")] = None,
-            set_: SetOpt = None, overwrite: OverwriteOpt = False, verbose: VerboseOpt = False) -> None:
+            set_: SetOpt = None, overwrite: OverwriteOpt = False, wait: WaitOpt = False,
+            verbose: VerboseOpt = False) -> None:
     """The method end to end: beta rollouts once, then per stage score, select, train (GRPO), evaluate.
 
     Every phase is skipped when done, so rerunning the same command (or just `cropi run --name
@@ -185,7 +189,8 @@ def compare(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = No
             steps_per_stage: StepsOpt = None, eval_every: EvalEveryOpt = None,
             ratio: Annotated[Optional[float], typer.Option(help="fraction of the pool per stage for the selecting arms [default: 0.10]")] = None,
             shared_rollouts: Annotated[bool, typer.Option("--shared-rollouts", help="one beta draw for every seed (cheaper smoke runs; the intervals are then conditional on that draw)")] = False,
-            set_: SetOpt = None, overwrite: OverwriteOpt = False, verbose: VerboseOpt = False) -> None:
+            set_: SetOpt = None, overwrite: OverwriteOpt = False, wait: WaitOpt = False,
+            verbose: VerboseOpt = False) -> None:
     """Run CROPI and baselines with the same seeds, step budget and evaluation schedule, every
     seed on its own beta rollouts (rollout seed rollout.seed + seed), then report each arm's
     step-level acceleration over full-data GRPO.

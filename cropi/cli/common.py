@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import logging
 import os
+import sys
 from collections.abc import Callable
 from typing import Annotated, Any, Optional, TypeVar
 
@@ -16,7 +17,8 @@ from rich.console import Console
 from cropi.api import make_config, parse_sets
 from cropi.config import RunConfig
 from cropi.curriculum.names import NAMED_FIELDS, field_names
-from cropi.utils.errors import CropiError
+from cropi.utils.errors import CropiError, Stopped, stop_on_signals, stop_requested
+from cropi.utils.locking import held_locks, release_all, waiting
 
 console = Console()
 err_console = Console(stderr=True)
@@ -37,6 +39,7 @@ TestOpt = Annotated[Optional[list[str]], typer.Option("--test", help="test set N
 StageOpt = Annotated[int, typer.Option(help="curriculum stage (0 = scored at the initial model)")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="recompute outputs whose spec differs instead of failing")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log at INFO level")]
+WaitOpt = Annotated[bool, typer.Option("--wait", help="when another cropi process is writing this run, wait for it to finish (saying whom) instead of stopping at once")]
 def names_help(dotted: str) -> str:
     """``a, b or c``: the names a config field accepts, from its registry (for option help)."""
     names = field_names(dotted)
@@ -64,20 +67,42 @@ def setup_env(verbose: bool = False) -> None:
 
 
 def user_errors(fn: F) -> F:
-    """Print a CropiError on one line and exit 2; keep everything already written."""
+    """Print a CropiError on one line and exit 2; keep everything already written.
+
+    Ctrl-C or SIGTERM stops the command at its next safe point (one line: where, and how to
+    resume; exit 130, or 143 for SIGTERM); a second one stops it at once (every write is atomic).
+    A command with a ``wait`` parameter (:data:`WaitOpt`) waits for a run another process is
+    writing instead of stopping."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        before = held_locks()
         try:
-            return fn(*args, **kwargs)
+            with stop_on_signals(_say), waiting(bool(kwargs.get("wait", False))):
+                try:
+                    return fn(*args, **kwargs)
+                except Stopped as exc:
+                    code = 143 if stop_requested() == "SIGTERM" else 130
+                    err_console.print(f"stopped {exc.where}: the work done so far is kept; rerun the "
+                                      "same command to resume", highlight=False, soft_wrap=True)
+                    raise typer.Exit(code) from None
         except CropiError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err_console.print("interrupted: rerun the same command to resume")
+            err_console.print("interrupted: every file is written whole or not at all; rerun the same "
+                              "command to resume", highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
+        finally:
+            release_all(keep=before)  # the command's run locks end with it, whatever happened
 
     return wrapper  # type: ignore[return-value]
+
+
+def _say(text: str) -> None:
+    """A line from a signal handler (plain stderr: it may interrupt a rich progress bar)."""
+    sys.stderr.write(f"\n{text}\n")
+    sys.stderr.flush()
 
 
 def resolve_config(config: str | None, sets: list[str] | None = None, *, resume: bool = True,

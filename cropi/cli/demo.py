@@ -9,7 +9,7 @@ import typer
 from cropi.cli.app import app
 from cropi import api
 from cropi.cli.common import (ModelOpt, OutOpt, OverwriteOpt, SetOpt, StagesOpt, StepsOpt, VerboseOpt,
-                              console, report_config_changes, resolve_config, setup_env, user_errors)
+                              WaitOpt, console, report_config_changes, resolve_config, setup_env, user_errors)
 from cropi.cli.show import print_eval_curve, print_pass_rates, print_scores, print_selection
 
 # Sized for 2 CPU cores: the demo took 19.8 min on an idle 2-core machine (README, "Results").
@@ -26,7 +26,8 @@ DEMO_DEFAULTS: dict[str, Any] = {
 def demo(name: Annotated[str, typer.Option(help="run name")] = "demo",
          out_dir: OutOpt = None, suite: Annotated[str, typer.Option(help="built-in suite")] = "default-small",
          model: ModelOpt = None, stages: StagesOpt = None, steps_per_stage: StepsOpt = None,
-         set_: SetOpt = None, overwrite: OverwriteOpt = False, verbose: VerboseOpt = False) -> None:
+         set_: SetOpt = None, overwrite: OverwriteOpt = False, wait: WaitOpt = False,
+         verbose: VerboseOpt = False) -> None:
     """The main job on the embedded default: CROPI on SmolLM2-135M-Instruct and the default-small
     suite, 2 stages, then a report (about 20 min on 2 idle CPU cores); resumable: rerun to continue.
     """

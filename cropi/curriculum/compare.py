@@ -4,6 +4,11 @@ Layout: CMP/compare.json, CMP/rollouts/ (beta's rollouts, shared by every arm),
 CMP/arms/<arm>/seed_<s>/ (one run directory each), CMP/report/. Seeds are the outer loop so
 partial results already cover every arm; each arm run resumes like `cropi run`.
 
+Several processes can work on one comparison (one per seed, say): each arm x seed run has its
+writer lock (a second process on it stops, or waits with ``--wait``), while what they share (a
+draw's rollouts, its stage-0 features, ``compare.json``) is taken in turn: the first computes, the
+others wait, saying for whom, then reuse it.
+
 Arms (:func:`cropi.curriculum.names.get_arm`): ``cropi`` (influence with the configured
 ``score.scorer``), ``cropi-paper`` (influence with the paper's scorer, ``score.scorer=paper``),
 ``influence-once`` (stage 0's influence selection at every stage), and every registered selection
@@ -24,9 +29,12 @@ from cropi.config import RunConfig
 from cropi.curriculum.loop import run_curriculum
 from cropi.curriculum.names import get_arm
 from cropi.curriculum.phases import Run, phase_rollouts
+from cropi.curriculum.rundir import LOCK_FILE
+from cropi.curriculum.score_phase import phase_score
 from cropi.select import policy_fact
 from cropi.utils.errors import CropiError
 from cropi.utils.io import atomic_write_json, read_json
+from cropi.utils.locking import hold, waiting
 
 log = logging.getLogger(__name__)
 
@@ -105,24 +113,50 @@ def run_compare(cfg: RunConfig, arms: Sequence[str], seeds: Sequence[int],
                     cfg.score.scorer)
     arms = [a for a in arms if a not in twins]
     root.mkdir(parents=True, exist_ok=True)
-    write_plan(root, cfg, arms, seeds, shared_rollouts)
+    with waiting(True), hold(root / LOCK_FILE, what=f"comparison {root}"):
+        write_plan(root, cfg, arms, seeds, shared_rollouts)
     if shared_rollouts:
-        phase_rollouts(Run(cfg, overwrite=overwrite, root=root, rollouts_root=root / "rollouts"))
+        sample_draw(Run(cfg, overwrite=overwrite, root=root, rollouts_root=root / "rollouts"))
     for seed in seeds:
         rollouts = root / "rollouts" if shared_rollouts else draw_root(root, seed) / "rollouts"
         if not shared_rollouts:  # the seed's own draw, logged in its own metrics.jsonl
-            phase_rollouts(Run(draw_config(cfg, seed), overwrite=overwrite, root=draw_root(root, seed),
-                               rollouts_root=rollouts))
+            sample_draw(Run(draw_config(cfg, seed), overwrite=overwrite, root=draw_root(root, seed),
+                            rollouts_root=rollouts))
         for arm in arms:
             run = Run(arm_config(cfg, arm, seed, own_draw=not shared_rollouts), overwrite=overwrite,
                       root=root / "arms" / arm / f"seed_{seed}", rollouts_root=rollouts)
             log.info("compare: arm %s seed %d -> %s", arm, seed, run.dir.root)
+            run.lock()  # another process on this arm and seed: stop (or wait, with --wait)
             if policy_fact(run.cfg.select.policy, "needs_scores") and not overwrite:
-                reuse_stage0_features(root, run.dir.stage(0) / "features",
-                                      None if shared_rollouts else seed)
+                shared_stage0(root, run, None if shared_rollouts else seed)
             run_curriculum(run, once=get_arm(arm).once)
             run.save_config()
     return root
+
+
+def sample_draw(draw: Run) -> None:
+    """Beta's rollouts of one draw, which every arm (and, shared, every seed) uses. Processes of
+    the same comparison wait for each other here instead of refusing: the first samples, the
+    others then load."""
+    try:
+        with waiting(True):
+            phase_rollouts(draw)
+    finally:
+        draw.close()
+
+
+def shared_stage0(root: Path, run: Run, seed: int | None) -> None:
+    """Stage 0's scores of an arm that scores, from the draw's stage-0 features: hard-linked from
+    another arm (:func:`reuse_stage0_features`), else computed here. One process at a time per
+    draw (a lock; the others wait, saying for whom, then link), so the processes of a comparison
+    compute them once whatever order they start in."""
+    if run.dir.done(0, "scored"):
+        return
+    draw = "the shared draw" if seed is None else f"seed {seed}'s draw"
+    with waiting(True), hold(root / f".stage0-{'shared' if seed is None else seed}.lock",
+                             what=f"stage-0 features of {draw} in {root}"):
+        reuse_stage0_features(root, run.dir.stage(0) / "features", seed)
+        phase_score(run, 0, phase_rollouts(run))
 
 
 def draw_root(root: Path, seed: int) -> Path:

@@ -18,14 +18,15 @@ import numpy as np
 
 from cropi.config import RunConfig
 from cropi.curriculum.names import check_names
-from cropi.curriculum.rundir import RunDir
+from cropi.curriculum.rundir import LOCK_FILE, RunDir, remove_stale
 from cropi.data.io import dataset_fingerprint
 from cropi.data.sets import DataSets, load_sets
 from cropi.model.fingerprint import model_fingerprint
 from cropi.model.loading import load_model, load_tokenizer, resolve_device, resolve_model_path
 from cropi.rollout.collect import Policy, collect, make_policy
 from cropi.rollout.store import PromptRollouts, load_rollouts
-from cropi.utils.errors import CropiError
+from cropi.utils.errors import CropiError, check_stop
+from cropi.utils.locking import Lease, hold, waiting
 from cropi.utils.work import Work
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,26 @@ class Run:
 
     def save_config(self) -> list[str]:
         """Record this command's config after it succeeded (see :meth:`RunDir.write_config`);
-        returns the fields that changed (also kept in :attr:`config_changes`)."""
-        changes = self.dir.write_config(self.cfg)
+        returns the fields that changed (also kept in :attr:`config_changes`). The last write of
+        an operation on the run: the run's writer lock is released after it (a later write takes
+        it again)."""
+        try:
+            changes = self.dir.write_config(self.cfg)
+        finally:
+            self.dir.release()
         self.config_changes.extend(c for c in changes if c not in self.config_changes)
         return changes
+
+    def lock(self) -> None:
+        """Take the run directory's writer lock now (:meth:`RunDir.acquire`); the first write
+        takes it anyway. Another process holding it: one line naming it (exit 2 in the CLI), or
+        a wait under :func:`cropi.utils.locking.waiting` (``--wait``)."""
+        self.dir.acquire()
+
+    def close(self) -> None:
+        """Release the models and the run's writer lock."""
+        self.release_policies()
+        self.dir.release()
 
     @property
     def data(self) -> DataSets:
@@ -121,27 +138,48 @@ def load_policy(path: str, cfg: RunConfig) -> Policy:
                        model_path=resolve_model_path(path))
 
 
+def rollouts_lock(run: Run) -> Lease:
+    """The lock of the run's rollouts folder, which runs can share (a comparison's draw): whoever
+    samples holds it, the others wait for it (saying for whom) and then load what it wrote.
+    Taking it removes the temporaries a killed sampler left in the sets' folders."""
+    root = run.dir.rollouts_root
+    with waiting(True):  # beside the folder: a command refused before sampling leaves no folder
+        lease = hold(root.with_name(f".{root.name}{LOCK_FILE}"), what=f"beta's rollouts in {root}")
+    try:
+        n = remove_stale(root / "pool") + remove_stale(root / "targets")
+        if n:
+            log.warning("removed %d temporary files left in %s by an interrupted writer", n, root)
+    except BaseException:
+        lease.release()
+        raise
+    return lease
+
+
 def phase_rollouts(run: Run) -> dict[str, list[PromptRollouts]]:
-    """Beta's rollouts of the pool (k_pool) and of every target set (k_target), once."""
+    """Beta's rollouts of the pool (k_pool) and of every target set (k_target), once. Takes the
+    run's writer lock, and the rollouts folder's (:func:`rollouts_lock`) while it samples."""
     beta = run.model_path(0)
     spec = run.base_spec(beta)
     cfg = run.cfg.rollout
     sets = [("pool", run.data.pool, cfg.k_pool)]
     sets += [(f"targets/{n}", recs, cfg.k_target) for n, recs in run.data.targets.items()]
+    run.lock()
     if not run.dir.config_path.is_file():  # a new run describes itself before computing anything
         run.dir.write_config(run.cfg)
     t0 = time.perf_counter()
     out = {}
     work: dict[str, Work] = {}
     seconds: dict[str, float] = {}
-    for name, records, k in sets:
-        folder = run.dir.rollouts(name)
-        set_spec = {**spec, "dataset": dataset_fingerprint(records)}
-        t_set = time.perf_counter()
-        work[name] = collect(records, folder, lambda: run.policy(beta), k, cfg, set_spec, name=name,
-                             overwrite=run.overwrite)
-        seconds[name] = time.perf_counter() - t_set  # the first set's includes loading beta
-        out[name] = load_rollouts(folder)
+    with rollouts_lock(run):
+        for name, records, k in sets:
+            check_stop(f"before beta's rollouts of {name}")
+            folder = run.dir.rollouts(name)
+            set_spec = {**spec, "dataset": dataset_fingerprint(records)}
+            t_set = time.perf_counter()
+            work[name] = collect(records, folder, lambda: run.policy(beta), k, cfg, set_spec, name=name,
+                                 overwrite=run.overwrite)
+            seconds[name] = time.perf_counter() - t_set  # the first set's includes loading beta
+            out[name] = load_rollouts(folder)
     if any(w.prompts for w in work.values()):
         run.dir.log_metrics("rollouts", seconds=time.perf_counter() - t0,
                             sampled={n: w.prompts for n, w in work.items()},
