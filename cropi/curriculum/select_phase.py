@@ -3,14 +3,16 @@
 It also measures what the selection picks (``select.analysis``, :mod:`cropi.select.analysis`):
 beta's token NLL of its own responses, the stage's policy's NLL and pass rate on them (stages > 0,
 from the drift pass's ``drift.npz``), the ordinal level, and the similarity of each prompt to each
-target set in embedding space (hidden states of the stage's policy, or ``select.embedding_model``)
-and in gradient space (the stage's feature stores).
+target set in embedding space (hidden states of the stage's policy, or ``select.embedding_model``;
+kept in ``rollouts/embeddings/`` for stage 0, ``stage_NNN/embeddings/`` after) and in gradient space
+(the stage's feature stores).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,8 @@ from cropi.select import (SelectionContext, budget, get_policy, policy_fact, rea
 from cropi.select.analysis import PromptMeasures, centred_cosine, similarity_to_targets
 from cropi.select.shaping import window_at
 from cropi.utils.errors import CropiError
+from cropi.utils.hashing import fingerprint
+from cropi.utils.io import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +98,20 @@ def embedding_spec(run: Run, stage: int) -> str:
     return f"policy:{model_fingerprint(run.model_path(stage))}:{run.cfg.model.system_prompt}"
 
 
+def _cache_dir(run: Run, stage: int, spec: str, key: dict[str, list[str]]) -> Path:
+    """Where a stage's embeddings are kept: under the shared rollouts for stage 0 (beta, or the
+    named encoder, embed the same for every arm of a comparison), else in the stage's folder."""
+    root = run.dir.rollouts_root if stage == 0 else run.dir.stage(stage)
+    return root / "embeddings" / fingerprint({"spec": spec, "ids": key})
+
+
 def stage_embeddings(run: Run, stage: int, pool: list[PromptRollouts],
                      cache: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, np.ndarray]:
     """``{"pool": [n, h], "targets/NAME": [m, h]}``: mean-pooled prompt embeddings of the pool and
-    of every target set (:mod:`cropi.influence.embeddings`); ``cache``: a dict that keeps them
-    for the other callers of one selection (keyed by :func:`embedding_spec`)."""
+    of every target set (:mod:`cropi.influence.embeddings`). Kept on disk (``embeddings/<key>/``
+    under the rollouts for stage 0, under the stage's folder after; ``.npy`` files, written
+    atomically, keyed by :func:`embedding_spec` and the prompt ids) and in ``cache``, a dict for
+    the other callers of one selection."""
     from cropi.influence.embeddings import encoder_embeddings, hidden_state_embeddings, prompt_text
 
     spec = embedding_spec(run, stage)
@@ -106,18 +119,28 @@ def stage_embeddings(run: Run, stage: int, pool: list[PromptRollouts],
         return cache[spec]
     targets = {f"targets/{n}": load_rollouts(run.dir.rollouts(f"targets/{n}")) for n in run.data.targets}
     sets = {"pool": pool, **targets}
-    t0 = time.perf_counter()
-    name = run.cfg.select.embedding_model
-    if name is None:
-        policy = run.policy(run.model_path(stage))
-        out = {n: hidden_state_embeddings(policy.model, [it.prompt_ids for it in items], policy.pad_id,
-                                          run.cfg.gradient.max_batch_tokens) for n, items in sets.items()}
+    key = {name: [it.id for it in items] for name, items in sets.items()}
+    folder = _cache_dir(run, stage, spec, key)
+    files = {name: folder / f"{name.replace('/', '__')}.npy" for name in sets}
+    if all(f.is_file() for f in files.values()):
+        out = {name: np.load(f) for name, f in files.items()}
     else:
-        records = {r.id: r for recs in (run.data.pool, *run.data.targets.values()) for r in recs}
-        out = {n: encoder_embeddings(name, [prompt_text(records[it.id].prompt) for it in items], run.device)
-               for n, items in sets.items()}
-    log.info("stage %d: embedded %d prompts (%s) in %.1f s", stage, sum(len(v) for v in out.values()),
-             spec, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        name = run.cfg.select.embedding_model
+        if name is None:
+            policy = run.policy(run.model_path(stage))
+            out = {n: hidden_state_embeddings(policy.model, [it.prompt_ids for it in items], policy.pad_id,
+                                              run.cfg.gradient.max_batch_tokens) for n, items in sets.items()}
+        else:
+            records = {r.id: r for recs in (run.data.pool, *run.data.targets.values()) for r in recs}
+            out = {n: encoder_embeddings(name, [prompt_text(records[it.id].prompt) for it in items], run.device)
+                   for n, items in sets.items()}
+        atomic_write_json(folder / "spec.json", {"spec": spec, "ids": key})
+        for n, f in files.items():
+            with atomic_path(f) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, out[n])
+        log.info("stage %d: embedded %d prompts (%s) in %.1f s", stage, sum(len(v) for v in out.values()),
+                 spec, time.perf_counter() - t0)
     if cache is not None:
         cache[spec] = out
     return out

@@ -11,13 +11,16 @@ compared with two reference groups:
   they differ only by what the ranking prefers.
 - ``pool``: every pool prompt.
 
-For each group: the difference of means (selected minus group), a 95 % bootstrap interval of it
-(the selected prompts resampled; the group's mean is that of a fixed, fully observed set), and a
-two-sided permutation p-value against *random picks*: ``n_perm`` draws of as many prompts as the
-selection has values, without replacement from the group; p = (1 + #draws whose mean is at least
-as far from the group mean as the selection's) / (1 + n_perm). The 2.5-97.5 % range of the random
-picks' means is stored too (``random_lo``, ``random_hi``): where a random selection of that size
-lands. Prompts with an unknown value (NaN) are left out of every mean.
+For each group: the difference of means (selected minus group) with a two-sided permutation
+p-value against *random picks*: ``n_perm`` draws of as many prompts as the selection has values,
+without replacement from the group; p = (1 + #draws whose mean is at least as far from the group
+mean as the selection's) / (1 + n_perm). The 2.5-97.5 % range of the random picks' means is
+stored (``random_lo``, ``random_hi``: where a random selection of that size lands), and the 95 %
+interval of the difference is that range inverted (``diff - (random_hi - group)`` to ``diff -
+(random_lo - group)``: the noise of a selection of that size from that group, so the interval
+excludes 0 about when p < 0.05). The selection's own mean has a bootstrap interval over its
+prompts (``selected_lo``, ``selected_hi``; with few picks it is narrow, a description of their
+spread rather than a test). Prompts with an unknown value (NaN) are left out of every mean.
 """
 
 from __future__ import annotations
@@ -136,8 +139,9 @@ def compare(values: np.ndarray, selected: np.ndarray, group: np.ndarray, *, n_bo
 
     ``selected``, ``group``: positions. NaN values are left out. Returns None when the selection
     or the group has no value. Keys: ``selected``, ``selected_lo/hi`` (bootstrap), ``group``,
-    ``diff`` (selected - group), ``diff_lo/hi``, ``p`` (permutation vs random picks from the
-    group), ``random_lo/hi`` (95 % range of a random pick's mean), ``n_selected``, ``n_group``.
+    ``diff`` (selected - group), ``diff_lo/hi`` (the random picks' range inverted), ``p``
+    (permutation vs random picks from the group), ``random_lo/hi`` (95 % range of a random pick's
+    mean), ``n_selected``, ``n_group``.
     """
     values = np.asarray(values, dtype=np.float64)
     sel = values[np.asarray(selected, dtype=np.int64)]
@@ -154,8 +158,9 @@ def compare(values: np.ndarray, selected: np.ndarray, group: np.ndarray, *, n_bo
     rand = _random_means(grp, size, n_perm, rng)
     extreme = np.abs(rand - mean_g) >= abs(mean_s - mean_g) - 1e-12
     r_lo, r_hi = np.percentile(rand, [2.5, 97.5])
+    diff = mean_s - mean_g
     return {"selected": mean_s, "selected_lo": float(lo), "selected_hi": float(hi), "group": mean_g,
-            "diff": mean_s - mean_g, "diff_lo": float(lo) - mean_g, "diff_hi": float(hi) - mean_g,
+            "diff": diff, "diff_lo": diff - (float(r_hi) - mean_g), "diff_hi": diff - (float(r_lo) - mean_g),
             "p": float((1 + np.count_nonzero(extreme)) / (1 + n_perm)),
             "random_lo": float(r_lo), "random_hi": float(r_hi),
             "n_selected": int(sel.size), "n_group": int(grp.size)}
@@ -191,9 +196,11 @@ def selection_analysis(pass_rate: np.ndarray, selected: np.ndarray, measures: Pr
         "n_gradient": int(grad.size),
         "definitions": {k: MEASURES_DOC[k.split("/")[0]] for k in out if k.split("/")[0] in MEASURES_DOC},
         "notes": dict(measures.notes),
-        "method": (f"difference of means, selected minus group; 95 % bootstrap interval over the "
-                   f"selected prompts ({n_boot} replicates); two-sided permutation p-value against "
-                   f"{n_perm} random picks of the same size from the group"),
+        "method": (f"difference of means, selected minus group, with a two-sided permutation p-value "
+                   f"against {n_perm} random picks of the same size from the group and a 95 % interval "
+                   f"from the same random picks (their 2.5-97.5 % range around the group mean, "
+                   f"inverted); the selected mean's interval is a bootstrap over the selected prompts "
+                   f"({n_boot} replicates)"),
     }
 
 

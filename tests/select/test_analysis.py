@@ -39,6 +39,10 @@ def test_known_entropies_low_selection_differs_from_gradient_prompts() -> None:
     assert res["diff"] == pytest.approx(0.5 - entropy[:100].mean())
     assert res["diff_hi"] < 0 and res["p"] < 0.01  # far outside what random picks reach
     assert res["random_lo"] > 0.8  # 10 random picks from the gradient prompts: mean near 0.95
+    # the difference's interval is the random picks' range inverted around the difference
+    assert res["diff_lo"] == pytest.approx(res["diff"] - (res["random_hi"] - res["group"]))
+    assert res["diff_hi"] == pytest.approx(res["diff"] - (res["random_lo"] - res["group"]))
+    assert res["selected_lo"] == res["selected_hi"] == pytest.approx(0.5)  # bootstrap of equal values
     assert res["n_selected"] == 10 and res["n_group"] == 100
 
 
@@ -49,6 +53,7 @@ def test_a_random_pick_is_not_called_different() -> None:
     res = compare(entropy, picked, gradient_positions(pass_rates()), seed=1)
     assert res is not None and res["p"] > 0.05
     assert res["random_lo"] <= res["selected"] <= res["random_hi"]
+    assert res["diff_lo"] < 0 < res["diff_hi"]  # interval and p-value agree
 
 
 def test_nan_values_are_left_out_and_empty_groups_give_none() -> None:

@@ -188,6 +188,24 @@ def test_cropi_select_prints_the_analysis(run, capsys: pytest.CaptureFixture[str
     from cropi.cli.show import print_selection
 
     print_selection(phase_select(run, 0, load_rollouts(run.dir.rollouts("pool"))))
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
     assert "what the selection picks" in out and "entropy_beta" in out and "similarity_gradient/t" in out
     assert "permutation p-value" in out and "sampled tokens" in out
+
+
+def test_embeddings_are_kept_for_the_next_selection(run, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cropi.influence.embeddings as emb
+
+    pool = load_rollouts(run.dir.rollouts("pool"))
+    first = selection_measures(run, 0, pool).values["similarity_embedding/t"]
+    kept = list((run.dir.rollouts_root / "embeddings").glob("*/pool.npy"))
+    assert len(kept) == 1 and (kept[0].parent / "targets__t.npy").is_file()
+    before = kept[0].read_bytes()
+
+    def refuse(*a, **k):
+        raise AssertionError("embedded again")
+
+    monkeypatch.setattr(emb, "hidden_state_embeddings", refuse)
+    again = selection_measures(run, 0, pool).values["similarity_embedding/t"]
+    np.testing.assert_array_equal(first, again)
+    assert kept[0].read_bytes() == before
