@@ -351,98 +351,7 @@ def work_units(work: Any) -> float:
     """A ``work`` mapping (:class:`cropi.utils.work.Work` as logged) in :data:`WORK_UNITS`."""
     if not isinstance(work, dict):
         return 0.0
-    def get(key: str) -> float:
-        return _number(work.get(key)) or 0.0
-    return get("tokens_generated") + get("tokens_prefill") + get("tokens_forward") + 3.0 * get("tokens_backward")
 
-
-def rollout_work(records: list[dict[str, Any]], sets: tuple[str, ...]) -> float:
-    """Counted work (:func:`work_units`) of beta's rollouts of ``sets`` ("pool", "targets")."""
-    total = 0.0
-    for rec in records:
-        if rec.get("event") == "rollouts" and isinstance(rec.get("work"), dict):
-            total += sum(work_units(w) for name, w in rec["work"].items()
-                         if ("pool" if name == "pool" else "targets") in sets)
-    return total
-
-
-def stage_score_work(records: list[dict[str, Any]]) -> dict[int, float]:
-    """Counted work per stage of scoring (``score`` events) and drift (``drift`` events)."""
-    out: dict[int, float] = {}
-    for rec in records:
-        stage = _number(rec.get("stage"))
-        if rec.get("event") in ("score", "drift") and stage is not None and isinstance(rec.get("work"), dict):
-            out[int(stage)] = out.get(int(stage), 0.0) + work_units(rec["work"])
-    return out
-
-
-def compute_clock(records: list[dict[str, Any]], setup: float = 0.0,
-                  score_floor: dict[int, float] | None = None) -> dict[int, float] | None:
-    """step -> counted work (:data:`WORK_UNITS`) before the evaluation at that step, as
-    :func:`work_clock` counts seconds: independent of the machine's load. None for runs made
-    before the work was counted (no ``work`` in their ``train`` events)."""
-    train: dict[int, tuple[float, int]] = {}
-    for rec in records:
-        steps, stage = _number(rec.get("steps")), _number(rec.get("stage"))
-        if rec.get("event") == "train" and None not in (steps, stage) and steps > 0:
-            if not isinstance(rec.get("work"), dict):
-                return None
-            train[int(stage)] = (work_units(rec["work"]), int(steps))
-    scores = stage_score_work(records)
-    for stage, floor in (score_floor or {}).items():
-        if stage in scores or stage in train:
-            scores[stage] = max(scores.get(stage, 0.0), floor)
-    return _step_clock(records, setup, scores, train)
-
-
-def stage_score_seconds(records: list[dict[str, Any]]) -> dict[int, float]:
-    """Scoring seconds per stage (``score`` events' ``total_s``, summed over resumed attempts)."""
-    out: dict[int, float] = {}
-    for rec in records:
-        seconds, stage = _number(rec.get("total_s")), _number(rec.get("stage"))
-        if rec.get("event") == "score" and seconds is not None and stage is not None:
-            out[int(stage)] = out.get(int(stage), 0.0) + seconds
-    return out
-
-
-def work_clock(records: list[dict[str, Any]], setup_seconds: float = 0.0,
-               score_floor: dict[int, float] | None = None) -> dict[int, float]:
-    """step -> seconds of work done before the run's evaluation at that step, evaluation excluded.
-
-    The clock: ``setup_seconds`` (beta's rollouts the arm's policy needs, :func:`rollout_seconds`)
-    and stage m's scoring (``score`` events, at least ``score_floor[m]``: stage-0 features shared
-    between the runs of a comparison are charged to every run that uses them) are paid before
-    stage m's first step; stage m's training seconds (``train`` events, which exclude the
-    evaluations) are spread uniformly over its steps. The step-0 evaluation of beta is at 0 s.
-    A stage still running (no ``train`` event) uses the mean seconds per step of the finished
-    stages; with none finished, its evaluations get no clock.
-    """
-    train: dict[int, tuple[float, int]] = {}
-    for rec in records:
-        seconds, steps, stage = (_number(rec.get("seconds")), _number(rec.get("steps")),
-                                 _number(rec.get("stage")))
-        if rec.get("event") == "train" and None not in (seconds, steps, stage) and steps > 0:
-            train[int(stage)] = (seconds, int(steps))
-    # training seconds per stage as the time table counts them (evaluation taken out of old runs)
-    breakdown = time_breakdown(records)
-    for stage, (_, steps) in list(train.items()):
-        train[stage] = (breakdown[_stage_label(stage)]["training"], steps)
-    scores = stage_score_seconds(records)
-    for stage, floor in (score_floor or {}).items():
-        if stage in scores or stage in train or any(
-                rec.get("event") == "eval" and rec.get("stage") == stage for rec in records):
-            scores[stage] = max(scores.get(stage, 0.0), floor)
-    return _step_clock(records, setup_seconds, scores, train)
-
-
-WORK_UNITS = "forward-token equivalents: tokens generated, prefilled and forwarded + 3 x tokens backpropagated"
-"""The unit of the compute axis (:func:`work_units`): FLOPs / (2 N) for a model of N parameters."""
-
-
-def work_units(work: Any) -> float:
-    """A ``work`` mapping (:class:`cropi.utils.work.Work` as logged) in :data:`WORK_UNITS`."""
-    if not isinstance(work, dict):
-        return 0.0
     def get(key: str) -> float:
         return _number(work.get(key)) or 0.0
     return get("tokens_generated") + get("tokens_prefill") + get("tokens_forward") + 3.0 * get("tokens_backward")
@@ -532,7 +441,6 @@ def _step_clock(records: list[dict[str, Any]], setup: float, scores: dict[int, f
     """step -> cost before the evaluation at that step: ``setup``, then per stage its selection's
     cost (``scores``) and its training cost (``train``: stage -> (cost, steps)) spread over its
     steps (see :func:`work_clock`)."""
-    setup_seconds = setup
     rate = (sum(s for s, _ in train.values()) / sum(n for _, n in train.values())) if train else None
     steps_known = [n for _, n in train.values()]
     default_steps = max(set(steps_known), key=steps_known.count) if steps_known else None
@@ -547,12 +455,12 @@ def _step_clock(records: list[dict[str, Any]], setup: float, scores: dict[int, f
             continue
         if rate is None or default_steps is None:
             continue
-        clock, start = setup_seconds, 0
+        clock, start = setup, 0
         for m in range(stage):
-            secs, n = train.get(m, (rate * default_steps, default_steps))
-            clock += scores.get(m, 0.0) + secs
+            cost, n = train.get(m, (rate * default_steps, default_steps))
+            clock += scores.get(m, 0.0) + cost
             start += n
-        secs, n = train.get(stage, (rate * default_steps, default_steps))
-        clock += scores.get(stage, 0.0) + secs * min(max(step - start, 0), n) / n
+        cost, n = train.get(stage, (rate * default_steps, default_steps))
+        clock += scores.get(stage, 0.0) + cost * min(max(step - start, 0), n) / n
         out[step] = clock
     return out
