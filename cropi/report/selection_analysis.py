@@ -75,8 +75,9 @@ def analysis_section(doc: Document, run: RunData, out: Path, prefix: str) -> Non
     doc.add(Paragraph(
         "Each stage's selection against the pool prompts with a gradient (mixed rewards under beta: "
         "every influence pick has one, so against the whole pool entropy and pass rate differ by "
-        "construction) and against the whole pool. " + first["method"] + ". "
-        + " ".join(f"{k}: {v}." for k, v in first.get("definitions", {}).items())))
+        "construction) and against the whole pool. Method: " + first["method"] + ". "
+        + " ".join(f"{k} (/target): {v}." if k.startswith("similarity") else f"{k}: {v}."
+                   for k, v in first.get("definitions", {}).items())))
     for stage in stages:
         analysis = stage.selection["stats"]["analysis"]  # type: ignore[index]
         doc.add(Heading(f"Stage {stage.index}: {stage.selection.get('policy')} "  # type: ignore[union-attr]

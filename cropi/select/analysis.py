@@ -194,7 +194,8 @@ def selection_analysis(pass_rate: np.ndarray, selected: np.ndarray, measures: Pr
         "measures": out,
         "n_pool": n,
         "n_gradient": int(grad.size),
-        "definitions": {k: MEASURES_DOC[k.split("/")[0]] for k in out if k.split("/")[0] in MEASURES_DOC},
+        "definitions": {k.split("/")[0]: MEASURES_DOC[k.split("/")[0]] for k in out
+                        if k.split("/")[0] in MEASURES_DOC},
         "notes": dict(measures.notes),
         "method": (f"difference of means, selected minus group, with a two-sided permutation p-value "
                    f"against {n_perm} random picks of the same size from the group and a 95 % interval "
