@@ -362,3 +362,12 @@ def evaluate_model(config: RunConfig, tests: Mapping[str, Sequence[PromptRecord]
                          fix="give --test NAME=FILE or a built-in --suite")
     policy = load_policy(config.model.path, config)
     return evaluate(policy, sets, config.eval)
+
+
+def verify_run(run_dir: str | Path) -> Any:
+    """Check a run's (or comparison's) stores against their done records without writing
+    anything, as ``cropi verify``: returns a :class:`cropi.curriculum.verify.RunCheck` whose
+    ``problems`` say what is damaged and what a rerun would compute again (``ok`` when nothing)."""
+    from cropi.curriculum.verify import verify_run as _verify_run
+
+    return _verify_run(run_dir)

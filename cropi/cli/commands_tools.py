@@ -1,4 +1,4 @@
-"""Commands around the pipeline: doctor, config, suites, report, export-verl."""
+"""Commands around the pipeline: doctor, config, suites, report, verify, export-verl."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from rich.table import Table
 
 from cropi.cli.app import app
 from cropi import api
-from cropi.cli.common import ConfigArg, SetOpt, config_reference, console, resolve_config, setup_env, user_errors
+from cropi.cli.common import (ConfigArg, OutOpt, SetOpt, config_reference, console, resolve_config, setup_env,
+                              user_errors)
 from cropi.utils.errors import CropiError
 
 
@@ -67,6 +68,36 @@ def report(run_dir: Annotated[str, typer.Argument(help="a run directory or a `cr
     setup_env()
     folder = api.write_report(run_dir, out)
     console.print(f"wrote {folder / 'report.md'} and {folder / 'report.html'}")
+
+
+@app.command()
+@user_errors
+def verify(run: Annotated[str, typer.Argument(help="a run NAME (under --out-dir), or a run or `cropi compare` directory")],
+           out_dir: OutOpt = None,
+           all_: Annotated[bool, typer.Option("--all", help="list the checks that passed too")] = False) -> None:
+    """Check a run's stores (rollouts, feature stores, score tables, checkpoints, state) against
+    their done records and say what a rerun would compute again. Writes nothing. Exit 0 when
+    everything matches, 1 when something is damaged or unfinished."""
+    from cropi.config import RunConfig
+
+    setup_env()
+    path = Path(run)
+    if not path.is_dir():
+        path = Path(out_dir or RunConfig().out_dir) / run
+    result = api.verify_run(path)
+    marks = {"ok": "[green]ok[/]     ", "note": "[blue]note[/]   ", "recompute": "[yellow]redo[/]   ",
+             "damaged": "[red]damaged[/]"}
+    for f in result.findings:
+        if all_ or f.kind != "ok":
+            where = f.path.relative_to(path) if f.path.is_relative_to(path) else f.path
+            console.print(f"{marks[f.kind]} {where}: {f.detail}" + (f" -> {f.action}" if f.action else ""),
+                          highlight=False, soft_wrap=True)
+    n_ok = sum(f.kind == "ok" for f in result.findings)
+    if result.ok:
+        console.print(f"{path}: every store matches its records ({n_ok} checks passed)")
+        return
+    console.print(f"{path}: {len(result.problems)} problem(s); {n_ok} checks passed")
+    raise typer.Exit(1)
 
 
 @app.command("export-verl")

@@ -15,10 +15,11 @@ from cropi.curriculum.names import SCORE_BACKENDS
 from cropi.curriculum.phases import Run
 from cropi.data.io import dataset_fingerprint
 from cropi.influence.drift import drift_summary, pool_ess
-from cropi.influence.features import FeatureStore
+from cropi.influence.features import DamagedRows, FeatureStore
 from cropi.influence.pipeline import Timings, add_timings, compute_features, prepare_scoring
 from cropi.influence.scorers import score as run_scorer
-from cropi.influence.scores import read_scores, score_table, scorer_spec, target_mean, target_scores, write_scores
+from cropi.influence.scores import (read_scores, score_table, scorer_spec, store_cosine_scores, store_target_mean,
+                                   target_scores, write_scores)
 from cropi.rollout.collect import collect
 from cropi.rollout.store import PromptRollouts, load_rollouts
 from cropi.select import budget, rank_order
@@ -187,23 +188,43 @@ def _drift(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]
 
 def _write_stage_scores(run: Run, stage: int, pool: list[PromptRollouts], stores: dict[str, FeatureStore],
                         extra: dict[str, np.ndarray] | None = None) -> None:
-    ids, feats, zero = stores["pool"].read()
+    """The stage's score table from its feature stores, read chunk by chunk: the target means, then
+    the pool's scores (the paper scorer streams the pool too, so memory does not grow with the pool;
+    the other scorers get the whole pool matrix). A stored row that no longer matches its checksum
+    is marked to be computed again, with one line saying so."""
+    try:
+        _score_stores(run, stage, pool, stores, extra)
+    except DamagedRows as exc:
+        store = next(s for s in stores.values() if s.path == exc.path)
+        FeatureStore.open(store.path, store.ids, store.k, store.dtype, store.spec)  # marks them pending
+        run.dir.clear(stage, "scored")
+        raise CropiError(f"{exc.rows.size} of {store.n} stored feature rows do not match their checksums "
+                         "(damaged); they are marked to be computed again", file=store.path,
+                         fix="rerun the same command: it computes those rows and scores the stage") from None
+
+
+def _score_stores(run: Run, stage: int, pool: list[PromptRollouts], stores: dict[str, FeatureStore],
+                  extra: dict[str, np.ndarray] | None) -> None:
+    pool_store = stores["pool"]
+    ids = list(pool_store.ids)
     means, rows = {}, {}
     for name, store in stores.items():
         if name == "pool":
             continue
-        t_ids, t_feats, t_zero = store.read()
         label = name.removeprefix("targets/")
-        means[label], used = target_mean(t_feats, t_zero, t_ids, run.cfg.score.target_max,
-                                         run.cfg.score.seed, name=label)
-        index = {i: pos for pos, i in enumerate(t_ids)}
-        rows[label] = np.asarray(t_feats[[index[i] for i in used]], dtype=np.float64)
+        means[label], _, rows[label] = store_target_mean(store, run.cfg.score.target_max, run.cfg.score.seed,
+                                                         name=label)
     by_id = {it.id: it for it in pool}
     items = [by_id[i] for i in ids]
-    scores = run_scorer(run.cfg.score.scorer, feats, zero, means, target_feats=rows,
-                        n_correct=np.array([int(np.sum(it.rewards > 0)) for it in items]),
-                        n_responses=np.array([len(it.rewards) for it in items]),
-                        sources=[it.source for it in items], **run.cfg.score.scorer_options)
+    if run.cfg.score.scorer == "paper" and not run.cfg.score.scorer_options:
+        scores = store_cosine_scores(pool_store, means)
+    else:
+        _, feats, zero = pool_store.read()
+        scores = run_scorer(run.cfg.score.scorer, feats, zero, means, target_feats=rows,
+                            n_correct=np.array([int(np.sum(it.rewards > 0)) for it in items]),
+                            n_responses=np.array([len(it.rewards) for it in items]),
+                            sources=[it.source for it in items], **run.cfg.score.scorer_options)
+        del feats
     extra = dict(extra or {})
     if len(ids) < len(pool):  # a shortlist was scored: the other prompts get no score (NaN) this stage
         pos = {pid: n for n, pid in enumerate(ids)}
@@ -215,6 +236,7 @@ def _write_stage_scores(run: Run, stage: int, pool: list[PromptRollouts], stores
                         [it.source for it in items], [it.level for it in items], spec=current_scorer(run),
                         extra=extra)
     write_scores(run.dir.scores(stage), table)
+    run.dir.refresh_record(stage, "scored")  # a rescore rewrote the table of a scored stage
 
 
 def shortlist(run: Run, stage: int, pool: list[PromptRollouts], ess: np.ndarray | None) -> list[PromptRollouts]:

@@ -5,6 +5,15 @@ The formulas: docs/concepts.md#scores-fusion-and-selection.
 numpy only. Zero-gradient prompts (all rewards equal) carry no signal: their scores are NaN and
 they are never selected. Fusion of several targets happens at selection time, for the budget of
 the selection being made (:mod:`cropi.select.fusion`).
+
+Pools past memory: :func:`store_target_mean` and :func:`store_cosine_scores` compute the target
+means and the paper's cosines from feature stores read chunk by chunk
+(:meth:`cropi.influence.features.FeatureStore.chunks`), with the same numbers as
+:func:`target_mean` and :func:`cosine_scores` on the whole matrix and memory independent of the
+pool's size.
+
+A score table is written atomically; :func:`read_scores` checks it against the done record of its
+stage (``state.json`` beside it) and turns a file that fails to read into one line naming it.
 """
 
 from __future__ import annotations
@@ -19,8 +28,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cropi.influence.features import FeatureStore
 from cropi.utils.errors import CropiError
-from cropi.utils.io import atomic_path
+from cropi.utils.io import atomic_path, damaged, record_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +62,51 @@ def target_mean(feats: np.ndarray, zero_grad: np.ndarray, ids: Sequence[str], ma
             field="rollout.k_target",
             fix="increase k_target or use an easier target set",
         )
+    valid = _sample_targets(valid, max_n, seed)
+    mean = feats[valid].astype(np.float64).mean(axis=0)
+    return mean, [str(ids[i]) for i in valid]
+
+
+def _sample_targets(valid: np.ndarray, max_n: int, seed: int) -> np.ndarray:
     if valid.size > max_n:
         rng = np.random.default_rng(seed)
         valid = np.sort(rng.choice(valid, size=max_n, replace=False))
-    mean = feats[valid].astype(np.float64).mean(axis=0)
-    return mean, [str(ids[i]) for i in valid]
+    return valid
+
+
+def store_target_mean(store: FeatureStore, max_n: int = 100, seed: int = 0, name: str | None = None
+                      ) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """:func:`target_mean` of a stored target set, read in chunks: ``(mean [k] float64, used_ids,
+    used rows float64 [m, k])``. Two passes: which rows have a gradient, then the used rows."""
+    if max_n < 1:
+        raise CropiError(f"max_n must be >= 1, got {max_n}", field="score.target_max")
+    nonzero = np.zeros(store.n, dtype=bool)
+    zero = np.zeros(store.n, dtype=bool)
+    for start, feats, z in store.chunks():
+        nonzero[start:start + len(feats)] = np.any(feats != 0, axis=1)
+        zero[start:start + len(feats)] = z
+    valid = np.flatnonzero(~zero & nonzero)
+    if valid.size == 0:
+        label = f"target {name!r}" if name else "the target set"
+        raise CropiError(f"{label} has no prompt with a non-zero gradient: all target rewards are equal",
+                         field="rollout.k_target", fix="increase k_target or use an easier target set")
+    valid = _sample_targets(valid, max_n, seed)
+    rows = np.empty((valid.size, store.k), dtype=np.float32)
+    for start, feats, _ in store.chunks():
+        mine = valid[(valid >= start) & (valid < start + len(feats))]
+        rows[np.searchsorted(valid, mine)] = feats[mine - start]
+    used = rows.astype(np.float64)
+    return used.mean(axis=0), [store.ids[i] for i in valid], used
+
+
+def store_cosine_scores(store: FeatureStore, target_means: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """:func:`cosine_scores` of a stored pool (the ``paper`` scorer), read chunk by chunk: the
+    same numbers, with memory of one chunk whatever the pool's size."""
+    out = {t: np.empty(store.n, dtype=np.float64) for t in target_means}
+    for start, feats, zero in store.chunks(_CHUNK_ROWS):
+        for t, v in cosine_scores(feats, target_means, zero).items():
+            out[t][start:start + len(v)] = v
+    return out
 
 
 def cosine_scores(pool_feats: np.ndarray, target_means: Mapping[str, np.ndarray],
@@ -167,9 +217,32 @@ def write_scores(path: str | Path, table: pa.Table) -> None:
     log.info("wrote %d scores to %s", table.num_rows, path)
 
 
+_RESCORE = ("rerun `cropi score` for this stage on the run: the scores are computed again from the "
+            "stored features")
+
+
 def read_scores(path: str | Path) -> pa.Table:
-    """Read a score table written by :func:`write_scores`."""
+    """Read a score table written by :func:`write_scores`. One line naming the file when it
+    differs from the done record of its stage (``state.json`` beside it) or fails to read."""
     path = Path(path)
     if not path.exists():
         raise CropiError("does not exist", file=path, fix="run the scoring step first")
-    return pq.read_table(path)
+    record = _done_record(path)
+    if record is not None:
+        why = record_mismatch(path, record)
+        if why is not None:
+            raise damaged(path, f"{why}; damaged or changed since it was scored", fix=_RESCORE)
+    try:
+        return pq.read_table(path)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise damaged(path, exc, fix=_RESCORE) from None
+
+
+def _done_record(path: Path) -> dict[str, Any] | None:
+    """The record of ``path`` in the ``scored`` entry of the ``state.json`` beside it, if any."""
+    try:
+        state = json.loads((path.parent / "state.json").read_text(encoding="utf-8"))
+        rec = state["scored"]["files"][path.name]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return rec if isinstance(rec, dict) else None

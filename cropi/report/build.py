@@ -30,7 +30,7 @@ from cropi.report.summary import (
     summarize,
     time_rows,
 )
-from cropi.utils.io import atomic_write_json, atomic_write_text
+from cropi.utils.io import atomic_write_json, atomic_write_text, disk_errors
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +245,12 @@ def build_report(path: str | Path, out: str | Path | None = None, *, n_boot: int
     smooth([0], [0.0], **smooth_kw)  # reject bad smoothing arguments before any work
     cmp = load_any(path)
     out = Path(out) if out is not None else path / "report"
+    with disk_errors(out, "the report"):  # every file is atomic; a full disk is one line
+        return _write_report(path, out, cmp, n_boot, boot_seed, smooth_kw)
+
+
+def _write_report(path: Path, out: Path, cmp: Comparison, n_boot: int, boot_seed: int,
+                  smooth_kw: dict[str, Any]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     summaries = summarize(cmp, smooth_kw)
     panel = comparison_panel(cmp) if n_boot > 0 else None

@@ -42,6 +42,7 @@ from cropi.train.grpo_state import (
     write_checkpoint,
 )
 from cropi.utils.errors import CropiError
+from cropi.utils.io import check_free, disk_errors
 from cropi.verify import verify
 
 log = logging.getLogger(__name__)
@@ -440,7 +441,21 @@ def _save_stage(trainer: StageGRPOTrainer, model_path: str, out_dir: Path, cfg: 
         load_tokenizer(model_path).save_pretrained(str(folder))  # the stage's own copy is untouched
         save_optimizer(folder / OPTIMIZER_FILE, trainer.optimizer, trainer.lr_scheduler)
 
-    write_checkpoint(out_dir, save_files, state)
+    # a full disk: one line before anything is written (or, filling up meanwhile, after the
+    # staging folder is removed); the previous checkpoint stays where it was
+    need = checkpoint_bytes(model, trainer.optimizer)
+    check_free(out_dir.parent, need, "the stage checkpoint")
+    with disk_errors(out_dir.parent, "the stage checkpoint", need=need):
+        write_checkpoint(out_dir, save_files, state)
+
+
+def checkpoint_bytes(model: torch.nn.Module, optimizer: Any | None) -> int:
+    """About what a stage checkpoint takes on disk: the weights, the optimizer's state tensors
+    and 16 MiB for the tokenizer and the small files."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if optimizer is not None:
+        tensors += [v for st in optimizer.state.values() for v in st.values() if torch.is_tensor(v)]
+    return sum(t.numel() * t.element_size() for t in tensors) + 16 * 2**20
 
 
 def train_stage(model_path: str, out_dir: str | Path, records: Sequence[PromptRecord], cfg: TrainConfig, *,
