@@ -133,8 +133,13 @@ def stage_embeddings(run: Run, stage: int, pool: list[PromptRollouts],
                                               run.cfg.gradient.max_batch_tokens) for n, items in sets.items()}
         else:
             records = {r.id: r for recs in (run.data.pool, *run.data.targets.values()) for r in recs}
-            out = {n: encoder_embeddings(name, [prompt_text(records[it.id].prompt) for it in items], run.device)
-                   for n, items in sets.items()}
+            try:
+                out = {n: encoder_embeddings(name, [prompt_text(records[it.id].prompt) for it in items],
+                                             run.device) for n, items in sets.items()}
+            except OSError as exc:  # not found, or not downloadable offline
+                raise CropiError(f"cannot load the encoder {name!r} ({exc})", field="select.embedding_model",
+                                 fix="name a local folder (or a hub id with network access), or None for "
+                                     "the policy's own hidden states") from None
         atomic_write_json(folder / "spec.json", {"spec": spec, "ids": key})
         for n, f in files.items():
             with atomic_path(f) as tmp, open(tmp, "wb") as fh:
@@ -169,7 +174,10 @@ def gradient_similarity(run: Run, stage: int, ids: list[str]) -> dict[str, np.nd
     out = {}
     for name in run.data.targets:
         t_ids, t_feats, t_zero = FeatureStore.load(run.dir.features(stage, f"targets/{name}")).read()
-        mean, _ = target_mean(t_feats, t_zero, t_ids, run.cfg.score.target_max, run.cfg.score.seed, name=name)
+        try:
+            mean, _ = target_mean(t_feats, t_zero, t_ids, run.cfg.score.target_max, run.cfg.score.seed, name=name)
+        except CropiError:  # no target prompt with a gradient: no direction to compare with
+            continue
         values = np.full(len(ids), np.nan)
         rows = [(n, index[i]) for n, i in enumerate(ids) if i in index]
         for start in range(0, len(rows), 4096):

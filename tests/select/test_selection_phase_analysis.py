@@ -209,3 +209,31 @@ def test_embeddings_are_kept_for_the_next_selection(run, monkeypatch: pytest.Mon
     again = selection_measures(run, 0, pool).values["similarity_embedding/t"]
     np.testing.assert_array_equal(first, again)
     assert kept[0].read_bytes() == before
+
+
+def test_an_encoder_that_cannot_load_is_named(run, tmp_path: Path) -> None:
+    import dataclasses
+
+    from cropi.curriculum.select_phase import stage_embeddings
+    from cropi.utils.errors import CropiError
+
+    cfg = run.cfg
+    bad = run.with_config(dataclasses.replace(cfg, select=dataclasses.replace(
+        cfg.select, embedding_model=str(tmp_path / "no-such-encoder"))))
+    pool = load_rollouts(run.dir.rollouts("pool"))
+    with pytest.raises(CropiError, match="no-such-encoder"):
+        stage_embeddings(bad, 0, pool)
+    notes = selection_measures(bad, 0, pool).notes  # the analysis says so and goes on
+    assert notes["embedding"].startswith("not computed") and "select.embedding_model" in notes["embedding"]
+
+
+def test_a_named_encoder_embeds_the_prompt_text(run, tiny_model_dir: Path) -> None:
+    import dataclasses
+
+    cfg = run.cfg
+    enc = run.with_config(dataclasses.replace(cfg, select=dataclasses.replace(
+        cfg.select, embedding_model=str(tiny_model_dir))))
+    m = selection_measures(enc, 0, load_rollouts(run.dir.rollouts("pool")))
+    assert m.notes["embedding"] == f"encoder:{tiny_model_dir}"
+    sims = m.values["similarity_embedding/t"]
+    assert sims.shape == (N_POOL,) and np.isfinite(sims).all()
