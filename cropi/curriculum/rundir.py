@@ -184,10 +184,14 @@ class RunDir:
         same; a different one replaces config.yaml only after its predecessor and the changes
         were appended to config.history.jsonl, so how the run was made is never lost.
         """
-        self.acquire()
         new = to_dict(cfg)
         if self.config_path.is_file():
             old = yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
+            changes = config_changes(old, new)
+            if not changes:
+                return []  # nothing to write: no lock needed (a command that only read)
+            self.acquire()
+            old = yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}  # as of the lock
             changes = config_changes(old, new)
             if not changes:
                 return []
@@ -195,6 +199,7 @@ class RunDir:
                    "changes": {k: {"old": a, "new": b} for k, (a, b) in changes.items()}, "previous": old}
             append_line(self.root / "config.history.jsonl", json.dumps(rec, default=str))
         else:
+            self.acquire()
             changes = {}
         header = f"# cropi {__version__}, git {_git_sha() or 'unknown'}\n"
         atomic_write_text(self.config_path, header + dump_config(cfg))

@@ -1,8 +1,8 @@
 """`cropi verify`: check a run's stores against their done records, read-only, and say what a
 rerun would compute again (docs/reliability.md#failures-and-recovery).
 
-What is checked, per run directory (a comparison: the comparison's own draw and every run under
-``draws/`` and ``arms/``):
+What is checked, per run directory (a comparison: its ``compare.json``, its own draw and every run
+under ``draws/`` and ``arms/``):
 
 - ``config.yaml`` parses; ``metrics.jsonl`` lines that are not JSON are counted (readers skip them);
 - beta's rollouts: a complete set's ``rollouts.parquet`` against the size and SHA-256 in its
@@ -75,6 +75,18 @@ class RunCheck:
         return {"root": str(self.root), "ok": self.ok, "findings": [f.as_dict() for f in self.findings]}
 
 
+def _why(exc: BaseException) -> str:
+    """An error's own words: without the file it names (the finding does) and its fix (the
+    finding's action says what a rerun does)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, CropiError):
+        if exc.fix:
+            text = text.removesuffix(f" ({' '.join(exc.fix.split())})")
+        if exc.file is not None:
+            text = text.removeprefix(f"{exc.file}: ")
+    return text
+
+
 def verify_run(run_dir: str | Path) -> RunCheck:
     """Check the stores of a run (or comparison) directory; nothing is written."""
     root = Path(run_dir)
@@ -92,6 +104,13 @@ def verify_run(run_dir: str | Path) -> RunCheck:
 
 
 def _check_run(root: Path, check: RunCheck) -> None:
+    if (root / "compare.json").exists():
+        try:
+            read_json(root / "compare.json")
+            check.add(root / "compare.json", OK, "reads")
+        except ValueError as exc:
+            check.add(root / "compare.json", DAMAGED, _why(exc),
+                      "delete it: the next `cropi compare` writes it again from its --arms and --seeds")
     _check_config(root, check)
     _check_metrics(root / "metrics.jsonl", check)
     _check_locks(root, check)
@@ -183,7 +202,7 @@ def _check_stage(run: RunDir, m: int, folder: Path, check: RunCheck) -> None:
     try:
         state = run.state(m)
     except CropiError as exc:
-        check.add(folder / "state.json", DAMAGED, str(exc).split(": ", 1)[-1],
+        check.add(folder / "state.json", DAMAGED, _why(exc),
                   f"delete it and rerun: stage {m}'s phases are computed again")
         state = {}
     for phase in PHASE_FILES:
@@ -209,7 +228,7 @@ def _check_stage(run: RunDir, m: int, folder: Path, check: RunCheck) -> None:
         try:
             read_selection(folder / "selection.json")
         except CropiError as exc:
-            check.add(folder / "selection.json", DAMAGED, str(exc).split(": ", 1)[-1],
+            check.add(folder / "selection.json", DAMAGED, _why(exc),
                       f"delete it and rerun `cropi select` (or run): stage {m} is selected again")
     for spec in sorted(folder.glob("features/**/spec.json")):
         _check_features(spec.parent, m, check)
@@ -235,13 +254,13 @@ def _check_features(path: Path, m: int, check: RunCheck) -> None:
             raise ValueError(f"dtype {dtype!r}")
         store = FeatureStore(path, ids, int(meta["k"]), dtype, meta["spec"], readonly=True)
     except (CropiError, OSError, ValueError, KeyError, TypeError) as exc:
-        check.add(path, RECOMPUTE, str(exc).split(": ", 1)[-1] if isinstance(exc, CropiError) else str(exc),
+        check.add(path, RECOMPUTE, _why(exc),
                   f"delete the folder and rerun `cropi score`: stage {m}'s store is computed again")
         return
     try:
         bad = store.damaged_rows()
     except CropiError as exc:
-        check.add(path / "features.npy", RECOMPUTE, str(exc).split(": ", 1)[-1], action)
+        check.add(path / "features.npy", RECOMPUTE, _why(exc), action)
         return
     done = store.n_done()
     if bad.size:

@@ -138,3 +138,23 @@ def test_save_config_ends_the_operation(tmp_path: Path) -> None:
     assert holds(run.dir.lock_path)
     run.save_config()
     assert not holds(run.dir.lock_path) and not run.dir.lock_path.exists()
+
+
+def test_a_command_that_only_read_needs_no_lock(tmp_path: Path) -> None:
+    """Recording an unchanged config (the end of every command) takes no lock: `cropi select`
+    printing a stored selection runs beside a writer."""
+    from cropi.config import RunConfig
+
+    cfg = RunConfig(name="r", out_dir=str(tmp_path))
+    first = RunDir(tmp_path / "r")
+    first.write_config(cfg)
+    first.release()
+    proc, go = _holder(tmp_path / "r", tmp_path)
+    try:
+        assert RunDir(tmp_path / "r").write_config(cfg) == []
+        with pytest.raises(LockHeld):
+            RunDir(tmp_path / "r").write_config(RunConfig(name="r", out_dir=str(tmp_path), data=cfg.data,
+                                                          select=type(cfg.select)(ratio=0.5)))
+    finally:
+        go.touch()
+        proc.wait(timeout=60)

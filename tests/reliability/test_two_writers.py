@@ -109,3 +109,26 @@ def test_two_seed_processes_share_one_comparison(tiny_model_dir: Path, gated_set
     assert (root / "metrics.jsonl").read_text().count('"event": "rollouts"') == 1  # one draw, sampled once
     feats = [root / "arms" / "cropi" / f"seed_{s}" / "stages/stage_000/features/pool/features.npy" for s in (0, 1)]
     assert feats[0].stat().st_ino == feats[1].stat().st_ino  # computed once, linked into the other
+
+
+def test_two_runs_on_one_run(tiny_model_dir: Path, gated_sets: dict[str, Path], tmp_path: Path) -> None:
+    """`cropi run` twice on one run: the second stops before any work, naming the first."""
+    args = ["run", "--model", str(tiny_model_dir), "--pool", str(gated_sets["pool"]),
+            "--target", f"a={gated_sets['target']}", "--out-dir", str(tmp_path / "runs"), "--name", "x",
+            "--stages", "1", "--steps-per-stage", "1", "--eval-every", "1", "--ratio", "0.25",
+            "--set", "rollout.k_pool=4", "--set", "rollout.k_target=4", "--set", "rollout.batch_size=8",
+            "--set", "rollout.max_new_tokens=8", "--set", "train.max_new_tokens=8",
+            "--set", "train.prompts_per_step=2", "--set", "train.samples_per_prompt=2", "--set", "projection.k=64"]
+    gate, inside = tmp_path / "gate", tmp_path / "inside"
+    first = start_cli(args, tmp_path / "first.log", CROPI_TEST_GATE=str(gate), CROPI_TEST_INSIDE=str(inside))
+    try:
+        wait_for(inside.exists, first)
+        second = run_cli(args)
+        _one_line_owner(second, first.pid)
+    finally:
+        gate.touch()
+    assert first.wait(timeout=900) == 0, (tmp_path / "first.log").read_text()
+    run = tmp_path / "runs" / "x"
+    _no_stale(run)
+    assert read_json(run / "stages/stage_000/state.json").keys() >= {"scored", "selected", "trained", "evaluated"}
+    assert (run / "metrics.jsonl").read_text().count('"event": "train"') == 1
