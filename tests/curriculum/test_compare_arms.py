@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from cropi.config import RunConfig, ScoreConfig
+from cropi.config import RunConfig, ScoreConfig, SelectConfig
 from cropi.curriculum.compare import arm_config, redundant_arms
 from cropi.curriculum.names import arm_names
 from cropi.curriculum.phases import Run
@@ -40,7 +40,8 @@ def test_cropi_paper_is_redundant_only_when_it_would_repeat_cropi() -> None:
 
 
 def _run(tmp_path: Path) -> tuple[Run, list]:
-    run = Run(RunConfig(), root=tmp_path / "oracle")
+    # hand-made pool items carry no responses: the selection analysis is not what this tests
+    run = Run(RunConfig(select=SelectConfig(analysis=False)), root=tmp_path / "oracle")
     run.sets = DataSets(pool=[], targets={"chain": [SimpleNamespace(source="cs1")] * 3,
                                                       "gcd": [SimpleNamespace(source="gcd20")]})
     pool = [SimpleNamespace(id=f"p{i}", pass_rate=p, source=s, level=None) for i, (s, p) in
