@@ -183,7 +183,7 @@ def _check_rollouts(folder: Path, check: RunCheck) -> None:
             except (OSError, ValueError, pa.ArrowException) as exc:
                 why = f"rollouts.parquet cannot be read ({' '.join(str(exc).split())[:100]})"
         if why is not None:
-            check.add(folder / "rollouts.parquet", RECOMPUTE, f"{why}",
+            check.add(folder / "rollouts.parquet", RECOMPUTE, why.removeprefix("rollouts.parquet: "),
                       f"a command that samples (cropi rollout, score, run) samples {name} again, same seeds")
         else:
             check.add(folder, OK, f"{rows} prompts, matches its manifest")
