@@ -61,6 +61,22 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "combined": {"rollout.k_first": 4, "rollout.k_target": 8},
 }
 """Dotted config keys of each configuration on top of the defaults (``today``)."""
+WHAT_IF: dict[str, dict[str, int | None]] = {
+    "full": {"k_pool": 8, "k_first": None, "k_target": 32},
+    "adaptive-k4": {"k_pool": 8, "k_first": 4, "k_target": 32},
+    "adaptive-k2": {"k_pool": 8, "k_first": 2, "k_target": 32},
+    "pool-k4": {"k_pool": 4, "k_first": None, "k_target": 32},
+    "pool-k4-adaptive-k2": {"k_pool": 4, "k_first": 2, "k_target": 32},
+    "ktarget16": {"k_pool": 8, "k_first": None, "k_target": 16},
+    "ktarget8": {"k_pool": 8, "k_first": None, "k_target": 8},
+    "ktarget4": {"k_pool": 8, "k_first": None, "k_target": 4},
+    "adaptive-k4-ktarget8": {"k_pool": 8, "k_first": 4, "k_target": 8},
+    "pool-k4-ktarget8": {"k_pool": 4, "k_first": None, "k_target": 8},
+    "pool-k4-adaptive-k2-ktarget8": {"k_pool": 4, "k_first": 2, "k_target": 8},
+}
+"""What-if cells (``--what-if``): today's seed-0 draw's own responses cut to fewer per prompt
+(:mod:`cropi.bench.subsample`), scored and selected like a draw. Their picks differ from the draw's
+only through the setting (no sampling noise between them); ``full`` re-scores the uncut copy."""
 RECOMMENDED = "combined"
 SHORTLIST = 3.0
 """``score.shortlist`` of the stage-1 cell: the previous best 3 x budget, and as many low-ESS."""
@@ -144,6 +160,66 @@ def stage1(work: Path, suite: str, config: str, seed: int, steps: int, shortlist
     sel = api.select_prompts(run, 1)
     return {"config": config, "seed": seed, "shortlist": shortlist, "run": str(run.dir.root), "load_1min": load,
             **parts(run, 1), "picks": sel.ids}
+
+
+def what_if(work: Path, suite: str, name: str, draw: dict[str, Any], steps: int) -> dict[str, Any]:
+    """Today's seed-0 draw's responses cut by :data:`WHAT_IF` ``name``, scored and selected in a
+    run with the draw's config (the cut copy is its rollouts folder)."""
+    from cropi.bench.subsample import cut_rollouts
+
+    setting = WHAT_IF[name]
+    base = api.open_run(draw_config(work, suite, "today", 0, steps))
+    cfg = api.make_config(draw_config(work, suite, "today", 0, steps), name=f"whatif-{name}-r0")
+    root = Path(cfg.out_dir) / cfg.name
+    counts = None
+    if not (root / "rollouts" / "pool" / "manifest.json").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        counts = cut_rollouts(base.dir.rollouts_root, root / "rollouts", int(setting["k_pool"]),
+                              setting["k_first"], int(setting["k_target"]))
+    run = api.open_run(cfg)
+    api.sample_rollouts(run)  # the cut sets are complete: nothing is sampled
+    api.score_stage(run, 0)
+    sel = api.select_prompts(run, 0)
+    score = [e for e in read_jsonl(run.dir.root / "metrics.jsonl") if e.get("event") == "score"][-1]
+    return {"setting": setting, "run": str(run.dir.root), "counts": counts, "picks": sel.ids,
+            "work_gradients": score["work"], "target_cosine": _target_cosines(base, run)}
+
+
+def _target_cosines(full: Any, cut: Any) -> dict[str, float]:
+    """Per target set: cosine of the cut run's stage-0 target mean (projected) with the full draw's."""
+    from cropi.influence.features import FeatureStore
+    from cropi.influence.scores import store_target_mean
+
+    out = {}
+    for folder in sorted((full.dir.stage(0) / "features" / "targets").iterdir()):
+        a = store_target_mean(FeatureStore.load(folder), full.cfg.score.target_max, full.cfg.score.seed)[0]
+        b = store_target_mean(FeatureStore.load(cut.dir.stage(0) / "features" / "targets" / folder.name),
+                              cut.cfg.score.target_max, cut.cfg.score.seed)[0]
+        out[folder.name] = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    return out
+
+
+def summarize_what_if(suite: str, cells: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    """Per what-if cell: responses and tokens kept per part, prompts with a gradient, the picks'
+    overlap with the full draw's (same responses) and enrichment."""
+    today0 = cells["today-r0"]
+    ids = _pool_ids(today0)
+    n = len(today0["picks"])
+    full_pos = positions(ids, today0["picks"])
+    out = {}
+    for name, cell in cells.get("what_if", {}).items():
+        m = pick_metrics(suite, {"N": cell}, 0, rng)["per_draw"]["N"]
+        c = cell["counts"] or {}
+        pool = c.get("pool", {})
+        tgt = [v for k, v in c.items() if k.startswith("targets/")]
+        out[name] = {
+            "pool_tokens_kept": pool.get("tokens", 0) / max(pool.get("tokens_full", 1), 1),
+            "target_tokens_kept": sum(v["tokens"] for v in tgt) / max(sum(v["tokens_full"] for v in tgt), 1),
+            "tokens_backward": cell["work_gradients"].get("tokens_backward", 0),
+            "n_grad": m["n_grad"], "enrichment": m["enrichment"], "enrichment_ci": m["enrichment_ci"],
+            "overlap_vs_full": overlap(full_pos, positions(ids, cell["picks"]), n),
+            "target_cosine": cell["target_cosine"]}
+    return out
 
 
 def _link_stage0(src: Path, dest: Path) -> None:
@@ -258,6 +334,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--work", default="runs/selection_cost", help="folder of the draws' runs")
     ap.add_argument("--report-only", action="store_true", help="summarize the finished cells only")
+    ap.add_argument("--what-if", dest="what_if", default="",
+                    help="what-if cells to run on today's seed-0 draw, comma-separated (all: every one "
+                         f"of {', '.join(WHAT_IF)})")
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="config KEY=VALUE for every draw (e.g. a smoke run: rollout.max_new_tokens=16)")
     ap.add_argument("--name", default=NAME, help="result file name [selection_cost]")
@@ -298,10 +377,18 @@ def main() -> None:
                 if key not in got and f"{config}-r{seed}" in got:
                     got[key] = stage1(work, suite, config, seed, args.steps, short)
                     save()
+        names = list(WHAT_IF) if args.what_if == "all" else [w for w in args.what_if.split(",") if w]
+        for name in names if "today-r0" in got and not args.report_only else []:
+            if name not in got.setdefault("what_if", {}):
+                got["what_if"][name] = what_if(work, suite, name, got["today-r0"], args.steps)
+                save()
+        if got.get("what_if") and "today-r0" in got:
+            details.setdefault(suite, {})["what_if"] = summarize_what_if(suite, got, rng)
+            save()
         result = summarize(suite, got, rng)
         if result is not None:
             summaries[suite] = result.pop("summary")
-            details[suite] = result
+            details[suite] = {**details.get(suite, {}), **result}
             save()
     _print(summaries, details, cells)
 
@@ -310,6 +397,8 @@ def _print(summaries: dict[str, Any], details: dict[str, Any], cells: dict[str, 
     rows = []
     for suite, cell in cells.items():
         for key, c in cell.items():
+            if key == "what_if":
+                continue
             s = c["seconds"]
             w = c["work"]["total"]
             rows.append([suite, key, f"{s['total']:.0f}", f"{s.get('pool_rollouts', 0):.0f}",
@@ -318,6 +407,16 @@ def _print(summaries: dict[str, Any], details: dict[str, Any], cells: dict[str, 
     print_table(["suite", "draw", "total s", "pool roll s", "target roll s", "grad s", "proj s",
                  "tok generated", "tok backprop", "load"], rows)
     for suite, d in details.items():
+        if d.get("what_if"):
+            print(f"\n{suite}: what-if cells on today's seed-0 draw (its own responses, cut)")
+            print_table(["cell", "pool tokens", "target tokens", "tok backprop", "n grad", "enrichment",
+                         "overlap vs full", "target cosine"],
+                        [[k, f"{v['pool_tokens_kept']:.2f}", f"{v['target_tokens_kept']:.2f}", v["tokens_backward"],
+                          v["n_grad"], f"{v['enrichment']:.2f}", f"{v['overlap_vs_full']:.2f}",
+                          " ".join(f"{c:.3f}" for c in v["target_cosine"].values())]
+                         for k, v in d["what_if"].items()])
+        if "noise_floor_overlap" not in d:
+            continue
         print(f"\n{suite}: noise floor overlap {d['noise_floor_overlap']:.2f}, today's enrichment "
               f"{d['enrichment_today']:.2f} {d['enrichment_today_ci']}")
         print_table(["config", "speed-up (s)", "speed-up (generated)", "speed-up (backprop)", "enrichment",

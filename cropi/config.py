@@ -118,6 +118,9 @@ class GradientConfig:
     advantage: str = opt("grpo", "grpo (group-normalised) or reweighted (importance-weighted moments)")
     mode: str = opt("offpolicy", "offpolicy (POPI on stored beta rollouts) or onpolicy (fresh samples)")
     max_batch_tokens: int = opt(4096, "token budget of one forward/backward micro-batch")
+    concat_responses: bool = opt(True, "run a prompt's responses as one sequence after the prompt, each "
+                                 "attending to the prompt and itself only (no padding); false: one row "
+                                 "per response, padded to the longest (the earlier pass)")
     autocast_bf16: bool | None = opt(None, "bf16 autocast in the gradient pass (fp32 parameters, gradients "
                                      "and accumulation); None: on where bf16 is fast (CUDA with bf16, "
                                      "CPUs with AVX512-BF16 or AMX), off elsewhere")

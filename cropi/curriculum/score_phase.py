@@ -14,7 +14,7 @@ import numpy as np
 from cropi.curriculum.names import SCORE_BACKENDS
 from cropi.curriculum.phases import Run
 from cropi.data.io import dataset_fingerprint
-from cropi.influence.drift import drift_summary, pool_ess
+from cropi.influence.drift import drift_summary, drift_tokens, pool_ess
 from cropi.influence.features import DamagedRows, FeatureStore
 from cropi.influence.pipeline import Timings, add_timings, compute_features, prepare_scoring
 from cropi.influence.scorers import score as run_scorer
@@ -152,13 +152,13 @@ def _drift(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]
     path = run.model_path(stage)
     policy = run.policy(path)
     pool = sets["pool"]
+    concat = run.cfg.gradient.concat_responses
     ess_k, per_prompt = pool_ess(policy.model, pool, policy.pad_id, run.cfg.gradient.max_batch_tokens,
-                                 details=True)
+                                 details=True, concat=concat)
     threshold = run.cfg.score.resample_below_ess
     summary = drift_summary(ess_k, 0.5 if threshold is None else threshold)
     low = [it.id for it, e in zip(pool, ess_k) if threshold is not None and np.isfinite(e) and e < threshold]
-    forward = sum(len(it.prompt_ids) * len(it.response_ids) + sum(len(r) for r in it.response_ids)
-                  for it in pool if not it.zero_grad)  # pool_ess: the packed pass, prompts with a gradient
+    forward = sum(drift_tokens(it, concat) for it in pool if not it.zero_grad)  # prompts with a gradient
     run.dir.log_metrics("drift", stage=stage, **summary, resampled=len(low), seconds=time.perf_counter() - t0,
                         work=Work(prompts=sum(not it.zero_grad for it in pool), tokens_forward=forward).as_dict())
     log.info("stage %d drift: mean ESS/K %s, %s of %d prompts below %s", stage, summary["mean_ess"],

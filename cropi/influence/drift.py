@@ -25,14 +25,17 @@ from cropi.utils.progress import track
 
 
 def prompt_drift(model: torch.nn.Module, item: PromptRollouts, pad_id: int,
-                 max_batch_tokens: int = 4096) -> tuple[float, float, float]:
+                 max_batch_tokens: int = 4096, concat: bool = True) -> tuple[float, float, float]:
     """``(ESS/K, nll, pass_rate_is)`` of one prompt's stored responses at ``model``'s weights
     (teacher-forced, no grad): the ESS of the sequence weights, the policy's mean negative
     log-probability per token of the responses, and its pass rate estimated with self-normalised
-    sequence weights, sum_k w_k R_k / sum_k w_k."""
+    sequence weights, sum_k w_k R_k / sum_k w_k. ``concat``: the prompt once and its responses
+    as one sequence (:func:`~cropi.model.logprobs.shared_prefix_logprobs`); False: the prompt
+    with every response, padded rows (the earlier pass)."""
     k = len(item.response_ids)
     lp = [np.asarray(x, dtype=np.float64) for x in
-          response_logprobs(model, [item.prompt_ids] * k, item.response_ids, pad_id, max_batch_tokens)]
+          response_logprobs(model, [item.prompt_ids] * k, item.response_ids, pad_id, max_batch_tokens,
+                            share_prompts=concat)]
     logw = sequence_logw(lp, item.logprobs)
     n_tok = sum(x.size for x in lp)
     nll = float(-sum(x.sum() for x in lp) / n_tok) if n_tok else float("nan")
@@ -42,14 +45,14 @@ def prompt_drift(model: torch.nn.Module, item: PromptRollouts, pad_id: int,
 
 
 def prompt_ess(model: torch.nn.Module, item: PromptRollouts, pad_id: int,
-               max_batch_tokens: int = 4096) -> float:
+               max_batch_tokens: int = 4096, concat: bool = True) -> float:
     """ESS/K of one prompt's stored responses at ``model``'s weights (teacher-forced, no grad)."""
-    return prompt_drift(model, item, pad_id, max_batch_tokens)[0]
+    return prompt_drift(model, item, pad_id, max_batch_tokens, concat)[0]
 
 
 def pool_ess(model: torch.nn.Module, items: Sequence[PromptRollouts], pad_id: int,
-             max_batch_tokens: int = 4096, only_with_gradient: bool = True, details: bool = False
-             ) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
+             max_batch_tokens: int = 4096, only_with_gradient: bool = True, details: bool = False,
+             concat: bool = True) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
     """``[n]`` ESS/K per prompt; NaN for prompts without a gradient when ``only_with_gradient``
     (they are never scored, so their drift does not matter and costs nothing).
 
@@ -62,11 +65,18 @@ def pool_ess(model: torch.nn.Module, items: Sequence[PromptRollouts], pad_id: in
     todo = [i for i, it in enumerate(items) if not (only_with_gradient and it.zero_grad)]
     with track("drift (ESS)", total=len(todo)) as bar:
         for i in todo:
-            out[i], nll[i], pass_is[i] = prompt_drift(model, items[i], pad_id, max_batch_tokens)
+            out[i], nll[i], pass_is[i] = prompt_drift(model, items[i], pad_id, max_batch_tokens, concat)
             bar.advance()
     if details:
         return out, {"nll": nll, "pass_rate_is": pass_is}
     return out
+
+
+def drift_tokens(item: PromptRollouts, concat: bool = True) -> int:
+    """Tokens :func:`prompt_drift` runs forward for ``item`` (one micro-batch per prompt assumed):
+    the prompt once and every response (``concat``), else the prompt with every response."""
+    resp = sum(len(r) for r in item.response_ids)
+    return resp + len(item.prompt_ids) * (1 if concat else len(item.response_ids))
 
 
 def drift_summary(ess_k: np.ndarray, threshold: float = 0.5) -> dict[str, float | int | None]:

@@ -24,7 +24,7 @@ import torch
 
 from cropi.config import GradientConfig
 from cropi.model.loading import bf16_is_fast
-from cropi.model.logprobs import (cache_kw, micro_batches, new_cache, pack, prompt_groups,
+from cropi.model.logprobs import (cache_kw, micro_batches, new_cache, pack, prefix_groups,
                                   shared_prefix_logprobs, token_logprobs)
 from cropi.rollout.store import PromptRollouts
 
@@ -56,10 +56,10 @@ def surrogate(new_lp: torch.Tensor, old_lp: torch.Tensor, mask: torch.Tensor, ad
     return (obj.sum(-1) / lengths).sum()
 
 
-def _reweight(model: torch.nn.Module, item: PromptRollouts, pad_id: int) -> torch.Tensor:
+def _reweight(model: torch.nn.Module, item: PromptRollouts, pad_id: int, concat: bool = True) -> torch.Tensor:
     """Sequence weights w_k = exp(mean_t log pi - mean_t log beta) at the current model. [K]"""
     with torch.no_grad():
-        lp = shared_prefix_logprobs(model, item.prompt_ids, item.response_ids, pad_id).double().cpu()
+        lp = shared_prefix_logprobs(model, item.prompt_ids, item.response_ids, pad_id, concat).double().cpu()
     lens = torch.as_tensor([len(r) for r in item.response_ids], dtype=torch.float64).clamp(min=1)
     old = torch.zeros_like(lp)
     for i, o in enumerate(item.logprobs):
@@ -81,8 +81,8 @@ def backward_tokens(item: PromptRollouts, cfg: GradientConfig, shared_prefix: bo
     if not shared_prefix:
         return resp + len(item.prompt_ids) * len(item.response_ids)
     k = len(item.response_ids)
-    groups = prompt_groups([item.prompt_ids] * k, [1 + len(r) for r in item.response_ids], cfg.max_batch_tokens)
-    return resp + len(item.prompt_ids) * len(list(groups))
+    groups = prefix_groups([item.prompt_ids] * k, item.response_ids, cfg.max_batch_tokens, cfg.concat_responses)
+    return resp + len(item.prompt_ids) * len(groups)
 
 
 def popi_backward(model: torch.nn.Module, item: PromptRollouts, cfg: GradientConfig,
@@ -97,12 +97,12 @@ def popi_backward(model: torch.nn.Module, item: PromptRollouts, cfg: GradientCon
         return False
     device = next(model.parameters()).device
     rewards = torch.as_tensor(item.rewards, dtype=torch.float32)
-    weights = _reweight(model, item, pad_id) if cfg.advantage == "reweighted" else None
+    weights = _reweight(model, item, pad_id, cfg.concat_responses) if cfg.advantage == "reweighted" else None
     adv = grpo_advantages(rewards, weights)
     k = len(item.response_ids)
     if shared_prefix:
-        for idx in prompt_groups([item.prompt_ids] * k, [1 + len(r) for r in item.response_ids],
-                                 cfg.max_batch_tokens):
+        for idx in prefix_groups([item.prompt_ids] * k, item.response_ids, cfg.max_batch_tokens,
+                                 cfg.concat_responses):
             resp = [item.response_ids[i] for i in idx]
             r_len = max(1, max(len(r) for r in resp))
             mask = torch.zeros((len(idx), r_len), device=device)
@@ -111,7 +111,7 @@ def popi_backward(model: torch.nn.Module, item: PromptRollouts, cfg: GradientCon
                 mask[j, :len(resp[j])] = 1.0
                 old[j, :len(item.logprobs[i])] = torch.as_tensor(item.logprobs[i], device=device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast(cfg, device)):
-                new = shared_prefix_logprobs(model, item.prompt_ids, resp, pad_id)
+                new = shared_prefix_logprobs(model, item.prompt_ids, resp, pad_id, cfg.concat_responses)
             obj = surrogate(new.float(), old, mask, adv[idx].to(device), mask.sum(-1).clamp(min=1),
                             cfg.clip_eps)
             (-obj / k).backward()
@@ -206,7 +206,7 @@ def popi_backward_batched(model: torch.nn.Module, items: Sequence[PromptRollouts
         old[j, :len(lp[j])] = torch.as_tensor(lp[j])
     advs = []
     for it in items:
-        weights = _reweight(model, it, pad_id) if cfg.advantage == "reweighted" else None
+        weights = _reweight(model, it, pad_id, cfg.concat_responses) if cfg.advantage == "reweighted" else None
         advs.append(grpo_advantages(torch.as_tensor(it.rewards, dtype=torch.float32), weights))
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     pmask = torch.zeros((n, width), dtype=torch.long)

@@ -102,14 +102,21 @@ def new_cache(model: Any) -> Any:
 
 
 def shared_prefix_logprobs(model: torch.nn.Module, prompt: Sequence[int],
-                           responses: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
+                           responses: Sequence[Sequence[int]], pad_id: int,
+                           concat: bool = True) -> torch.Tensor:
     """``token_logprobs(model, pack([prompt] * K, responses))`` with the prompt run once: [K, R].
 
     Float32 log-softmax, 0 on padding; differentiable when called with grad enabled.
+    ``concat`` (default): the K responses run as ONE sequence after the prompt, each attending
+    to the prompt and to itself only (:func:`concat_mask`), so no position is padding; it falls
+    back to the padded rows on attention kernels that take no 4D mask. False: one row per
+    response, padded to the longest (the round-2 pass).
     """
     device = next(model.parameters()).device
     if not prompt:
         raise ValueError("empty prompt")
+    if concat and _takes_4d_mask(model):
+        return _concat_logprobs(model, prompt, responses)
     k = len(responses)
     r_len = max(1, max(len(r) for r in responses))
     p = torch.as_tensor(list(prompt), dtype=torch.long, device=device)
@@ -122,10 +129,8 @@ def shared_prefix_logprobs(model: torch.nn.Module, prompt: Sequence[int],
             resp[i, :len(r)] = torch.as_tensor(list(r), dtype=torch.long)
             rmask[i, :len(r)] = 1.0
     cont[:, 0] = p[-1]
-    cache, kw = None, cache_kw(model)
-    if len(prompt) > 1:
-        cache = new_cache(model)
-        model(input_ids=p[None, :-1], use_cache=True, logits_to_keep=1, **{kw: cache})
+    cache, kw = _prompt_cache(model, p)
+    if cache is not None:
         cache.batch_repeat_interleave(k)
     out = model(input_ids=cont.to(device), use_cache=cache is not None, **{kw: cache})
     logp = torch.log_softmax(out.logits[:, :r_len, :].float(), dim=-1)
@@ -133,34 +138,104 @@ def shared_prefix_logprobs(model: torch.nn.Module, prompt: Sequence[int],
     return tok * rmask.to(device)
 
 
+def _prompt_cache(model: torch.nn.Module, prompt: torch.Tensor) -> tuple[Any, str]:
+    """A one-row KV cache of ``prompt`` minus its last token (None for a one-token prompt)."""
+    kw = cache_kw(model)
+    if len(prompt) < 2:
+        return None, kw
+    cache = new_cache(model)
+    model(input_ids=prompt[None, :-1], use_cache=True, logits_to_keep=1, **{kw: cache})
+    return cache, kw
+
+
+def _takes_4d_mask(model: Any) -> bool:
+    """Whether ``model``'s attention applies a custom 4D mask (sdpa and eager do; flash kernels
+    do not)."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    return impl in ("sdpa", "eager")
+
+
+def concat_mask(prefix: int, lengths: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """Boolean [1, 1, T, prefix + T] attention mask of blocks of ``lengths`` (T = their sum) laid
+    one after the other behind a cached prefix: every position sees the whole prefix and the
+    positions of its own block up to itself, nothing of the other blocks."""
+    block = torch.repeat_interleave(torch.arange(len(lengths)), torch.as_tensor(list(lengths)))
+    pos = torch.cat([torch.arange(n) for n in lengths]) if lengths else torch.zeros(0, dtype=torch.long)
+    own = (block[:, None] == block[None, :]) & (pos[None, :] <= pos[:, None])
+    full = torch.cat([torch.ones((len(block), prefix), dtype=torch.bool), own], dim=1)
+    return full[None, None].to(device)
+
+
+def _concat_logprobs(model: torch.nn.Module, prompt: Sequence[int],
+                     responses: Sequence[Sequence[int]]) -> torch.Tensor:
+    """The concatenated pass of :func:`shared_prefix_logprobs`: block i is [last prompt token,
+    response i minus its last token] at positions len(prompt) - 1 onwards; its logits predict
+    response i."""
+    device = next(model.parameters()).device
+    k = len(responses)
+    r_len = max(1, max(len(r) for r in responses))
+    p = torch.as_tensor(list(prompt), dtype=torch.long, device=device)
+    cache, kw = _prompt_cache(model, p)
+    lengths = [len(r) for r in responses if r]
+    out = torch.zeros((k, r_len), dtype=torch.float32, device=device)
+    if not lengths:
+        return out
+    last = int(prompt[-1])
+    ids = torch.as_tensor([t for r in responses if r for t in [last, *r[:-1]]], dtype=torch.long, device=device)
+    target = torch.as_tensor([t for r in responses for t in r], dtype=torch.long, device=device)
+    offsets = torch.cat([torch.arange(n) for n in lengths]).to(device)
+    prefix = len(prompt) - 1
+    logits = model(input_ids=ids[None], position_ids=(prefix + offsets)[None],
+                   attention_mask=concat_mask(prefix, lengths, device), use_cache=cache is not None,
+                   **{kw: cache}).logits[0]
+    tok = torch.log_softmax(logits.float(), dim=-1).gather(-1, target[:, None]).squeeze(-1)
+    rows = torch.repeat_interleave(torch.as_tensor([i for i, r in enumerate(responses) if r]),
+                                   torch.as_tensor(lengths)).to(device)
+    return out.index_put((rows, offsets), tok)
+
+
 def prompt_groups(prompts: Sequence[Sequence[int]], lengths: Sequence[int],
-                  max_batch_tokens: int) -> list[list[int]]:
-    """Runs of consecutive rows with the same prompt, cut so that rows x longest stays in budget."""
+                  max_batch_tokens: int, concat: bool = False) -> list[list[int]]:
+    """Runs of consecutive rows with the same prompt, cut so that rows x longest (``concat``: the
+    sum of the lengths) stays in budget."""
+    def size(rows: list[int]) -> int:
+        return sum(lengths[j] for j in rows) if concat else max(lengths[j] for j in rows) * len(rows)
+
     groups: list[list[int]] = []
     for i in range(len(prompts)):
         if groups and list(prompts[groups[-1][0]]) == list(prompts[i]) and \
-                max(lengths[j] for j in groups[-1] + [i]) * (len(groups[-1]) + 1) <= max_batch_tokens:
+                size(groups[-1] + [i]) <= max_batch_tokens:
             groups[-1].append(i)
         else:
             groups.append([i])
     return groups
 
 
+def prefix_groups(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+                  max_batch_tokens: int, concat: bool = True) -> list[list[int]]:
+    """The micro-batches of :func:`shared_prefix_logprobs` calls: runs of rows with the same
+    prompt within the budget (``concat``: their tokens; else rows x (1 + the longest))."""
+    lengths = [len(r) if concat else 1 + len(r) for r in responses]
+    return prompt_groups(prompts, lengths, max_batch_tokens, concat)
+
+
 def response_logprobs(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
                       responses: Sequence[Sequence[int]], pad_id: int,
-                      max_batch_tokens: int = 8192, share_prompts: bool = False) -> list[list[float]]:
+                      max_batch_tokens: int = 8192, share_prompts: bool = False,
+                      concat: bool = True) -> list[list[float]]:
     """Per-token log-probs of each response (no grad), in micro-batches within a token budget.
 
     ``share_prompts``: consecutive rows with the same prompt run as one
-    :func:`shared_prefix_logprobs` call (the budget counts 1 + response tokens per row).
+    :func:`shared_prefix_logprobs` call (``concat``: its responses as one sequence, the budget
+    counting their tokens; else padded rows, the budget counting rows x (1 + the longest)).
     """
     device = next(model.parameters()).device
     out: list[list[float]] = []
     if share_prompts:
-        for idx in prompt_groups(prompts, [1 + len(r) for r in responses], max_batch_tokens):
+        for idx in prefix_groups(prompts, responses, max_batch_tokens, concat):
             with torch.no_grad():
                 lp = shared_prefix_logprobs(model, prompts[idx[0]], [responses[i] for i in idx],
-                                            pad_id).cpu()
+                                            pad_id, concat).cpu()
             out.extend(lp[j, :len(responses[i])].tolist() for j, i in enumerate(idx))
         return out
     for idx in micro_batches([len(p) + len(r) for p, r in zip(prompts, responses, strict=True)],

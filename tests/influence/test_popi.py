@@ -101,18 +101,21 @@ def _rel(a, b):
     return float((a - b).norm() / b.norm())
 
 
+@pytest.mark.parametrize("concat", [True, False])
 @pytest.mark.parametrize("clip", [None, 0.2])
-def test_popi_matches_float64_naive_loop(small_lm, clip):
+def test_popi_matches_float64_naive_loop(small_lm, clip, concat):
+    assert small_lm.config._attn_implementation == "sdpa"  # the concatenated pass runs (no fallback)
     item = _item([1, 0, 0, 1], seed=1)
     ref = _naive_grad(small_lm, item, clip)
-    ours = _ours(small_lm, item, clip_eps=clip)
+    ours = _ours(small_lm, item, clip_eps=clip, concat_responses=concat)
     assert _rel(ours, ref) < 1e-5
 
 
-def test_popi_invariant_to_micro_batch_size(small_lm):
+@pytest.mark.parametrize("concat", [True, False])
+def test_popi_invariant_to_micro_batch_size(small_lm, concat):
     item = _item([1, 0, 1, 0, 0, 1], seed=2, k=6)
-    a = _ours(small_lm, item, max_batch_tokens=16)  # one response per micro-batch
-    b = _ours(small_lm, item, max_batch_tokens=4096)  # all at once
+    a = _ours(small_lm, item, max_batch_tokens=16, concat_responses=concat)  # a response or two per micro-batch
+    b = _ours(small_lm, item, max_batch_tokens=4096, concat_responses=concat)  # all at once
     assert _rel(a, b) < 1e-6
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cropi.model.loading import load_model, load_tokenizer
-from cropi.model.logprobs import pack, response_logprobs, shared_prefix_logprobs, token_logprobs
+from cropi.model.logprobs import concat_mask, pack, response_logprobs, shared_prefix_logprobs, token_logprobs
 from cropi.model.template import prompt_token_ids
 from cropi.rollout.sampler import HFSampler, SamplingParams, decode
 
@@ -59,20 +60,30 @@ def test_sampled_decode_is_seeded_and_follows_the_policy(tiny_model_dir):
     assert nucleus == greedy  # top_p -> 0 keeps the argmax only
 
 
-def test_shared_prefix_logprobs_equal_packed_pass(tiny_model_dir):
+@pytest.mark.parametrize("concat", [True, False])
+def test_shared_prefix_logprobs_equal_packed_pass(tiny_model_dir, concat):
     model, tok, prompts = _setup(tiny_model_dir)
     responses = [[5, 6, 7], [8], [9, 10, 11, 12, 13], []]
     p = prompts[2]
     with torch.no_grad():
         ref = token_logprobs(model, pack([p] * 4, responses, tok.pad_token_id))
-        got = shared_prefix_logprobs(model, p, responses, tok.pad_token_id)
+        got = shared_prefix_logprobs(model, p, responses, tok.pad_token_id, concat)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     flat_p = [q for q in prompts for _ in range(2)]
     flat_r = [[5, 6], [7], [8, 9, 10], [11], [12], [13, 14]]
-    shared = response_logprobs(model, flat_p, flat_r, tok.pad_token_id, share_prompts=True)
+    shared = response_logprobs(model, flat_p, flat_r, tok.pad_token_id, share_prompts=True, concat=concat,
+                               max_batch_tokens=3)  # several micro-batches per prompt
     packed = response_logprobs(model, flat_p, flat_r, tok.pad_token_id)
     for a, b in zip(shared, packed, strict=True):
         torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-5, atol=1e-5)
+
+
+def test_concat_mask_sees_the_prefix_and_its_own_block():
+    m = concat_mask(2, [2, 1, 3])[0, 0]
+    assert m.shape == (6, 8) and m[:, :2].all()
+    own = m[:, 2:].int().tolist()
+    assert own == [[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0],
+                   [0, 0, 0, 1, 0, 0], [0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 1, 1]]
 
 
 def test_continuous_batching_equals_one_batch(small_lm, tiny_model_dir):
