@@ -50,7 +50,7 @@ from cropi import api
 from cropi.bench import load_result, print_table, write_result
 from cropi.bench.selection_cells import family_of, suite_spec
 from cropi.report.selection_quality import fused_rule, overlap, selection_metrics
-from cropi.utils.io import read_jsonl
+from cropi.utils.io import atomic_write_json, read_json, read_jsonl
 
 NAME = "selection_cost"
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -63,16 +63,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
 """Dotted config keys of each configuration on top of the defaults (``today``)."""
 WHAT_IF: dict[str, dict[str, int | None]] = {
     "full": {"k_pool": 8, "k_first": None, "k_target": 32},
-    "adaptive-k4": {"k_pool": 8, "k_first": 4, "k_target": 32},
-    "adaptive-k2": {"k_pool": 8, "k_first": 2, "k_target": 32},
-    "pool-k4": {"k_pool": 4, "k_first": None, "k_target": 32},
-    "pool-k4-adaptive-k2": {"k_pool": 4, "k_first": 2, "k_target": 32},
-    "ktarget16": {"k_pool": 8, "k_first": None, "k_target": 16},
     "ktarget8": {"k_pool": 8, "k_first": None, "k_target": 8},
-    "ktarget4": {"k_pool": 8, "k_first": None, "k_target": 4},
+    "adaptive-k4": {"k_pool": 8, "k_first": 4, "k_target": 32},
     "adaptive-k4-ktarget8": {"k_pool": 8, "k_first": 4, "k_target": 8},
     "pool-k4-ktarget8": {"k_pool": 4, "k_first": None, "k_target": 8},
     "pool-k4-adaptive-k2-ktarget8": {"k_pool": 4, "k_first": 2, "k_target": 8},
+    "adaptive-k2": {"k_pool": 8, "k_first": 2, "k_target": 32},
+    "pool-k4": {"k_pool": 4, "k_first": None, "k_target": 32},
+    "ktarget16": {"k_pool": 8, "k_first": None, "k_target": 16},
+    "ktarget4": {"k_pool": 8, "k_first": None, "k_target": 4},
+    "adaptive-k2-ktarget8": {"k_pool": 8, "k_first": 2, "k_target": 8},
 }
 """What-if cells (``--what-if``): today's seed-0 draw's own responses cut to fewer per prompt
 (:mod:`cropi.bench.subsample`), scored and selected like a draw. Their picks differ from the draw's
@@ -164,37 +164,38 @@ def stage1(work: Path, suite: str, config: str, seed: int, steps: int, shortlist
 
 def what_if(work: Path, suite: str, name: str, draw: dict[str, Any], steps: int) -> dict[str, Any]:
     """Today's seed-0 draw's responses cut by :data:`WHAT_IF` ``name``, scored and selected in a
-    run with the draw's config (the cut copy is its rollouts folder)."""
+    run with the draw's config (the cut copy is its rollouts folder; the draw's own run is only
+    read, never opened, so a benchmark still writing it is not disturbed)."""
     from cropi.bench.subsample import cut_rollouts
 
     setting = WHAT_IF[name]
-    base = api.open_run(draw_config(work, suite, "today", 0, steps))
     cfg = api.make_config(draw_config(work, suite, "today", 0, steps), name=f"whatif-{name}-r0")
     root = Path(cfg.out_dir) / cfg.name
-    counts = None
-    if not (root / "rollouts" / "pool" / "manifest.json").exists():
+    if not (root / "cut_counts.json").exists():
         shutil.rmtree(root, ignore_errors=True)
-        counts = cut_rollouts(base.dir.rollouts_root, root / "rollouts", int(setting["k_pool"]),
+        counts = cut_rollouts(Path(draw["run"]) / "rollouts", root / "rollouts", int(setting["k_pool"]),
                               setting["k_first"], int(setting["k_target"]))
+        atomic_write_json(root / "cut_counts.json", counts)
+    counts = read_json(root / "cut_counts.json")
     run = api.open_run(cfg)
     api.sample_rollouts(run)  # the cut sets are complete: nothing is sampled
     api.score_stage(run, 0)
     sel = api.select_prompts(run, 0)
     score = [e for e in read_jsonl(run.dir.root / "metrics.jsonl") if e.get("event") == "score"][-1]
     return {"setting": setting, "run": str(run.dir.root), "counts": counts, "picks": sel.ids,
-            "work_gradients": score["work"], "target_cosine": _target_cosines(base, run)}
+            "work_gradients": score["work"], "seconds_gradients": score["grad_s"],
+            "target_cosine": _target_cosines(Path(draw["run"]), run)}
 
 
-def _target_cosines(full: Any, cut: Any) -> dict[str, float]:
+def _target_cosines(full: Path, cut: Any) -> dict[str, float]:
     """Per target set: cosine of the cut run's stage-0 target mean (projected) with the full draw's."""
     from cropi.influence.features import FeatureStore
     from cropi.influence.scores import store_target_mean
 
     out = {}
-    for folder in sorted((full.dir.stage(0) / "features" / "targets").iterdir()):
-        a = store_target_mean(FeatureStore.load(folder), full.cfg.score.target_max, full.cfg.score.seed)[0]
-        b = store_target_mean(FeatureStore.load(cut.dir.stage(0) / "features" / "targets" / folder.name),
-                              cut.cfg.score.target_max, cut.cfg.score.seed)[0]
+    for folder in sorted((full / "stages" / "stage_000" / "features" / "targets").iterdir()):
+        a, b = (store_target_mean(FeatureStore.load(f), cut.cfg.score.target_max, cut.cfg.score.seed)[0]
+                for f in (folder, cut.dir.stage(0) / "features" / "targets" / folder.name))
         out[folder.name] = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
     return out
 
@@ -209,7 +210,7 @@ def summarize_what_if(suite: str, cells: dict[str, Any], rng: np.random.Generato
     out = {}
     for name, cell in cells.get("what_if", {}).items():
         m = pick_metrics(suite, {"N": cell}, 0, rng)["per_draw"]["N"]
-        c = cell["counts"] or {}
+        c = cell["counts"]
         pool = c.get("pool", {})
         tgt = [v for k, v in c.items() if k.startswith("targets/")]
         out[name] = {
@@ -335,8 +336,8 @@ def main() -> None:
     ap.add_argument("--work", default="runs/selection_cost", help="folder of the draws' runs")
     ap.add_argument("--report-only", action="store_true", help="summarize the finished cells only")
     ap.add_argument("--what-if", dest="what_if", default="",
-                    help="what-if cells to run on today's seed-0 draw, comma-separated (all: every one "
-                         f"of {', '.join(WHAT_IF)})")
+                    help="run only these what-if cells on today's seed-0 draw (no draws), comma-separated "
+                         f"(all: every one of {', '.join(WHAT_IF)})")
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="config KEY=VALUE for every draw (e.g. a smoke run: rollout.max_new_tokens=16)")
     ap.add_argument("--name", default=NAME, help="result file name [selection_cost]")
@@ -363,14 +364,14 @@ def main() -> None:
     plan = [("today", 0), ("today", 1)] + [(c, 1) for c in configs if c != "today"]
     for suite in suites:
         got = cells.setdefault(suite, {})
-        for config, seed in plan if not args.report_only else []:
+        for config, seed in plan if not (args.report_only or args.what_if) else []:
             key = f"{config}-r{seed}"
             if key not in got:
                 t0 = time.perf_counter()
                 got[key] = stage0(work, suite, config, seed, args.steps)
                 got[key]["wall_s"] = time.perf_counter() - t0
                 save()
-        if args.stage1 and not args.report_only:
+        if args.stage1 and not (args.report_only or args.what_if):
             for key, config, seed, short in (("stage1-today-r0", "today", 0, None),
                                              (f"stage1-{RECOMMENDED}-r1", RECOMMENDED, 1, None),
                                              (f"stage1-{RECOMMENDED}-r1-shortlist", RECOMMENDED, 1, SHORTLIST)):

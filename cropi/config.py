@@ -101,8 +101,12 @@ class EvalConfig:
     batch_size: int = opt(64, "sequences per generation batch")
     max_items: int | None = opt(None, "evaluate at most this many items per test set")
     seed: int = opt(1234, "sampling seed")
+    untargeted: str = opt("every", "when the untargeted test sets are evaluated: every (at every "
+                          "evaluation) or stage_end (at step 0 and at each stage's end; the targeted "
+                          "sets keep curriculum.eval_every)")
 
     def __post_init__(self) -> None:
+        _check(self.untargeted in ("every", "stage_end"), "eval", "untargeted", "use every or stage_end")
         _check(self.samples >= 0, "eval", "samples", "must be >= 0")
         _check(self.greedy or self.samples > 0, "eval", "greedy", "enable greedy or samples > 0")
 

@@ -23,7 +23,7 @@ from cropi.data.schema import PromptRecord
 from cropi.rollout.collect import make_policy
 from cropi.rollout.store import PromptRollouts
 from cropi.select import policy_fact, read_selection, write_selection
-from cropi.evaluation import evaluate, write_item_results
+from cropi.evaluation import evaluate, is_targeted, write_item_results
 from cropi.utils.errors import CropiError
 from cropi.utils.hashing import fingerprint
 from cropi.utils.io import atomic_write_json, read_json
@@ -32,20 +32,22 @@ from cropi.utils.work import Work
 log = logging.getLogger(__name__)
 
 def eval_and_log(run: Run, model: Any, tokenizer: Any, stage: int, step: int,
-                 share: Path | None = None) -> dict[str, Any]:
-    """Evaluate a live model on the test sets and append an ``eval`` event to metrics.jsonl.
+                 share: Path | None = None, targeted_only: bool = False) -> dict[str, Any]:
+    """Evaluate a live model on the test sets (``targeted_only``: the targeted ones) and append an
+    ``eval`` event to metrics.jsonl.
 
     ``make_policy`` switches the model to eval mode (it samples from it when the rollout dtype is
     fp32); the model's train/eval mode is restored afterwards. With ``share``, the result and the
     per-item rows are also written there for other runs to reuse (:func:`phase_eval_initial`).
     """
-    if not run.data.tests:
+    tests = {n: v for n, v in run.data.tests.items() if is_targeted(n) or not targeted_only}
+    if not tests:
         return {}
     t0 = time.perf_counter()
     was_training = model.training
     try:
         policy = make_policy(model, tokenizer, run.cfg.rollout, run.cfg.model.system_prompt)
-        result = evaluate(policy, run.data.tests, run.cfg.eval, with_items=True)
+        result = evaluate(policy, tests, run.cfg.eval, with_items=True)
     finally:
         model.train(was_training)
     items = result.pop("items", None)
@@ -119,7 +121,9 @@ def phase_train(run: Run, stage: int, ids: list[str]) -> None:
     run.release_policies()  # free the scoring model before training
 
     def on_eval(model: Any, tokenizer: Any, step: int) -> None:
-        eval_and_log(run, model, tokenizer, stage, step)
+        stage_end = step >= offset + tcfg.steps_per_stage
+        eval_and_log(run, model, tokenizer, stage, step,
+                     targeted_only=run.cfg.eval.untargeted == "stage_end" and not stage_end)
 
     logs: list[dict[str, Any]] = []
 

@@ -224,8 +224,13 @@ def prepare_scoring(model: torch.nn.Module, gradient: GradientConfig,
     else:
         projector = make_projector(projection, params.dim, cache_bytes=cache)
     spec = {"projection": projector.spec(), "params": params.spec(),
-            "gradient": dataclasses.asdict(gradient)}
+            "gradient": {k: v for k, v in dataclasses.asdict(gradient).items() if k not in PASS_ONLY}}
     return ScoringSetup(model, params, projector, spec, gradient, trainable)
+
+
+PASS_ONLY = ("concat_responses",)
+"""Gradient settings that change how the pass runs, not what it computes (equal up to float
+rounding): left out of the feature stores' spec, so stores made either way are reused."""
 
 
 def add_timings(total: Timings, part: Timings) -> None:

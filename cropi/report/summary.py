@@ -124,6 +124,8 @@ def time_rows(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
 
 STATS_HEADERS = ["arm", "area", "Δ area vs baseline [95 % CI]", "Δ area, paired t [95 % CI]",
                  "P(improvement) [95 % CI]", "acceleration [95 % CI]; never",
+                 "interpolated step acceleration [95 % CI]; never",
+                 "compute acceleration [95 % CI]; never",
                  "wall-clock acceleration [95 % CI]; never", "seconds to a*"]
 
 
@@ -140,7 +142,8 @@ def statistics_rows(boot: dict[str, Any], baseline: str) -> list[list[str]]:
                      DASH if base or "area_diff_t" not in r else format_ci(r["area_diff_t"], signed=True),
                      DASH if base else format_ci(r["poi"]),
                      DASH if base else format_ratio_ci(r.get("accel")),
-                     DASH if base or "wall_accel" not in r else format_ratio_ci(r["wall_accel"]),
+                     *(DASH if base or key not in r else format_ratio_ci(r[key])
+                       for key in ("accel_interp", "compute_accel", "wall_accel")),
                      DASH if seconds is None else f"{seconds:.0f}"])
     return rows
 

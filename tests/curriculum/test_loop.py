@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cropi.config import CurriculumConfig, ModelConfig, RolloutConfig, RunConfig
+from cropi.config import CurriculumConfig, EvalConfig, ModelConfig, RolloutConfig, RunConfig, TrainConfig
 from cropi.curriculum import loop
 from cropi.curriculum.phases import Run
 from cropi.data.schema import PromptRecord
@@ -73,3 +74,31 @@ def test_phase_train_passes_the_device_and_times_training_apart(
     (train,) = _events(run, "train")
     assert (train["seconds"], train["eval_seconds"]) == (7.0, 3.0)
     assert run.dir.state(0)["trained"]["seconds"] == 7.0
+
+
+@pytest.mark.parametrize("untargeted", ["every", "stage_end"])
+def test_untargeted_sets_at_stage_ends_only(tiny_model_dir: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch, untargeted: str) -> None:
+    """eval.untargeted=stage_end: the evaluations inside a stage see the targeted sets only, the
+    stage's last step all of them."""
+    run = _run(tmp_path, tiny_model_dir)
+    run = run.with_config(dataclasses.replace(run.cfg, eval=EvalConfig(untargeted=untargeted),
+                                              train=TrainConfig(steps_per_stage=10)))
+    run.sets = SimpleNamespace(pool=POOL, tests={"targeted/t": POOL[:1], "untargeted/u": POOL[1:]})
+    seen: list[list[str]] = []
+
+    def fake_evaluate(policy: Any, tests: Any, cfg: Any, **kw: Any) -> dict[str, Any]:
+        seen.append(sorted(tests))
+        return {"sets": {}, "metric": "greedy"}
+
+    def fake_train_stage(model_path: str, out_dir: Any, records: list, cfg: Any, **kw: Any) -> grpo.StageResult:
+        model, tok = load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
+        for step in (5, 10):  # a stage of 10 steps: an evaluation inside it, then its end
+            kw["on_eval"](model, tok, step)
+        return grpo.StageResult(steps=cfg.steps_per_stage, seconds=1.0, eval_seconds=0.0)
+
+    monkeypatch.setattr(loop, "evaluate", fake_evaluate)
+    monkeypatch.setattr(grpo, "train_stage", fake_train_stage)
+    loop.phase_train(run, 0, ["p0"])
+    both = ["targeted/t", "untargeted/u"]
+    assert seen == ([both, both] if untargeted == "every" else [["targeted/t"], both])
