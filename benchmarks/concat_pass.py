@@ -3,8 +3,9 @@ padded rows, side by side on the default model.
 
 ``gradient.concat_responses`` (default true) runs a prompt's K responses as ONE sequence after the
 prompt's KV cache, each response attending to the prompt and to itself only (a block attention
-mask), so no position is padding. The earlier pass (false) ran one row per response, padded to the
-longest. Both give the same log-probs and gradients up to float rounding: the relative difference
+mask), so no position is padding, for every prompt where that costs fewer FLOPs
+(``cropi.model.logprobs.concat_pays``). The earlier pass (false) ran one row per response, padded
+to the longest. Both give the same log-probs and gradients up to float rounding: the relative difference
 of the two full gradient vectors is reported per prompt in fp32 (--fp32-check prompts, autocast
 off: rounding only) and for the timed passes (bf16 autocast where this CPU has fast bf16: the two
 layouts round differently, so this is the size of bf16's own rounding, not a difference of method).

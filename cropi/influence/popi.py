@@ -81,7 +81,7 @@ def backward_tokens(item: PromptRollouts, cfg: GradientConfig, shared_prefix: bo
     if not shared_prefix:
         return resp + len(item.prompt_ids) * len(item.response_ids)
     k = len(item.response_ids)
-    groups = prefix_groups([item.prompt_ids] * k, item.response_ids, cfg.max_batch_tokens, cfg.concat_responses)
+    groups = prefix_groups([item.prompt_ids] * k, item.response_ids, cfg.max_batch_tokens)
     return resp + len(item.prompt_ids) * len(groups)
 
 
@@ -101,8 +101,7 @@ def popi_backward(model: torch.nn.Module, item: PromptRollouts, cfg: GradientCon
     adv = grpo_advantages(rewards, weights)
     k = len(item.response_ids)
     if shared_prefix:
-        for idx in prefix_groups([item.prompt_ids] * k, item.response_ids, cfg.max_batch_tokens,
-                                 cfg.concat_responses):
+        for idx in prefix_groups([item.prompt_ids] * k, item.response_ids, cfg.max_batch_tokens):
             resp = [item.response_ids[i] for i in idx]
             r_len = max(1, max(len(r) for r in resp))
             mask = torch.zeros((len(idx), r_len), device=device)

@@ -108,14 +108,16 @@ def shared_prefix_logprobs(model: torch.nn.Module, prompt: Sequence[int],
 
     Float32 log-softmax, 0 on padding; differentiable when called with grad enabled.
     ``concat`` (default): the K responses run as ONE sequence after the prompt, each attending
-    to the prompt and to itself only (:func:`concat_mask`), so no position is padding; it falls
-    back to the padded rows on attention kernels that take no 4D mask. False: one row per
-    response, padded to the longest (the round-2 pass).
+    to the prompt and to itself only (:func:`concat_mask`), so no position is padding, when
+    :func:`concat_pays` (the masked attention over the whole sequence costs less than the
+    padding saves) and the attention kernel takes a 4D mask; else, and with False, one row per
+    response, padded to the longest (the earlier pass).
     """
     device = next(model.parameters()).device
     if not prompt:
         raise ValueError("empty prompt")
-    if concat and _takes_4d_mask(model):
+    if concat and _takes_4d_mask(model) and concat_pays(model.config, len(prompt) - 1,
+                                                        [len(r) for r in responses]):
         return _concat_logprobs(model, prompt, responses)
     k = len(responses)
     r_len = max(1, max(len(r) for r in responses))
@@ -153,6 +155,31 @@ def _takes_4d_mask(model: Any) -> bool:
     do not)."""
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
     return impl in ("sdpa", "eager")
+
+
+def concat_pays(config: Any, prefix: int, lengths: Sequence[int]) -> bool:
+    """Whether the concatenated pass costs fewer FLOPs than the padded rows for responses of
+    ``lengths`` behind a cached prefix of ``prefix`` tokens.
+
+    Per position, the linear layers and the LM head cost the same in both; per (query, key) pair
+    the attention costs about 4 x hidden x layers. The concatenated pass runs sum(lengths)
+    positions, each attending over prefix + sum(lengths) keys (masked, but computed); the padded
+    rows run K x (1 + longest) positions over prefix + 1 + longest keys. Short, uneven responses
+    (RLVR answers) favour concatenating; long responses of similar length (1.5B models with 512
+    tokens each) favour the padded rows."""
+    hidden = int(getattr(config, "hidden_size", 0) or 0)
+    layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+    if not (hidden and layers and lengths):
+        return True
+    inter = int(getattr(config, "intermediate_size", 4 * hidden) or 4 * hidden)
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    per_position = 2 * (layers * (4 * hidden * hidden + 3 * hidden * inter) + hidden * vocab)
+    per_pair = 4 * hidden * layers
+    total = sum(lengths)
+    rows, width = len(lengths), 1 + max(lengths)
+    concat = total * per_position + total * (prefix + total) * per_pair
+    padded = rows * width * per_position + rows * width * (prefix + width) * per_pair
+    return concat < padded
 
 
 def concat_mask(prefix: int, lengths: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
@@ -195,16 +222,12 @@ def _concat_logprobs(model: torch.nn.Module, prompt: Sequence[int],
 
 
 def prompt_groups(prompts: Sequence[Sequence[int]], lengths: Sequence[int],
-                  max_batch_tokens: int, concat: bool = False) -> list[list[int]]:
-    """Runs of consecutive rows with the same prompt, cut so that rows x longest (``concat``: the
-    sum of the lengths) stays in budget."""
-    def size(rows: list[int]) -> int:
-        return sum(lengths[j] for j in rows) if concat else max(lengths[j] for j in rows) * len(rows)
-
+                  max_batch_tokens: int) -> list[list[int]]:
+    """Runs of consecutive rows with the same prompt, cut so that rows x longest stays in budget."""
     groups: list[list[int]] = []
     for i in range(len(prompts)):
         if groups and list(prompts[groups[-1][0]]) == list(prompts[i]) and \
-                size(groups[-1] + [i]) <= max_batch_tokens:
+                max(lengths[j] for j in groups[-1] + [i]) * (len(groups[-1]) + 1) <= max_batch_tokens:
             groups[-1].append(i)
         else:
             groups.append([i])
@@ -212,11 +235,10 @@ def prompt_groups(prompts: Sequence[Sequence[int]], lengths: Sequence[int],
 
 
 def prefix_groups(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
-                  max_batch_tokens: int, concat: bool = True) -> list[list[int]]:
+                  max_batch_tokens: int) -> list[list[int]]:
     """The micro-batches of :func:`shared_prefix_logprobs` calls: runs of rows with the same
-    prompt within the budget (``concat``: their tokens; else rows x (1 + the longest))."""
-    lengths = [len(r) if concat else 1 + len(r) for r in responses]
-    return prompt_groups(prompts, lengths, max_batch_tokens, concat)
+    prompt, rows x (1 + the longest) within the budget (a bound on either pass's positions)."""
+    return prompt_groups(prompts, [1 + len(r) for r in responses], max_batch_tokens)
 
 
 def response_logprobs(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
@@ -226,13 +248,13 @@ def response_logprobs(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
     """Per-token log-probs of each response (no grad), in micro-batches within a token budget.
 
     ``share_prompts``: consecutive rows with the same prompt run as one
-    :func:`shared_prefix_logprobs` call (``concat``: its responses as one sequence, the budget
-    counting their tokens; else padded rows, the budget counting rows x (1 + the longest)).
+    :func:`shared_prefix_logprobs` call (with ``concat``), the budget counting rows x (1 + the
+    longest).
     """
     device = next(model.parameters()).device
     out: list[list[float]] = []
     if share_prompts:
-        for idx in prefix_groups(prompts, responses, max_batch_tokens, concat):
+        for idx in prefix_groups(prompts, responses, max_batch_tokens):
             with torch.no_grad():
                 lp = shared_prefix_logprobs(model, prompts[idx[0]], [responses[i] for i in idx],
                                             pad_id, concat).cpu()

@@ -17,6 +17,7 @@ import torch
 from cropi.config import GradientConfig
 from cropi.influence.params import select_params
 from cropi.influence.popi import grpo_advantages, popi_backward
+from cropi.model.logprobs import concat_pays
 from cropi.rollout.store import PromptRollouts
 
 PAD = 0
@@ -104,8 +105,9 @@ def _rel(a, b):
 @pytest.mark.parametrize("concat", [True, False])
 @pytest.mark.parametrize("clip", [None, 0.2])
 def test_popi_matches_float64_naive_loop(small_lm, clip, concat):
-    assert small_lm.config._attn_implementation == "sdpa"  # the concatenated pass runs (no fallback)
     item = _item([1, 0, 0, 1], seed=1)
+    assert small_lm.config._attn_implementation == "sdpa" and concat_pays(  # the concatenated pass runs
+        small_lm.config, len(item.prompt_ids) - 1, [len(r) for r in item.response_ids])
     ref = _naive_grad(small_lm, item, clip)
     ours = _ours(small_lm, item, clip_eps=clip, concat_responses=concat)
     assert _rel(ours, ref) < 1e-5

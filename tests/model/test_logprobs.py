@@ -63,3 +63,16 @@ def test_sampler_is_deterministic_per_seed(tiny_model_dir):
     greedy = SamplingParams(n=2, max_new_tokens=6, greedy=True)
     a, b = s.generate(prompts, greedy, 1)[0]
     assert a == b
+
+
+def test_concat_pays_for_short_uneven_responses_only():
+    from types import SimpleNamespace
+
+    from cropi.model.logprobs import concat_pays
+
+    small = SimpleNamespace(hidden_size=576, num_hidden_layers=30, intermediate_size=1536, vocab_size=49152)
+    big = SimpleNamespace(hidden_size=1536, num_hidden_layers=28, intermediate_size=8960, vocab_size=151936)
+    assert concat_pays(small, 60, [10, 30, 64, 20, 5, 40, 25, 33])  # RLVR answers on a 135M model
+    assert not concat_pays(small, 60, [64] * 8)  # no padding to save: the masked attention costs more
+    assert not concat_pays(big, 200, [512] * 8)  # 1.5B, K = 8 x 512 tokens
+    assert concat_pays(big, 200, [512, 40, 30, 100, 60, 20, 80, 500])
