@@ -64,18 +64,19 @@ CONFIGS: dict[str, dict[str, Any]] = {
 WHAT_IF: dict[str, dict[str, int | None]] = {
     "full": {"k_pool": 8, "k_first": None, "k_target": 32},
     "ktarget8": {"k_pool": 8, "k_first": None, "k_target": 8},
-    "adaptive-k4": {"k_pool": 8, "k_first": 4, "k_target": 32},
     "adaptive-k4-ktarget8": {"k_pool": 8, "k_first": 4, "k_target": 8},
     "pool-k4-ktarget8": {"k_pool": 4, "k_first": None, "k_target": 8},
+    "adaptive-k4": {"k_pool": 8, "k_first": 4, "k_target": 32},
+    "adaptive-k2-ktarget8": {"k_pool": 8, "k_first": 2, "k_target": 8},
     "pool-k4-adaptive-k2-ktarget8": {"k_pool": 4, "k_first": 2, "k_target": 8},
-    "adaptive-k2": {"k_pool": 8, "k_first": 2, "k_target": 32},
-    "pool-k4": {"k_pool": 4, "k_first": None, "k_target": 32},
     "ktarget16": {"k_pool": 8, "k_first": None, "k_target": 16},
     "ktarget4": {"k_pool": 8, "k_first": None, "k_target": 4},
-    "adaptive-k2-ktarget8": {"k_pool": 8, "k_first": 2, "k_target": 8},
+    "pool-k4": {"k_pool": 4, "k_first": None, "k_target": 32},
+    "adaptive-k2": {"k_pool": 8, "k_first": 2, "k_target": 32},
 }
 """What-if cells (``--what-if``): today's seed-0 draw's own responses cut to fewer per prompt
-(:mod:`cropi.bench.subsample`), scored and selected like a draw. Their picks differ from the draw's
+(:mod:`cropi.bench.subsample`; ``k_first`` cuts the pool and the targets, as ``rollout.k_first``
+samples both), scored and selected like a draw. Their picks differ from the draw's
 only through the setting (no sampling noise between them); ``full`` re-scores the uncut copy."""
 RECOMMENDED = "combined"
 SHORTLIST = 3.0

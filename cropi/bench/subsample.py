@@ -68,8 +68,8 @@ def cut_set(src: Path, dest: Path, k: int, k_first: int | None = None) -> dict[s
 
 def cut_rollouts(src_root: Path, dest_root: Path, k_pool: int, k_first: int | None,
                  k_target: int) -> dict[str, dict[str, int]]:
-    """A run's rollouts folder cut: the pool to ``k_pool`` (adaptive with ``k_first``), every
-    target set to ``k_target``; other entries (beta's evaluation, embeddings) hard-linked as they
+    """A run's rollouts folder cut: the pool to ``k_pool``, every target set to ``k_target``, both
+    adaptive with ``k_first`` (as ``rollout.k_first`` samples both); other entries (beta's evaluation, embeddings) hard-linked as they
     are. Returns :func:`cut_set`'s counts per set."""
     counts: dict[str, dict[str, int]] = {}
     for manifest in sorted(src_root.rglob("manifest.json")):
@@ -78,7 +78,7 @@ def cut_rollouts(src_root: Path, dest_root: Path, k_pool: int, k_first: int | No
         if name == "pool":
             counts[name] = cut_set(folder, dest_root / name, k_pool, k_first)
         elif name.startswith("targets/"):
-            counts[name] = cut_set(folder, dest_root / name, k_target)
+            counts[name] = cut_set(folder, dest_root / name, k_target, k_first)
     for entry in src_root.iterdir():
         if entry.name not in ("pool", "targets") and not (dest_root / entry.name).exists():
             shutil.copytree(entry, dest_root / entry.name, copy_function=os.link) if entry.is_dir() \

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cropi.model.loading import bf16_is_fast
 from cropi.model.logprobs import micro_batches
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,12 @@ def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
 def hidden_state_embeddings(model: torch.nn.Module, prompts: Sequence[Sequence[int]], pad_id: int,
                             max_batch_tokens: int = 8192) -> np.ndarray:
     """``[n, hidden]``: the mean over each prompt's tokens of ``model``'s last hidden state
-    (right-padded micro-batches within ``max_batch_tokens``; no grad)."""
+    (right-padded micro-batches within ``max_batch_tokens``; no grad; bf16 autocast where bf16
+    is fast, the mean in float32)."""
     if not prompts:
         raise ValueError("no prompts to embed")
     device = next(model.parameters()).device
+    fast = bf16_is_fast(device)
     rows: dict[int, np.ndarray] = {}
     for idx in micro_batches([len(p) for p in prompts], max_batch_tokens):
         width = max(len(prompts[i]) for i in idx)
@@ -43,7 +46,7 @@ def hidden_state_embeddings(model: torch.nn.Module, prompts: Sequence[Sequence[i
         for j, i in enumerate(idx):
             ids[j, :len(prompts[i])] = torch.as_tensor(list(prompts[i]), dtype=torch.long)
             mask[j, :len(prompts[i])] = 1
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
             out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                         output_hidden_states=True, logits_to_keep=1)
         pooled = _mean_pool(out.hidden_states[-1], mask.to(device))

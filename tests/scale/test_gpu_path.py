@@ -54,16 +54,20 @@ def test_factorized_projection_cpu_equals_cuda(small_lm) -> None:
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("concat", [True, False])
 @pytest.mark.parametrize("kind", ["countsketch", "factorized"])
-def test_popi_features_cpu_equal_cuda(small_lm, kind: str) -> None:
-    cfg = GradientConfig(autocast_bf16=False)
+def test_popi_features_cpu_equal_cuda(small_lm, kind: str, concat: bool) -> None:
+    """The CUDA features of either pass (responses concatenated under a 4D mask, or padded rows)
+    equal the CPU's padded pass."""
+    cfg = GradientConfig(autocast_bf16=False, concat_responses=False)
+    gpu_cfg = GradientConfig(autocast_bf16=False, concat_responses=concat)
     gpu_model = copy.deepcopy(small_lm).cuda()
     p_cpu, proj_cpu = _projector(kind, small_lm, cfg)
     p_gpu, proj_gpu = _projector(kind, gpu_model, cfg)
-    bf16 = GradientConfig(autocast_bf16=True)
+    bf16 = GradientConfig(autocast_bf16=True, concat_responses=concat)
     for it in _items():
         a = prompt_feature(small_lm, p_cpu, proj_cpu, it, cfg, pad_id=0)
-        b = prompt_feature(gpu_model, p_gpu, proj_gpu, it, cfg, pad_id=0)
+        b = prompt_feature(gpu_model, p_gpu, proj_gpu, it, gpu_cfg, pad_id=0)
         np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5 * float(np.abs(a).max()))
         c = prompt_feature(gpu_model, p_gpu, proj_gpu, it, bf16, pad_id=0)  # the GPU default
         assert float(a @ c / (np.linalg.norm(a) * np.linalg.norm(c))) > 0.99
