@@ -48,19 +48,21 @@ import numpy as np
 
 from cropi import api
 from cropi.bench import load_result, print_table, write_result
+from cropi.bench.results import lock_path
+from cropi.utils.locking import locked
 from cropi.bench.selection_cells import family_of, suite_spec
 from cropi.report.selection_quality import fused_rule, overlap, selection_metrics
 from cropi.utils.io import atomic_write_json, read_json, read_jsonl
 
 NAME = "selection_cost"
 CONFIGS: dict[str, dict[str, Any]] = {
-    "today": {},
-    "adaptive-k4": {"rollout.k_first": 4},
-    "ktarget16": {"rollout.k_target": 16},
-    "ktarget8": {"rollout.k_target": 8},
-    "combined": {"rollout.k_first": 4, "rollout.k_target": 8},
+    "today": {"gradient.concat_responses": False, "rollout.k_first": None, "rollout.k_target": 32},
+    "new": {"gradient.concat_responses": True, "rollout.k_first": 4, "rollout.k_target": 8},
 }
-"""Dotted config keys of each configuration on top of the defaults (``today``)."""
+"""Dotted config keys of each configuration: ``today`` the defaults before the cost work (padded
+passes, every prompt K responses, K_target = 32), ``new`` the recommended one (its stage 1 adds
+``score.shortlist`` = :data:`SHORTLIST`). Each lever alone is priced by the what-if cells (sampling
+levers, on today's own responses) and benchmarks/concat_pass.py (the concatenated pass)."""
 WHAT_IF: dict[str, dict[str, int | None]] = {
     "full": {"k_pool": 8, "k_first": None, "k_target": 32},
     "ktarget8": {"k_pool": 8, "k_first": None, "k_target": 8},
@@ -78,9 +80,9 @@ WHAT_IF: dict[str, dict[str, int | None]] = {
 (:mod:`cropi.bench.subsample`; ``k_first`` cuts the pool and the targets, as ``rollout.k_first``
 samples both), scored and selected like a draw. Their picks differ from the draw's
 only through the setting (no sampling noise between them); ``full`` re-scores the uncut copy."""
-RECOMMENDED = "combined"
-SHORTLIST = 3.0
-"""``score.shortlist`` of the stage-1 cell: the previous best 3 x budget, and as many low-ESS."""
+RECOMMENDED = "new"
+SHORTLIST = 1.0
+"""``score.shortlist`` of the stage-1 cell: the previous best budget, and as many low-ESS."""
 BOOT = 1000
 
 
@@ -332,7 +334,8 @@ def main() -> None:
     ap.add_argument("--suite", action="append", help="built-in suite (repeatable) [rg-lcm-seq, default-small]")
     ap.add_argument("--configs", default=",".join(CONFIGS), help="configurations to run, comma-separated")
     ap.add_argument("--stage1", action="store_true", help="also price a stage-1 selection (trains stage 0)")
-    ap.add_argument("--steps", type=int, default=20, help="GRPO steps of stage 0 before stage 1")
+    ap.add_argument("--steps", type=int, default=10,
+                    help="GRPO steps of stage 0 before stage 1 (the paper re-scores every 10 steps)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--work", default="runs/selection_cost", help="folder of the draws' runs")
     ap.add_argument("--report-only", action="store_true", help="summarize the finished cells only")
@@ -358,9 +361,23 @@ def main() -> None:
     rng = np.random.default_rng(0)
 
     def save() -> None:
-        write_result(args.name, {"args": {**vars(args), "suite": suites}, "threads": args.threads,
-                            "configs": CONFIGS, "shortlist": SHORTLIST, "summary": summaries,
-                            "details": details, "cells": cells})
+        """Write this process's cells merged into the stored file (under its lock): processes on
+        other suites, or the what-if cells of the same suite, share the file."""
+        with locked(lock_path(args.name), what=f"the result file {args.name}"):
+            cur = load_result(args.name) or {}
+            for suite, got in cells.items():
+                merged = dict(cur.get("cells", {}).get(suite, {}))
+                what = {**merged.get("what_if", {}), **got.get("what_if", {})}
+                merged.update(got)
+                if what:
+                    merged["what_if"] = what
+                got.clear()
+                got.update(merged)
+            all_cells = {**cur.get("cells", {}), **cells}
+            write_result(args.name, {"args": {**vars(args), "suite": suites}, "threads": args.threads,
+                                     "configs": CONFIGS, "shortlist": SHORTLIST,
+                                     "summary": {**cur.get("summary", {}), **summaries},
+                                     "details": {**cur.get("details", {}), **details}, "cells": all_cells})
 
     plan = [("today", 0), ("today", 1)] + [(c, 1) for c in configs if c != "today"]
     for suite in suites:

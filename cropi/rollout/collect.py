@@ -130,26 +130,31 @@ def rows_for_chunk(policy: Policy, records: Sequence[PromptRecord], k: int, cfg:
         return verdicts[key]
 
     responses, reasons = sample_group(policy, prompts, k, cfg, seed, reward)
-    flat_p = [p for p, rs in zip(prompts, responses, strict=True) for _ in rs]
-    flat_r = [r for rs in responses for r in rs]
+    rewards = [[reward(i, r) for r in rs] for i, rs in enumerate(responses)]
+    # beta's log-probs where a stage can use them: a prompt whose rewards are all equal has no
+    # gradient at any stage (rollout.logprobs=all computes them anyway, for the analysis' NLL)
+    scored = [i for i, rw in enumerate(rewards) if cfg.logprobs == "all" or min(rw) != max(rw)]
     fast = getattr(policy.sampler, "fast", True)  # round 1 (HFSampler(fast=False)): the packed pass
-    logprobs = response_logprobs(policy.model, flat_p, flat_r, policy.pad_id, share_prompts=fast)
-    rows, j = [], 0
-    work = Work(prompts=len(records), responses=len(flat_r))
+    flat = response_logprobs(policy.model, [prompts[i] for i in scored for _ in responses[i]],
+                             [r for i in scored for r in responses[i]], policy.pad_id, share_prompts=fast)
+    logprobs: dict[int, list[list[float]]] = {}
+    for i in scored:
+        logprobs[i], flat = flat[:len(responses[i])], flat[len(responses[i]):]
+    rows = []
+    work = Work(prompts=len(records), responses=sum(len(rs) for rs in responses))
     for i, (rec, p, rs) in enumerate(zip(records, prompts, responses, strict=True)):
         texts = [policy.tokenizer.decode(r, skip_special_tokens=True) for r in rs]
-        rewards = [reward(i, r) for r in rs]
-        lps = logprobs[j:j + len(rs)]
-        j += len(rs)
+        lps = logprobs.get(i, [[] for _ in rs])
         n_tok = sum(len(r) for r in rs)
         rounds = 2 if reasons[i] == "extended" else 1
         work.tokens_generated += n_tok
         work.tokens_prefill += rounds * len(p)
-        work.tokens_forward += n_tok + (len(p) if fast else len(p) * len(rs))
+        if i in logprobs:
+            work.tokens_forward += n_tok + (len(p) if fast else len(p) * len(rs))
         rows.append({
             "id": rec.id, "source": rec.source, "level": rec.level, "prompt_ids": p,
-            "response_ids": rs, "response_text": texts, "rewards": rewards, "logprobs": lps,
-            "pass_rate": float(sum(rewards) / len(rewards)), "n_tokens": n_tok, "sampling": reasons[i],
+            "response_ids": rs, "response_text": texts, "rewards": rewards[i], "logprobs": lps,
+            "pass_rate": float(sum(rewards[i]) / len(rs)), "n_tokens": n_tok, "sampling": reasons[i],
         })
     return rows, work
 
@@ -165,7 +170,10 @@ def collect(records: Sequence[PromptRecord], folder: str | Path, policy: Callabl
     everything was already done).
     """
     folder = Path(folder)
-    full_spec = {**spec, "k": k, "rollout": {**vars(cfg)}, "set": name}
+    # rollout.logprobs is left out: it decides which stored prompts carry beta's log-probs, not
+    # what is sampled (stores from before it, which have them all, stay valid)
+    full_spec = {**spec, "k": k, "rollout": {k_: v for k_, v in vars(cfg).items() if k_ != "logprobs"},
+                 "set": name}
     if store.is_complete(folder) and not overwrite:
         store.prepare_dir(folder, full_spec)  # raises when the spec changed
         log.info("%s: rollouts already complete in %s", name, folder)

@@ -93,7 +93,11 @@ def test_onpolicy_scores_fresh_samples_of_the_stage_model(tiny_model_dir, beta_r
         assert [it.id for it in items] == [it.id for it in stored]
         assert [len(it.response_ids) for it in items] == [len(it.response_ids) for it in stored]
         assert any(a.response_ids != b.response_ids for a, b in zip(items, stored))  # new samples
-        # sampled (and log-probed) by theta_1, the stage's model, not by beta
+        # sampled (and log-probed) by theta_1, the stage's model, not by beta; log-probs are
+        # stored for the prompts with a gradient only (rollout.logprobs=gradient)
+        assert all(len(lp) == 0 for it in items if it.zero_grad for lp in it.logprobs)
+        items = [it for it in items if not it.zero_grad]
+        assert items
         flat_p = [it.prompt_ids for it in items for _ in it.response_ids]
         flat_r = [r for it in items for r in it.response_ids]
         recorded = np.concatenate([lp for it in items for lp in it.logprobs])
