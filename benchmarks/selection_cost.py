@@ -56,8 +56,10 @@ from cropi.utils.io import atomic_write_json, read_json, read_jsonl
 
 NAME = "selection_cost"
 CONFIGS: dict[str, dict[str, Any]] = {
-    "today": {"gradient.concat_responses": False, "rollout.k_first": None, "rollout.k_target": 32},
-    "new": {"gradient.concat_responses": True, "rollout.k_first": 4, "rollout.k_target": 8},
+    "today": {"gradient.concat_responses": False, "rollout.logprobs": "all", "rollout.k_first": None,
+              "rollout.k_target": 32},
+    "new": {"gradient.concat_responses": True, "rollout.logprobs": "gradient", "rollout.k_first": 4,
+            "rollout.k_target": 8},
 }
 """Dotted config keys of each configuration: ``today`` the defaults before the cost work (padded
 passes, every prompt K responses, K_target = 32), ``new`` the recommended one (its stage 1 adds
