@@ -180,7 +180,8 @@ def collect(records: Sequence[PromptRecord], folder: str | Path, policy: Callabl
         return Work()
     if (folder / "spec.json").exists() and not overwrite:
         store.prepare_dir(folder, full_spec)  # only checks: a changed spec fails before any work
-    per_chunk = max(1, cfg.batch_size // k)
+    # a chunk fills one batch of first-round rows: with adaptive K most prompts stop at k_first
+    per_chunk = max(1, cfg.batch_size // min(k, cfg.k_first or k))
     chunks = [list(records[i:i + per_chunk]) for i in range(0, len(records), per_chunk)]
     todo = [c for c in range(len(chunks)) if overwrite or not store.part_path(folder, c).exists()]
     if todo:  # too-long prompts fail here, before the folder is written or anything generated
