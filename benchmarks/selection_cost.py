@@ -347,6 +347,8 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="config KEY=VALUE for every draw (e.g. a smoke run: rollout.max_new_tokens=16)")
     ap.add_argument("--name", default=NAME, help="result file name [selection_cost]")
+    ap.add_argument("--only", default="", help="run only these cells, comma-separated (e.g. new-r1,stage1-new-r1): "
+                    "two processes on the two cores can share a suite without running a cell twice")
     args = ap.parse_args()
     EXTRA[:] = api.parse_sets(args.sets)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -355,6 +357,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     suites = args.suite or ["rg-lcm-seq", "default-small"]
     configs = [c for c in args.configs.split(",") if c]
+    only = {c for c in args.only.split(",") if c}
     work = Path(args.work)
     stored = load_result(args.name) or {}
     cells: dict[str, dict[str, Any]] = stored.get("cells", {})
@@ -386,7 +389,7 @@ def main() -> None:
         got = cells.setdefault(suite, {})
         for config, seed in plan if not (args.report_only or args.what_if) else []:
             key = f"{config}-r{seed}"
-            if key not in got:
+            if key not in got and (not only or key in only):
                 t0 = time.perf_counter()
                 got[key] = stage0(work, suite, config, seed, args.steps)
                 got[key]["wall_s"] = time.perf_counter() - t0
@@ -395,7 +398,7 @@ def main() -> None:
             for key, config, seed, short in (("stage1-today-r0", "today", 0, None),
                                              (f"stage1-{RECOMMENDED}-r1", RECOMMENDED, 1, None),
                                              (f"stage1-{RECOMMENDED}-r1-shortlist", RECOMMENDED, 1, SHORTLIST)):
-                if key not in got and f"{config}-r{seed}" in got:
+                if key not in got and f"{config}-r{seed}" in got and (not only or key in only):
                     got[key] = stage1(work, suite, config, seed, args.steps, short)
                     save()
         names = list(WHAT_IF) if args.what_if == "all" else [w for w in args.what_if.split(",") if w]
