@@ -23,7 +23,7 @@ def rollout(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = No
             model: ModelOpt = None, suite: SuiteOpt = None, pool: PoolOpt = None,
             target: TargetOpt = None,
             k_pool: Annotated[Optional[int], typer.Option(help="responses per pool prompt [default: 8]")] = None,
-            k_target: Annotated[Optional[int], typer.Option(help="responses per target prompt [default: 32]")] = None,
+            k_target: Annotated[Optional[int], typer.Option(help="responses per target prompt [default: 8]")] = None,
             temperature: Annotated[Optional[float], typer.Option(help="sampling temperature [default: 0.5]")] = None,
             top_p: Annotated[Optional[float], typer.Option(help="nucleus sampling threshold [default: 1.0]")] = None,
             max_new_tokens: Annotated[Optional[int], typer.Option(help="maximum response tokens [default: 64]")] = None,

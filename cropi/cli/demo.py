@@ -17,7 +17,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "rollout.k_pool": 8, "rollout.k_target": 8, "rollout.max_new_tokens": 40,
     "curriculum.stages": 2, "curriculum.eval_every": 5, "train.steps_per_stage": 10,
     "train.prompts_per_step": 2, "train.samples_per_prompt": 8, "train.max_new_tokens": 40,
-    "eval.samples": 0, "eval.max_items": 50, "eval.max_new_tokens": 40,
+    "eval.samples": 0, "eval.max_items": 50, "eval.max_new_tokens": 40, "eval.untargeted": "stage_end",
 }
 
 
