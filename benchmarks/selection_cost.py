@@ -8,23 +8,27 @@ prompt with a gradient, scores, the influence selection (10 %). Each draw is a c
 backpropagated; ``cropi.utils.work``), so the speed-up can be checked on the work axis too, which
 does not depend on the machine's load.
 
-Configurations (:data:`CONFIGS`): ``today`` (the defaults) and each lever alone and combined.
-Per suite the draws run back to back in one process: ``today`` with rollout seeds 0 and 1 (their
-top-10 % overlap is the noise floor: two of today's own draws), then every other configuration
-with seed 1, compared with today's seed-0 draw (``overlap_new_vs_today``: different seeds, so it
-carries the same noise as the floor).
+Configurations (:data:`CONFIGS`): ``today`` (the settings before the cost work, pinned) and
+``new`` (the recommended one, today's defaults). Per suite: ``today`` with rollout seeds 0 and 1
+(their top-10 % overlap is the noise floor: two of today's own draws), then ``new`` with seed 1,
+compared with today's seed-0 draw (``overlap_new_vs_today``: different seeds, so it carries the
+same noise as the floor). Each lever alone is priced without sampling noise by the what-if cells
+(``--what-if``: today's seed-0 responses cut to fewer per prompt, :data:`WHAT_IF`) and, for the
+concatenated pass, by benchmarks/concat_pass.py.
 
 Stage 1 (``--stage1``): stage 0's picks are trained for ``--steps`` GRPO steps (no evaluation),
 then stage 1 is re-scored from beta's stored responses: today's whole pool (today's seed-0 draw)
-against the recommended configuration's draw with ``score.shortlist`` (same checkpoint as its own
-full re-scoring, which gives the shortlist's pick overlap without any sampling noise).
+against the new configuration's draw with ``score.shortlist`` (same checkpoint as its own full
+re-scoring, which gives the shortlist's pick overlap without any sampling noise).
 
 Enrichment (as in benchmarks/selection_quality.py): the share of picks from the target sets' own
 families over that share among the pool prompts with a gradient, picks re-fused on each of 1,000
 bootstrap resamples of the pool for the 95 % interval; today's is the mean of its two draws.
 
-    OMP_NUM_THREADS=1 python benchmarks/selection_cost.py --threads 1            # both suites
-    OMP_NUM_THREADS=1 python benchmarks/selection_cost.py --suite default-small --stage1
+    OMP_NUM_THREADS=1 python benchmarks/selection_cost.py --threads 1 --stage1   # both suites
+    OMP_NUM_THREADS=1 python benchmarks/selection_cost.py --suite rg-lcm-seq --what-if all
+    # two processes, one per core, sharing a suite's cells:
+    ... --suite default-small --stage1 --only today-r0,today-r1,stage1-today-r0
 
 Resumable: every finished draw is written to benchmarks/results/selection_cost.json at once, so the
 benchmark can span working blocks; a draw interrupted before it finished is refused when its cost

@@ -202,6 +202,11 @@ class ScoringSetup:
             p.requires_grad_(flag)
 
 
+PASS_ONLY = ("concat_responses",)
+"""Gradient settings that change how the pass runs, not what it computes (equal up to float
+rounding): left out of the feature stores' spec, so stores made either way are reused."""
+
+
 def prepare_scoring(model: torch.nn.Module, gradient: GradientConfig,
                     projection: ProjectionConfig) -> ScoringSetup:
     """Parameter selection (LoRA on a copy when ``gradient.params == "lora"``) and the projector.
@@ -226,11 +231,6 @@ def prepare_scoring(model: torch.nn.Module, gradient: GradientConfig,
     spec = {"projection": projector.spec(), "params": params.spec(),
             "gradient": {k: v for k, v in dataclasses.asdict(gradient).items() if k not in PASS_ONLY}}
     return ScoringSetup(model, params, projector, spec, gradient, trainable)
-
-
-PASS_ONLY = ("concat_responses",)
-"""Gradient settings that change how the pass runs, not what it computes (equal up to float
-rounding): left out of the feature stores' spec, so stores made either way are reused."""
 
 
 def add_timings(total: Timings, part: Timings) -> None:
