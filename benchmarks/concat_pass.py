@@ -36,16 +36,20 @@ from cropi.influence.drift import prompt_drift
 from cropi.influence.params import select_params
 from cropi.influence.popi import popi_backward
 from cropi.model.loading import load_model, load_tokenizer
+from cropi.model.logprobs import concat_pays
 from cropi.rollout.store import PromptRollouts, load_rollouts
 
 
-def positions(item: PromptRollouts, concat: bool, drift: bool) -> int:
-    """Positions one pass runs (one micro-batch per prompt): the prompt and the responses; the
-    earlier passes pad every response to the longest (gradient) or repeat the prompt (drift)."""
+def positions(item: PromptRollouts, concat: bool, drift: bool, config: Any) -> int:
+    """Positions one pass runs (one micro-batch per prompt): the prompt and the responses, where
+    :func:`concat_pays` chooses the concatenated pass; the earlier passes pad every response to
+    the longest (gradient) or repeat the prompt (drift)."""
     lens = [len(r) for r in item.response_ids]
     p = len(item.prompt_ids)
-    if concat:
+    if concat and concat_pays(config, p - 1, lens):
         return p - 1 + sum(lens)
+    if concat:
+        return p - 1 + len(lens) * (1 + max(lens))
     if drift:
         return len(lens) * (p + max(lens))
     return p - 1 + len(lens) * (1 + max(lens))
@@ -86,7 +90,7 @@ def main() -> None:
                                 for c in (True, False))))
         print(f"prompt {n + 1}/{len(items)}: rel. difference {rel[-1]:.2e}"
               + (f" (fp32 {rel32[-1]:.1e})" if n < args.fp32_check else ""), flush=True)
-    work = {f"{part}_{kind}": int(sum(positions(it, kind == "concat", part == "drift") for it in items))
+    work = {f"{part}_{kind}": int(sum(positions(it, kind == "concat", part == "drift", model.config) for it in items))
             for part in ("grad", "drift") for kind in ("concat", "padded")}
     rows = [[part, f"{secs[f'{part}_padded'] / len(items):.3f}", f"{secs[f'{part}_concat'] / len(items):.3f}",
              f"{secs[f'{part}_padded'] / secs[f'{part}_concat']:.2f}x", work[f"{part}_padded"], work[f"{part}_concat"]]
