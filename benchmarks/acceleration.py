@@ -155,6 +155,9 @@ def main() -> None:
     print_table(list(ACCEL_HEADERS), accel)
     stats_path = folder / "statistics.json"
     boot = json.loads(stats_path.read_text()) if stats_path.exists() else None
+    if boot is not None:  # each seed's beta draw (its rollout seed), as the comparison planned them
+        planned = cmp.meta.get("rollout_seeds") or {}
+        boot["rollout_seeds"] = {str(s): planned[str(s)] for s in seeds if str(s) in planned}
     stats = statistics_rows(boot, cmp.baseline) if boot and cmp.baseline else []
     if stats:
         print()
