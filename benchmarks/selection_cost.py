@@ -40,6 +40,7 @@ keeps the 1-minute load average at each draw's start.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -157,7 +158,9 @@ def stage1(work: Path, suite: str, config: str, seed: int, steps: int, shortlist
     from cropi.curriculum.loop import phase_train
 
     base = api.open_run(draw_config(work, suite, config, seed, steps))
-    phase_train(base, 0, api.select_prompts(base, 0).ids)
+    # the training is a means to stage 1's checkpoint: no test sets, so no evaluation at its end
+    phase_train(dataclasses.replace(base, sets=dataclasses.replace(base.data, tests={})), 0,
+                api.select_prompts(base, 0).ids)
     run = base
     if shortlist is not None:
         cfg = api.make_config(draw_config(work, suite, config, seed, steps), name=f"{config}-r{seed}-sl{shortlist:g}",
