@@ -17,7 +17,7 @@ def test_make_config_precedence(tmp_path: Path) -> None:
     base.write_text("name: from-yaml\nrollout:\n  k_pool: 6\n  temperature: 0.5\n")
     cfg = cropi.make_config(base, rollout={"k_pool": 4}, sets={"rollout.temperature": 0.7, "train.lora": True})
     assert (cfg.name, cfg.rollout.k_pool, cfg.rollout.temperature, cfg.train.lora) == ("from-yaml", 4, 0.7, True)
-    assert cfg.rollout.k_target == 32  # untouched keys keep their defaults
+    assert cfg.rollout.k_target == 8  # untouched keys keep their defaults
     again = cropi.make_config(cfg, name="other")
     assert (again.name, again.rollout.k_pool) == ("other", 4)
     assert cropi.make_config({"select": {"ratio": 0.5}}).select.ratio == 0.5
