@@ -395,7 +395,8 @@ def main() -> None:
             write_result(args.name, {"args": {**vars(args), "suite": suites}, "threads": args.threads,
                                      "configs": CONFIGS, "shortlist": SHORTLIST,
                                      "summary": {**cur.get("summary", {}), **summaries},
-                                     "details": {**cur.get("details", {}), **details}, "cells": all_cells})
+                                     "details": {**cur.get("details", {}), **details}, "cells": all_cells,
+                                     "notes": cur.get("notes", {})})
 
     plan = [("today", 0), ("today", 1)] + [(c, 1) for c in configs if c != "today"]
     for suite in suites:
