@@ -12,7 +12,7 @@ from cropi.cli.common import (ModelOpt, OutOpt, OverwriteOpt, SetOpt, StagesOpt,
                               WaitOpt, console, report_config_changes, resolve_config, setup_env, user_errors)
 from cropi.cli.show import print_eval_curve, print_pass_rates, print_scores, print_selection
 
-# Sized for 2 CPU cores: the demo took 19.8 min on an idle 2-core machine (README, "Results").
+# Sized for 2 CPU cores: the demo took 10.2 min on an idle 2-core machine (README, "Results").
 DEMO_DEFAULTS: dict[str, Any] = {
     "rollout.k_pool": 8, "rollout.k_target": 8, "rollout.max_new_tokens": 40,
     "curriculum.stages": 2, "curriculum.eval_every": 5, "train.steps_per_stage": 10,
@@ -29,7 +29,7 @@ def demo(name: Annotated[str, typer.Option(help="run name")] = "demo",
          set_: SetOpt = None, overwrite: OverwriteOpt = False, wait: WaitOpt = False,
          verbose: VerboseOpt = False) -> None:
     """The main job on the embedded default: CROPI on SmolLM2-135M-Instruct and the default-small
-    suite, 2 stages, then a report (about 20 min on 2 idle CPU cores); resumable: rerun to continue.
+    suite, 2 stages, then a report (about 10 min on 2 idle CPU cores); resumable: rerun to continue.
     """
     from cropi.curriculum.phases import load_run_rollouts
     from cropi.select import read_selection
