@@ -80,7 +80,11 @@ def cut_rollouts(src_root: Path, dest_root: Path, k_pool: int, k_first: int | No
         elif name.startswith("targets/"):
             counts[name] = cut_set(folder, dest_root / name, k_target, k_first)
     for entry in src_root.iterdir():
-        if entry.name not in ("pool", "targets") and not (dest_root / entry.name).exists():
-            shutil.copytree(entry, dest_root / entry.name, copy_function=os.link) if entry.is_dir() \
-                else os.link(entry, dest_root / entry.name)
+        dest = dest_root / entry.name
+        if entry.name in ("pool", "targets") or dest.exists():
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, dest, copy_function=os.link)
+        else:
+            os.link(entry, dest)
     return counts
