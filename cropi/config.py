@@ -213,12 +213,12 @@ class SelectConfig:
                                   "(docs/influence.md, 'What the selection picks')")
     analysis: bool = opt(True, "compare the selection with the prompts with a gradient and the pool "
                          "(entropy, pass rate, level, similarity to the targets; selection.json "
-                         "'analysis'); the embedding similarity runs the stage's model over the "
-                         "prompts once per stage")
+                         "'analysis'); the embedding similarity runs beta (or the named encoder) "
+                         "over the prompts once per run")
     embedding_model: str | None = opt(None, "prompt embeddings for the similarity analysis and the "
-                                      "embedding-space policies: None = the stage's policy (mean-pooled "
-                                      "last hidden state of the templated prompt), or a Hugging Face "
-                                      "encoder (local folder or hub id)")
+                                      "embedding-space policies, one space for every stage: None = beta, the "
+                                      "initial model (mean-pooled last hidden state of the templated "
+                                      "prompt), or a Hugging Face encoder (local folder or hub id)")
 
     def __post_init__(self) -> None:
         _check(0 < self.ratio <= 1, "select", "ratio", "must be in (0, 1]")

@@ -3,8 +3,8 @@
 It also measures what the selection picks (``select.analysis``, :mod:`cropi.select.analysis`):
 beta's token NLL of its own responses, the stage's policy's NLL and pass rate on them (stages > 0,
 from the drift pass's ``drift.npz``), the ordinal level, and the similarity of each prompt to each
-target set in embedding space (hidden states of the stage's policy, or ``select.embedding_model``;
-kept in ``rollouts/embeddings/`` for stage 0, ``stage_NNN/embeddings/`` after) and in gradient space
+target set in embedding space (hidden states of beta, the initial model, at every stage, or
+``select.embedding_model``; computed once and kept in ``rollouts/embeddings/``) and in gradient space
 (the stage's feature stores).
 """
 
@@ -41,7 +41,7 @@ def selection_context(run: Run, stage: int, pool: list[PromptRollouts], with_sco
     ``score.fusion`` for the budget of the selection being made. ``policy``: the policy the context
     is for; a policy that reads ``select.options`` gets the vectors its diversity rule needs
     (embeddings or projected gradients), and every context gets the stage's policy's pass rate
-    where the drift pass estimated it. ``cache``: see :func:`stage_embeddings`."""
+    where the drift pass estimated it. ``cache``: see :func:`prompt_embeddings`."""
     ids = [it.id for it in pool]
     scores = target_scores(read_scores(run.dir.scores(stage)), ids) if with_scores else None
     options = dict(run.cfg.select.options)
@@ -49,7 +49,7 @@ def selection_context(run: Run, stage: int, pool: list[PromptRollouts], with_sco
     if policy is not None and policy_fact(policy, "uses_options"):
         space = get_policy(policy).space(options)  # type: ignore[attr-defined]
         if space == "embedding":
-            embeddings = stage_embeddings(run, stage, pool, cache)["pool"]
+            embeddings = prompt_embeddings(run, pool, cache)["pool"]
         elif space == "gradient":
             features = pool_features(run, stage, ids)
     drift = drift_measures(run, stage, ids)
@@ -90,37 +90,32 @@ def drift_measures(run: Run, stage: int, ids: list[str]) -> dict[str, np.ndarray
                 "pass_rate_current": np.where(np.isfinite(resampled), resampled, col("pass_rate_is"))}
 
 
-def embedding_spec(run: Run, stage: int) -> str:
-    """What makes the stage's embeddings: the encoder's name, or the stage's policy's fingerprint."""
+def embedding_spec(run: Run) -> str:
+    """What makes the embeddings: the encoder's name, or beta's fingerprint (the initial model: one
+    fixed space for every stage, so the picks' similarity can be compared across stages, and the
+    prompts are embedded once per run, not once per stage)."""
     name = run.cfg.select.embedding_model
     if name is not None:
         return f"encoder:{name}"
-    return f"policy:{model_fingerprint(run.model_path(stage))}:{run.cfg.model.system_prompt}"
+    return f"policy:{model_fingerprint(run.model_path(0))}:{run.cfg.model.system_prompt}"
 
 
-def _cache_dir(run: Run, stage: int, spec: str, key: dict[str, list[str]]) -> Path:
-    """Where a stage's embeddings are kept: under the shared rollouts for stage 0 (beta, or the
-    named encoder, embed the same for every arm of a comparison), else in the stage's folder."""
-    root = run.dir.rollouts_root if stage == 0 else run.dir.stage(stage)
-    return root / "embeddings" / fingerprint({"spec": spec, "ids": key})
-
-
-def stage_embeddings(run: Run, stage: int, pool: list[PromptRollouts],
-                     cache: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, np.ndarray]:
+def prompt_embeddings(run: Run, pool: list[PromptRollouts],
+                      cache: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, np.ndarray]:
     """``{"pool": [n, h], "targets/NAME": [m, h]}``: mean-pooled prompt embeddings of the pool and
-    of every target set (:mod:`cropi.influence.embeddings`). Kept on disk (``embeddings/<key>/``
-    under the rollouts for stage 0, under the stage's folder after; ``.npy`` files, written
-    atomically, keyed by :func:`embedding_spec` and the prompt ids) and in ``cache``, a dict for
-    the other callers of one selection."""
+    of every target set (:mod:`cropi.influence.embeddings`). Kept on disk under the shared rollouts
+    (``rollouts/embeddings/<key>/``, ``.npy`` files written atomically, keyed by
+    :func:`embedding_spec` and the prompt ids: every stage and every arm of a comparison reads the
+    same files) and in ``cache``, a dict for the other callers of one selection."""
     from cropi.influence.embeddings import encoder_embeddings, hidden_state_embeddings, prompt_text
 
-    spec = embedding_spec(run, stage)
+    spec = embedding_spec(run)
     if cache is not None and spec in cache:
         return cache[spec]
     targets = {f"targets/{n}": load_rollouts(run.dir.rollouts(f"targets/{n}")) for n in run.data.targets}
     sets = {"pool": pool, **targets}
     key = {name: [it.id for it in items] for name, items in sets.items()}
-    folder = _cache_dir(run, stage, spec, key)
+    folder = run.dir.rollouts_root / "embeddings" / fingerprint({"spec": spec, "ids": key})
     files = {name: folder / f"{name.replace('/', '__')}.npy" for name in sets}
     if all(f.is_file() for f in files.values()):
         out = {name: np.load(f) for name, f in files.items()}
@@ -128,7 +123,7 @@ def stage_embeddings(run: Run, stage: int, pool: list[PromptRollouts],
         t0 = time.perf_counter()
         name = run.cfg.select.embedding_model
         if name is None:
-            policy = run.policy(run.model_path(stage))
+            policy = run.policy(run.model_path(0))
             out = {n: hidden_state_embeddings(policy.model, [it.prompt_ids for it in items], policy.pad_id,
                                               run.cfg.gradient.max_batch_tokens) for n, items in sets.items()}
         else:
@@ -139,13 +134,13 @@ def stage_embeddings(run: Run, stage: int, pool: list[PromptRollouts],
             except OSError as exc:  # not found, or not downloadable offline
                 raise CropiError(f"cannot load the encoder {name!r} ({exc})", field="select.embedding_model",
                                  fix="name a local folder (or a hub id with network access), or None for "
-                                     "the policy's own hidden states") from None
+                                     "beta's own hidden states") from None
         atomic_write_json(folder / "spec.json", {"spec": spec, "ids": key})
         for n, f in files.items():
             with atomic_path(f) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, out[n])
-        log.info("stage %d: embedded %d prompts (%s) in %.1f s", stage, sum(len(v) for v in out.values()),
-                 spec, time.perf_counter() - t0)
+        log.info("embedded %d prompts (%s) in %.1f s", sum(len(v) for v in out.values()), spec,
+                 time.perf_counter() - t0)
     if cache is not None:
         cache[spec] = out
     return out
@@ -207,13 +202,13 @@ def selection_measures(run: Run, stage: int, pool: list[PromptRollouts],
         m.notes["current"] = ("not measured: the stage has no drift.npz (score.drift off, or scored by "
                               "an earlier cropi); the GRPO groups' rewards are logged only as means")
     try:
-        emb = stage_embeddings(run, stage, pool, cache)
+        emb = prompt_embeddings(run, pool, cache)
         sims = similarity_to_targets(emb["pool"], {n.removeprefix("targets/"): v for n, v in emb.items()
                                                    if n != "pool"})
         for name, values in sims.items():
             m.add(f"similarity_embedding/{name}", values)
-        m.notes["embedding"] = embedding_spec(run, stage)
-    except CropiError as exc:  # e.g. the stage's checkpoint was removed since
+        m.notes["embedding"] = embedding_spec(run)
+    except CropiError as exc:  # e.g. a named encoder that cannot load
         m.notes["embedding"] = f"not computed: {exc}"
     if (run.dir.features(stage, "pool") / "manifest.json").exists():
         for name, values in gradient_similarity(run, stage, ids).items():

@@ -160,7 +160,8 @@ def test_current_policy_measures_from_the_drift_file(run) -> None:
     assert got["pass_rate_current"][2] == 0.75 and got["pass_rate_current"][0] == 0.25
     m = selection_measures(run, 1, load_rollouts(run.dir.rollouts("pool")))
     assert "nll_current" in m.values and "pass_rate_current" in m.values
-    assert m.notes["embedding"].startswith("not computed") and "checkpoint" in m.notes["embedding"]
+    # no stage-1 checkpoint here: the embeddings are beta's at every stage, so they are still measured
+    assert m.notes["embedding"].startswith("policy:") and "similarity_embedding/t" in m.values
 
 
 def test_drift_pass_returns_the_policys_nll_and_pass_rate(run) -> None:
@@ -193,7 +194,7 @@ def test_cropi_select_prints_the_analysis(run, capsys: pytest.CaptureFixture[str
     assert "permutation p-value" in out and "sampled tokens" in out
 
 
-def test_embeddings_are_kept_for_the_next_selection(run, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_embeddings_are_kept_for_the_next_selection_and_stage(run, monkeypatch: pytest.MonkeyPatch) -> None:
     import cropi.influence.embeddings as emb
 
     pool = load_rollouts(run.dir.rollouts("pool"))
@@ -208,13 +209,16 @@ def test_embeddings_are_kept_for_the_next_selection(run, monkeypatch: pytest.Mon
     monkeypatch.setattr(emb, "hidden_state_embeddings", refuse)
     again = selection_measures(run, 0, pool).values["similarity_embedding/t"]
     np.testing.assert_array_equal(first, again)
+    later = selection_measures(run, 1, pool)  # a later stage: beta's space again, not re-embedded
+    np.testing.assert_array_equal(first, later.values["similarity_embedding/t"])
+    assert later.notes["embedding"] == selection_measures(run, 0, pool).notes["embedding"]
     assert kept[0].read_bytes() == before
 
 
 def test_an_encoder_that_cannot_load_is_named(run, tmp_path: Path) -> None:
     import dataclasses
 
-    from cropi.curriculum.select_phase import stage_embeddings
+    from cropi.curriculum.select_phase import prompt_embeddings
     from cropi.utils.errors import CropiError
 
     cfg = run.cfg
@@ -222,7 +226,7 @@ def test_an_encoder_that_cannot_load_is_named(run, tmp_path: Path) -> None:
         cfg.select, embedding_model=str(tmp_path / "no-such-encoder"))))
     pool = load_rollouts(run.dir.rollouts("pool"))
     with pytest.raises(CropiError, match="no-such-encoder"):
-        stage_embeddings(bad, 0, pool)
+        prompt_embeddings(bad, pool)
     notes = selection_measures(bad, 0, pool).notes  # the analysis says so and goes on
     assert notes["embedding"].startswith("not computed") and "select.embedding_model" in notes["embedding"]
 
