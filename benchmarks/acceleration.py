@@ -1,8 +1,9 @@
 """The headline benchmark: CROPI vs full-data GRPO, random and the oracle, on paired seeds, with
 interval estimates (docs/acceleration.md#statistics).
 
-Every arm x seed runs `cropi compare` on shared beta rollouts (same step budget and evaluation
-schedule). After each arm x seed, its compact result (metrics + per-item verdicts + selections,
+Every arm x seed runs `cropi compare` (same step budget and evaluation schedule); every seed
+samples its own beta draw (rollout seed = rollout.seed + seed), shared by that seed's arms
+(--shared-rollouts: one draw for every seed, round 2's layout). After each arm x seed, its compact result (metrics + per-item verdicts + selections,
 tens of kB; cropi.report.compact) is added to benchmarks/results/acceleration_runs_NAME.json (one
 file per benchmark name, with the usual result header, updated under a file lock so that one
 process per seed can share it). That file is meant to be committed: an arm x seed with a compact
@@ -20,7 +21,7 @@ upper bound on selection). Default seeds 0,1,2 (paired across arms); the power a
     OMP_NUM_THREADS=1 python benchmarks/acceleration.py --pilot --name accel-pilot \
         --suite default-small --set eval.max_items=100
 
-    # the long run, one process per seed (they share rollouts and stage 0's features)
+    # the long run, one process per seed (a seed's arms share its draw and stage 0's features)
     for s in 0 1 2; do
       OMP_NUM_THREADS=1 python benchmarks/acceleration.py --name accel2 --suite default-small \
         --seeds $s --stages 2 --steps-per-stage 20 --eval-every 5 --set eval.max_items=100 \
