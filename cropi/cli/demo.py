@@ -12,7 +12,7 @@ from cropi.cli.common import (ModelOpt, OutOpt, OverwriteOpt, SetOpt, StagesOpt,
                               WaitOpt, console, report_config_changes, resolve_config, setup_env, user_errors)
 from cropi.cli.show import print_eval_curve, print_pass_rates, print_scores, print_selection
 
-# Sized for 2 CPU cores: the demo took 10.2 min on an idle 2-core machine (README, "Results").
+# Sized for 2 CPU cores: the demo ran 10.3 min on an idle 2-core machine (README, "Results").
 DEMO_DEFAULTS: dict[str, Any] = {
     "rollout.k_pool": 8, "rollout.k_target": 8, "rollout.max_new_tokens": 40,
     "curriculum.stages": 2, "curriculum.eval_every": 5, "train.steps_per_stage": 10,
