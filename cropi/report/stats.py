@@ -256,8 +256,10 @@ def bootstrap(panel: Panel, baseline: str, n_boot: int = 2000, seed: int = 0,
               smooth_kw: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The hierarchical bootstrap of the module docstring. Returns ``{"arms": {arm: {...}},
     "n_boot", "confidence", "items", "resampled"}``; per arm: ``area``, ``area_diff``, ``poi``,
-    ``accel``, ``wall_accel`` (when the panel has clocks), each ``{"value", "lo", "hi"}`` (accel
-    also ``share_never``), and ``band`` (``steps``, ``mean``, ``lo``, ``hi``) for the figure."""
+    ``accel``, ``accel_interp``, ``wall_accel`` (when the panel has clocks), ``compute_accel`` (when
+    it has counted work), each ``{"value", "lo", "hi"}`` (the accelerations also ``never`` and
+    ``share_never``), ``area_diff_t`` (paired t over seeds, arms other than the baseline),
+    ``reach_step``, and ``band`` (``steps``, ``mean``, ``lo``, ``hi``) for the figure."""
     if items not in ITEM_MODES:
         raise ValueError(f"items must be one of {ITEM_MODES}, got {items!r}")
     if baseline not in panel.arms:
@@ -266,14 +268,28 @@ def bootstrap(panel: Panel, baseline: str, n_boot: int = 2000, seed: int = 0,
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     smooth_kw = dict(smooth_kw or {})
     base = panel.arms.index(baseline)
-    A, S, T, I = panel.values.shape
+    _, S, _, I = panel.values.shape
     rng = np.random.default_rng(seed)
-    w0 = panel.weights()
     point = _replicate_stats(panel.accuracy()[None], panel.steps, base, smooth_kw,
                              None if panel.clock is None else panel.clock[None],
                              None if panel.compute is None else panel.compute[None])
+    resample_items = bool(panel.items) and I > 1
+    rep = _replicates(panel, base, smooth_kw, n_boot, rng, resample_items, items)
+    result = {arm: _arm_summary(panel, a, base, point, rep, confidence) for a, arm in enumerate(panel.arms)}
+    return {"arms": result, "n_boot": n_boot, "confidence": confidence, "items": items,
+            "resampled": "seeds and items" if resample_items else "seeds only",
+            "n_seeds": S, "n_items": I if panel.items else 0, "note": panel.note,
+            "a_star": float(point["a_star"][0])}
+
+
+def _replicates(panel: Panel, base: int, smooth_kw: dict[str, Any], n_boot: int, rng: np.random.Generator,
+                resample_items: bool, items: str) -> dict[str, np.ndarray]:
+    """``{stat: [n_boot, A, ...]}``: the statistics of :func:`_replicate_stats` on ``n_boot``
+    hierarchical resamples (seeds drawn with replacement; items reweighted per :data:`ITEM_MODES`
+    when ``resample_items``), drawn in chunks of :data:`CHUNK`."""
+    S = panel.values.shape[1]
+    w0 = panel.weights()
     reps: dict[str, list[np.ndarray]] = {}
-    resample_items = panel.items and I > 1
     for start in range(0, n_boot, CHUNK):
         b = min(CHUNK, n_boot - start)
         idx = rng.integers(0, S, size=(b, S))  # [b, S] drawn seeds
@@ -291,52 +307,53 @@ def bootstrap(panel: Panel, baseline: str, n_boot: int = 2000, seed: int = 0,
         compute = None if panel.compute is None else np.moveaxis(panel.compute[:, idx], 1, 0)
         for key, value in _replicate_stats(curves, panel.steps, base, smooth_kw, clocks, compute).items():
             reps.setdefault(key, []).append(value)
-    rep = {k: np.concatenate(v) for k, v in reps.items()}
+    return {k: np.concatenate(v) for k, v in reps.items()}
+
+
+def _arm_summary(panel: Panel, a: int, base: int, point: dict[str, np.ndarray], rep: dict[str, np.ndarray],
+                 confidence: float) -> dict[str, Any]:
+    """Arm ``a``'s entry of :func:`bootstrap`: point values (``point``) with percentile intervals
+    from the replicates (``rep``), and the paired t interval of its area difference."""
     q = (1 - confidence) / 2
-    result: dict[str, Any] = {}
-    for a, arm in enumerate(panel.arms):
-        r: dict[str, Any] = {}
-        for key in ("area", "area_diff", "poi"):
-            lo, hi = np.quantile(rep[key][:, a], [q, 1 - q])
-            r[key] = {"value": float(point[key][0, a]), "lo": float(lo), "hi": float(hi)}
-        for key in ("accel", "wall_accel", "accel_interp", "compute_accel"):
-            if key not in rep:
-                continue
-            x = rep[key][:, a]
-            x = x[~np.isnan(x)]
-            never = bool(point["never"][0, a])
-            r[key] = {"value": None if never else _finite_or_none(point[key][0, a]),
-                      "never": never,
-                      "lo": float(np.quantile(x, q, method="lower")) if x.size else None,
-                      "hi": float(np.quantile(x, 1 - q, method="higher")) if x.size else None,
-                      "share_never": float(rep["never"][:, a].mean())}
-        mean = rep["mean_curve"][:, a]
-        lo, hi = np.quantile(mean, [q, 1 - q], axis=0)
-        r["band"] = {"steps": panel.steps.tolist(), "mean": point["mean_curve"][0, a].tolist(),
-                     "lo": lo.tolist(), "hi": hi.tolist()}
-        if S > 1 and a != base:
-            d = area(panel.accuracy(), panel.steps)  # [A, S]
-            d = d[a] - d[base]
-            if np.ptp(d) == 0:  # no spread: the t interval is the point
-                low = high = float(d[0])
-            else:
-                ci = sps.ttest_1samp(d, 0.0).confidence_interval(confidence)
-                low, high = float(ci.low), float(ci.high)
-            r["area_diff_t"] = {"value": float(d.mean()), "lo": low, "hi": high}
-        if "reach_seconds" in point:
-            r["reach_seconds"] = _finite_or_none(point["reach_seconds"][0, a])
-        if "reach_compute" in point:
-            r["reach_compute"] = _finite_or_none(point["reach_compute"][0, a])
-        steps_at = rep["reach_step"][:, a]
-        steps_at = steps_at[np.isfinite(steps_at)]
-        r["reach_step"] = {"value": _finite_or_none(point["reach_step"][0, a]),
-                           "lo": float(np.quantile(steps_at, q)) if steps_at.size else None,
-                           "hi": float(np.quantile(steps_at, 1 - q)) if steps_at.size else None}
-        result[arm] = r
-    return {"arms": result, "n_boot": n_boot, "confidence": confidence, "items": items,
-            "resampled": "seeds and items" if resample_items else "seeds only",
-            "n_seeds": S, "n_items": I if panel.items else 0, "note": panel.note,
-            "a_star": float(point["a_star"][0])}
+    S = panel.values.shape[1]
+    r: dict[str, Any] = {}
+    for key in ("area", "area_diff", "poi"):
+        lo, hi = np.quantile(rep[key][:, a], [q, 1 - q])
+        r[key] = {"value": float(point[key][0, a]), "lo": float(lo), "hi": float(hi)}
+    for key in ("accel", "wall_accel", "accel_interp", "compute_accel"):
+        if key not in rep:
+            continue
+        x = rep[key][:, a]
+        x = x[~np.isnan(x)]
+        never = bool(point["never"][0, a])
+        r[key] = {"value": None if never else _finite_or_none(point[key][0, a]),
+                  "never": never,
+                  "lo": float(np.quantile(x, q, method="lower")) if x.size else None,
+                  "hi": float(np.quantile(x, 1 - q, method="higher")) if x.size else None,
+                  "share_never": float(rep["never"][:, a].mean())}
+    mean = rep["mean_curve"][:, a]
+    lo, hi = np.quantile(mean, [q, 1 - q], axis=0)
+    r["band"] = {"steps": panel.steps.tolist(), "mean": point["mean_curve"][0, a].tolist(),
+                 "lo": lo.tolist(), "hi": hi.tolist()}
+    if S > 1 and a != base:
+        d = area(panel.accuracy(), panel.steps)  # [A, S]
+        d = d[a] - d[base]
+        if np.ptp(d) == 0:  # no spread: the t interval is the point
+            low = high = float(d[0])
+        else:
+            ci = sps.ttest_1samp(d, 0.0).confidence_interval(confidence)
+            low, high = float(ci.low), float(ci.high)
+        r["area_diff_t"] = {"value": float(d.mean()), "lo": low, "hi": high}
+    if "reach_seconds" in point:
+        r["reach_seconds"] = _finite_or_none(point["reach_seconds"][0, a])
+    if "reach_compute" in point:
+        r["reach_compute"] = _finite_or_none(point["reach_compute"][0, a])
+    steps_at = rep["reach_step"][:, a]
+    steps_at = steps_at[np.isfinite(steps_at)]
+    r["reach_step"] = {"value": _finite_or_none(point["reach_step"][0, a]),
+                       "lo": float(np.quantile(steps_at, q)) if steps_at.size else None,
+                       "hi": float(np.quantile(steps_at, 1 - q)) if steps_at.size else None}
+    return r
 
 
 def comparison_panel(cmp: Comparison, key: str = "targeted") -> Panel | None:
