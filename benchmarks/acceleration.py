@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import time
+from typing import Any
 
 from cropi.api import make_config, parse_sets
 from cropi.bench import print_table, write_result
@@ -90,7 +91,7 @@ def power_rows(power: dict) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arms", default=None, help=f"comma-separated (default {ARMS}; pilot "
                     f"{PILOT['arms']})")
@@ -118,7 +119,25 @@ def main() -> None:
                          "comparisons); default: every seed its own draw")
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="extra config overrides, e.g. --set eval.max_items=100")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def power_block(cmp: Any) -> dict[str, Any]:
+    """The power analysis of a comparison (``--pilot`` / ``--power``), printed; its payload keys."""
+    panel = comparison_panel(cmp)
+    if panel is None or len(panel.seeds) < 2:
+        raise SystemExit("the power analysis needs at least 2 paired seeds of every arm")
+    power = power_analysis(panel, cmp.baseline, PILOT_DELTAS)
+    headers, rows = power_rows(power)
+    print(f"\npower analysis (paired t test, power {power['power']:g}, two-sided alpha "
+          f"{power['alpha']:g}); a {power['factor']:g}x acceleration = area difference "
+          f"{power['implied_area_difference']:.4f} on the pilot's baseline curve")
+    print_table(headers, rows)
+    return {"power": power, "power_headers": headers, "power_rows": rows}
+
+
+def main() -> None:
+    args = parse_args()
     defaults = PILOT if args.pilot else {"arms": ARMS, "seeds": "0,1,2", "stages": 2,
                                          "steps_per_stage": 20, "eval_every": 5}
     arms = (args.arms or defaults["arms"]).split(",")
@@ -169,16 +188,7 @@ def main() -> None:
                "headers": list(ACCEL_HEADERS), "rows": accel, "stats_headers": list(STATS_HEADERS),
                "stats_rows": stats, "statistics": boot, "report": str(folder / "report.md")}
     if args.pilot or args.power:
-        panel = comparison_panel(cmp)
-        if panel is None or len(panel.seeds) < 2:
-            raise SystemExit("the power analysis needs at least 2 paired seeds of every arm")
-        power = power_analysis(panel, cmp.baseline, PILOT_DELTAS)
-        headers, rows = power_rows(power)
-        print(f"\npower analysis (paired t test, power {power['power']:g}, two-sided alpha "
-              f"{power['alpha']:g}); a {power['factor']:g}x acceleration = area difference "
-              f"{power['implied_area_difference']:.4f} on the pilot's baseline curve")
-        print_table(headers, rows)
-        payload.update({"power": power, "power_headers": headers, "power_rows": rows})
+        payload.update(power_block(cmp))
     summary_name = args.summary or ("acceleration_pilot" if args.pilot else "acceleration"
                                     if args.name == "acceleration" else f"acceleration_{args.name}")
     path = write_result(summary_name, payload)
