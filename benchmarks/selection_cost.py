@@ -342,7 +342,7 @@ def _pool_ids(cell: dict[str, Any]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ main
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--suite", action="append", help="built-in suite (repeatable) [rg-lcm-seq, default-small]")
     ap.add_argument("--configs", default=",".join(CONFIGS), help="configurations to run, comma-separated")
@@ -360,7 +360,11 @@ def main() -> None:
     ap.add_argument("--name", default=NAME, help="result file name [selection_cost]")
     ap.add_argument("--only", default="", help="run only these cells, comma-separated (e.g. new-r1,stage1-new-r1): "
                     "two processes on the two cores can share a suite without running a cell twice")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     EXTRA[:] = api.parse_sets(args.sets)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import torch
