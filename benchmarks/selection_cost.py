@@ -214,7 +214,7 @@ def _target_cosines(full: Path, cut: Any) -> dict[str, float]:
     return out
 
 
-def summarize_what_if(suite: str, cells: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+def summarize_what_if(suite: str, cells: dict[str, Any]) -> dict[str, Any]:
     """Per what-if cell: responses and tokens kept per part, prompts with a gradient, the picks'
     overlap with the full draw's (same responses) and enrichment."""
     today0 = cells["today-r0"]
@@ -223,7 +223,7 @@ def summarize_what_if(suite: str, cells: dict[str, Any], rng: np.random.Generato
     full_pos = positions(ids, today0["picks"])
     out = {}
     for name, cell in cells.get("what_if", {}).items():
-        m = pick_metrics(suite, {"N": cell}, 0, rng)["per_draw"]["N"]
+        m = pick_metrics(suite, {"N": cell}, 0)["per_draw"]["N"]
         c = cell["counts"]
         pool = c.get("pool", {})
         tgt = [v for k, v in c.items() if k.startswith("targets/")]
@@ -248,9 +248,10 @@ def _link_stage0(src: Path, dest: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ metrics
-def pick_metrics(suite: str, draws: dict[str, dict[str, Any]], stage: int, rng: np.random.Generator
-                 ) -> dict[str, Any]:
-    """Fused enrichment with its interval per draw (``{label: draw}``), today's mean of two."""
+def pick_metrics(suite: str, draws: dict[str, dict[str, Any]], stage: int) -> dict[str, Any]:
+    """Fused enrichment with its interval per draw (``{label: draw}``), today's mean of two. The
+    bootstrap resamples of the pool come from a generator seeded afresh at every call, so an
+    interval does not depend on which cells were summarized before it."""
     from cropi.influence.scores import read_scores, target_scores
 
     spec = suite_spec(suite, None)
@@ -269,7 +270,7 @@ def pick_metrics(suite: str, draws: dict[str, dict[str, Any]], stage: int, rng: 
             per_target.setdefault(target, {})[d] = values
         zero[d] = np.asarray(t["zero_grad"], dtype=bool)
     n = len(next(iter(draws.values()))["picks"])
-    boot = rng.integers(0, len(ids), size=(BOOT, len(ids)))
+    boot = np.random.default_rng(0).integers(0, len(ids), size=(BOOT, len(ids)))
     res = selection_metrics(fused_rule(per_target, n), list(draws), zero, relevant, None, n, boot, None)
     res.pop("bootstrap", None)
     return res
@@ -280,7 +281,7 @@ def positions(ids: list[str], picks: list[str]) -> np.ndarray:
     return np.array([index[i] for i in picks], dtype=np.int64)
 
 
-def summarize(suite: str, cells: dict[str, Any], rng: np.random.Generator) -> dict[str, Any] | None:
+def summarize(suite: str, cells: dict[str, Any]) -> dict[str, Any] | None:
     """Per configuration: speed-ups over today's seed-0 draw (seconds and work), enrichment,
     overlap with today's picks; the noise floor; stage 1 when measured."""
     today0, today1 = cells.get("today-r0"), cells.get("today-r1")
@@ -289,14 +290,14 @@ def summarize(suite: str, cells: dict[str, Any], rng: np.random.Generator) -> di
     n = len(today0["picks"])
     ids = _pool_ids(today0)
     floor = overlap(positions(ids, today0["picks"]), positions(ids, today1["picks"]), n)
-    base = pick_metrics(suite, {"A": today0, "B": today1}, 0, rng)
+    base = pick_metrics(suite, {"A": today0, "B": today1}, 0)
     out: dict[str, Any] = {"noise_floor_overlap": floor, "enrichment_today": base["enrichment_mean_halves"],
                            "enrichment_today_ci": base["enrichment_mean_halves_ci"], "configs": {}}
     for config in CONFIGS:
         cell = cells.get(f"{config}-r1")
         if cell is None:
             continue
-        new = pick_metrics(suite, {"N": cell}, 0, rng)["per_draw"]["N"]
+        new = pick_metrics(suite, {"N": cell}, 0)["per_draw"]["N"]
         out["configs"][config] = {
             "speedup_seconds": today0["seconds"]["total"] / cell["seconds"]["total"],
             "speedup_work_generated": _ratio(today0, cell, "tokens_generated"),
@@ -323,7 +324,7 @@ def summarize(suite: str, cells: dict[str, Any], rng: np.random.Generator) -> di
                                  speedup_shortlist=s1_today["seconds"]["total"] / s1_short["seconds"]["total"])
             out["stage1"]["shortlist_overlap_vs_full"] = overlap(
                 positions(ids, s1_full["picks"]), positions(ids, s1_short["picks"]), n)
-            m = pick_metrics(suite, {"full": s1_full, "shortlist": s1_short}, 1, rng)["per_draw"]
+            m = pick_metrics(suite, {"full": s1_full, "shortlist": s1_short}, 1)["per_draw"]
             out["stage1"]["enrichment_full"] = m["full"]["enrichment"]
             out["stage1"]["enrichment_shortlist"] = m["shortlist"]["enrichment"]
     out["summary"] = summary
@@ -378,7 +379,6 @@ def main() -> None:
     cells: dict[str, dict[str, Any]] = stored.get("cells", {})
     summaries: dict[str, Any] = stored.get("summary", {})
     details: dict[str, Any] = stored.get("details", {})
-    rng = np.random.default_rng(0)
 
     def save() -> None:
         """Write this process's cells merged into the stored file (under its lock): processes on
@@ -423,9 +423,9 @@ def main() -> None:
                 got["what_if"][name] = what_if(work, suite, name, got["today-r0"], args.steps)
                 save()
         if got.get("what_if") and "today-r0" in got:
-            details.setdefault(suite, {})["what_if"] = summarize_what_if(suite, got, rng)
+            details.setdefault(suite, {})["what_if"] = summarize_what_if(suite, got)
             save()
-        result = summarize(suite, got, rng)
+        result = summarize(suite, got)
         if result is not None:
             summaries[suite] = result.pop("summary")
             details[suite] = {**details.get(suite, {}), **result}
