@@ -68,8 +68,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 """Dotted config keys of each configuration: ``today`` the defaults before the cost work (padded
 passes, every prompt K responses, K_target = 32), ``new`` the recommended one (today's defaults);
-the stage-1 shortlist cell adds ``score.shortlist`` = :data:`SHORTLIST` to ``new``. Each lever alone is priced by the what-if cells (sampling
-levers, on today's own responses) and benchmarks/concat_pass.py (the concatenated pass)."""
+the stage-1 shortlist cell adds ``score.shortlist`` = :data:`SHORTLIST` to ``new``. Each lever
+alone is priced by the what-if cells (sampling levers, on today's own responses) and
+benchmarks/concat_pass.py (the concatenated pass)."""
 WHAT_IF: dict[str, dict[str, int | None]] = {
     "full": {"k_pool": 8, "k_first": None, "k_target": 32},
     "ktarget8": {"k_pool": 8, "k_first": None, "k_target": 8},
