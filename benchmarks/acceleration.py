@@ -5,8 +5,8 @@ Every arm x seed runs `cropi compare` (same step budget and evaluation schedule)
 samples its own beta draw (rollout seed = rollout.seed + seed), shared by that seed's arms
 (--shared-rollouts: one draw for every seed, round 2's layout). After each arm x seed, its
 compact result (metrics + per-item verdicts + selections, tens of kB; cropi.report.compact) is
-added to benchmarks/results/acceleration_runs_NAME.json (one file per benchmark name, with the usual result header, updated under a file lock so that one
-process per seed can share it). That file is meant to be committed: an arm x seed with a compact
+added to benchmarks/results/acceleration_runs_NAME.json (one file per benchmark name, with the
+usual result header, updated under a file lock so that one process per seed can share it). That file is meant to be committed: an arm x seed with a compact
 result is never run again; it is restored into the comparison directory for the report instead,
 so a later session (or another machine) continues where this one stopped, and the statistics
 always cover every finished seed. Stop it any time; rerun the same command.
