@@ -74,7 +74,9 @@ class RolloutConfig:
     top_p: float = opt(1.0, "nucleus sampling threshold")
     max_new_tokens: int = opt(64, "maximum response length in tokens")
     batch_size: int = opt(64, "sequences generated per batch")
-    dtype: str = opt("auto", "generation dtype: auto (bf16 on CPU/GPU), bf16 or fp32")
+    dtype: str = opt("auto", "generation dtype (rollouts, evaluation): auto (bf16 where the device "
+                            "computes it natively: CUDA, CPUs with AVX512-BF16 or AMX; fp32 elsewhere), "
+                            "bf16 or fp32")
     backend: str = opt("hf", "sampler backend: hf (cropi's decode loop) or a registered engine such as "
                        "vllm (pip install vllm)")
     gpu_memory_utilization: float = opt(0.5, "vllm: share of GPU memory for the engine (the rest holds the fp32 model)")

@@ -24,7 +24,7 @@ def collect_report() -> dict[str, Any]:
     import torch
 
     from cropi import __version__
-    from cropi.model.loading import default_cache_dir, default_gguf_path, is_default_cached
+    from cropi.model.loading import bf16_is_fast, default_cache_dir, default_gguf_path, is_default_cached
 
     report: dict[str, Any] = {"cropi": __version__, "python": platform.python_version(),
                               "platform": platform.platform()}
@@ -33,7 +33,10 @@ def collect_report() -> dict[str, Any]:
     report["device"] = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
     report["torch threads"] = torch.get_num_threads()
     report["cpu count"] = os.cpu_count()
-    report["bf16 (cpu amx)"] = bool(getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")() in ("AVX512", "AMX"))
+    native = bf16_is_fast("cpu")
+    report["cpu bf16"] = (f"native ({torch.backends.cpu.get_cpu_capability()}): rollout.dtype=auto samples in bf16"
+                          if native else f"emulated ({torch.backends.cpu.get_cpu_capability()}): "
+                          "rollout.dtype=auto samples in fp32")
     try:
         report["default model gguf"] = str(default_gguf_path())
     except Exception as exc:  # noqa: BLE001 - a report, never a crash

@@ -15,6 +15,8 @@ Format (``schema`` 1): a header, then the benchmark's own keys (its numbers)::
       "wall_s": 1838.2,
       "git": {"commit": "66b99eb...", "dirty": false},  # dirty: tracked files had local changes
       "machine": {"cpu_model": "...", "cores": 2, "cores_usable": 2,
+                  "cpu_capability": "AVX512",       # torch's kernel level; bf16_native: the CPU
+                  "bf16_native": true,              # computes bf16 (AVX512-BF16 or AMX), not emulated
                   "load_avg_start": [0.9, 0.8, 0.7], "load_avg_end": [1.1, 1.0, 0.9],
                   "idle_at_start": true,            # 1-min load average < half the cores
                   "torch_threads": 2, "torch": "2.x", "python": "3.11.x", "cuda": null},
@@ -90,12 +92,15 @@ def git_state() -> dict[str, Any]:
 def machine() -> dict[str, Any]:
     import torch
 
+    from cropi.model.loading import bf16_is_fast
+
     cores = os.cpu_count() or 0
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
     load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {"cpu_model": cpu_model(), "cores": cores, "cores_usable": usable,
             "load_avg_start": _LOAD_START, "load_avg_end": load_end,
             "idle_at_start": None if _LOAD_START is None else _LOAD_START[0] < cores / 2,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_native": bf16_is_fast("cpu"),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

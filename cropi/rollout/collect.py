@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import torch
 from cropi.config import RolloutConfig
 from cropi.data.schema import PromptRecord
 from cropi.model.limits import check_prompts_fit
+from cropi.model.loading import bf16_is_fast
 from cropi.model.logprobs import response_logprobs
 from cropi.model.template import prompt_token_ids
 from cropi.rollout import store
@@ -56,15 +58,19 @@ class Policy:
                           system_prompt=self.system_prompt, model=self.model, where=where)
 
 
-def generation_dtype(name: str) -> torch.dtype:
-    """'fp32' or bf16 ('auto' and 'bf16'): bf16 is ~1.4-2.7x faster on CPUs with AMX."""
+def generation_dtype(name: str, device: Any = "cpu") -> torch.dtype:
+    """``rollout.dtype`` for sampling on ``device``: 'fp32', 'bf16', or 'auto': bf16 where the
+    device computes it natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX: ~1.4-2.7x faster
+    than fp32), fp32 elsewhere (on an AVX2-only CPU bf16 is emulated: ~4x slower than fp32)."""
+    if name == "auto":
+        return torch.bfloat16 if bf16_is_fast(device) else torch.float32
     return torch.float32 if name == "fp32" else torch.bfloat16
 
 
 def make_policy(model: torch.nn.Module, tokenizer: Any, cfg: RolloutConfig,
                 system_prompt: str | None = None, model_path: str | None = None,
                 fast: bool = True) -> Policy:
-    """Wrap an fp32 model; sampling uses a bf16 copy unless ``cfg.dtype == 'fp32'``.
+    """Wrap an fp32 model; sampling uses a copy in the generation dtype (:func:`generation_dtype`).
 
     Other backends (``cfg.backend``, e.g. vllm) sample from ``model_path``, the folder ``model``
     was loaded from; without it (a live model whose weights are not on disk) sampling falls back
@@ -80,11 +86,21 @@ def make_policy(model: torch.nn.Module, tokenizer: Any, cfg: RolloutConfig,
     return Policy(tokenizer, model, hf_sampler(model, tokenizer, cfg, fast=fast), system_prompt)
 
 
+@functools.cache
+def _note_auto(dtype: str) -> None:
+    """Say once per process what ``rollout.dtype=auto`` resolved to."""
+    log.info("rollout.dtype=auto samples in %s on this machine%s", dtype.removeprefix("torch."),
+             "" if dtype == "torch.bfloat16" else " (no native bf16 here: it would be emulated, slower)")
+
+
 def hf_sampler(model: torch.nn.Module, tokenizer: Any, cfg: RolloutConfig, model_path: str | None = None,
                fast: bool = True) -> HFSampler:
-    """``rollout.backend = "hf"``: cropi's decode loop on a bf16 copy of ``model`` (unless
-    ``rollout.dtype == "fp32"``); ``fast=False``: transformers ``generate``."""
-    dtype = generation_dtype(cfg.dtype)
+    """``rollout.backend = "hf"``: cropi's decode loop on a copy of ``model`` in the generation
+    dtype (:func:`generation_dtype`; fp32 samples from ``model`` itself); ``fast=False``:
+    transformers ``generate``."""
+    dtype = generation_dtype(cfg.dtype, next(model.parameters()).device)
+    if cfg.dtype == "auto":
+        _note_auto(str(dtype))
     gen_model = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
     return HFSampler(gen_model.eval(), tokenizer, fast=fast)
 

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from cropi.config import RolloutConfig
+from cropi.rollout.collect import generation_dtype
 from cropi.rollout.sampler import SamplingParams, cut_at_eos, eos_token_ids
 from cropi.utils.errors import CropiError
 from cropi.utils.seeding import derive_seed
@@ -180,8 +181,11 @@ class VLLMSampler:
 
 
 def vllm_sampler(model: torch.nn.Module, tokenizer: Any, cfg: RolloutConfig, model_path: str) -> VLLMSampler:
-    """``rollout.backend = "vllm"``: bf16 engine unless ``rollout.dtype == "fp32"``."""
+    """``rollout.backend = "vllm"``: the engine in the generation dtype (``auto``: bf16 where the
+    device computes it natively, as the hf backend)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = generation_dtype(cfg.dtype, device)
     return VLLMSampler(model_path, eos_token_ids(model, tokenizer),
-                       dtype="float32" if cfg.dtype == "fp32" else "bfloat16",
+                       dtype="float32" if dtype == torch.float32 else "bfloat16",
                        gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed)
 

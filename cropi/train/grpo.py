@@ -30,7 +30,7 @@ from trl import GRPOConfig, GRPOTrainer
 from cropi.config import TrainConfig
 from cropi.data.schema import PromptRecord
 from cropi.model.limits import check_prompts_fit
-from cropi.model.loading import load_model, load_tokenizer, resolve_device
+from cropi.model.loading import bf16_is_fast, load_model, load_tokenizer, resolve_device
 from cropi.model.template import with_system_prompt
 from cropi.model.logprobs import cache_kw, new_cache
 from cropi.rollout.sampler import cut_at_eos, decode
@@ -117,21 +117,31 @@ def make_reward_fn(records: Sequence[PromptRecord]) -> Callable[..., list[float]
 class StageSpeed:
     """How a stage executes TRL's GRPO step; the algorithm (samples, loss, update) is the same.
 
-    ``bf16_generation``: sample the step's completions from a bf16 shadow of the policy whose
-    weights are refreshed from the fp32 policy after every optimizer step (2-2.7x faster
-    generation on AMX CPUs; slightly off-policy, see docs/speed.md). ``shared_prefix``: the loss
+    ``fast_generation``: sample the step's completions with cropi's decode loop from a shadow copy
+    of the policy whose weights are refreshed after every optimizer step (TRL's ``generate`` on
+    the policy otherwise). ``bf16_generation``: that shadow is bf16 (2-2.7x faster generation on
+    AMX CPUs; slightly off-policy, see docs/speed.md) or fp32 (the policy's own numerics); None
+    (default): bf16 where the training device computes it natively (``bf16_is_fast``), fp32
+    elsewhere (on an AVX2-only CPU a bf16 shadow generates ~4x slower). ``shared_prefix``: the loss
     pass runs each distinct prompt once and its K completions on the prompt's KV cache, with the
     LM head on completion positions only (TRL's own pass scores every padded prompt position
     through the LM head on CPUs); the log-probs and gradients equal TRL's within fp32 tolerance
-    (tests/train/test_grpo_speed.py). ``ROUND1`` is TRL's own path (both off).
+    (tests/train/test_grpo_speed.py). ``ROUND1`` is TRL's own path (all off).
     """
 
-    bf16_generation: bool = True
+    fast_generation: bool = True
+    bf16_generation: bool | None = None
     shared_prefix: bool = True
+
+    def resolved(self, device: Any) -> StageSpeed:
+        """This speed with ``bf16_generation=None`` decided for ``device``."""
+        if self.bf16_generation is not None:
+            return self
+        return dataclasses.replace(self, bf16_generation=bf16_is_fast(device))
 
 
 FAST = StageSpeed()
-ROUND1 = StageSpeed(bf16_generation=False, shared_prefix=False)
+ROUND1 = StageSpeed(fast_generation=False, bf16_generation=False, shared_prefix=False)
 
 
 def _inner_model(model: Any) -> Any:
@@ -248,15 +258,17 @@ class StageGRPOTrainer(GRPOTrainer):
         self._shadow: Any = None
         self._shadow_step = -1
         super().__init__(*args, **kwargs)
+        self.speed = speed.resolved(next(self.model.parameters()).device)
 
-    # -- generation from a bf16 shadow of the policy
+    # -- generation from a shadow copy of the policy
     def _shadow_policy(self) -> Any:
-        """The bf16 copy of the policy, refreshed when an optimizer step happened since the last."""
+        """The generation copy of the policy (bf16 or fp32, ``StageSpeed.bf16_generation``),
+        refreshed when an optimizer step happened since the last."""
         model = self.accelerator.unwrap_model(self.model)
         if self._shadow is None:
             shadow = copy.deepcopy(model)
             _inner_model(shadow).__dict__.pop("forward", None)  # TRL's fused-head patch (bound to the fp32 model)
-            self._shadow = shadow.to(torch.bfloat16).eval()
+            self._shadow = shadow.to(torch.bfloat16 if self.speed.bf16_generation else torch.float32).eval()
             self._shadow.requires_grad_(False)
             self._shadow_step = self.state.global_step
         elif self._shadow_step != self.state.global_step:
@@ -268,7 +280,7 @@ class StageGRPOTrainer(GRPOTrainer):
 
     def _generate_single_turn(self, prompt_ids: Any, images: Any, multimodal_fields: Any,
                               num_generations: int, has_tool_images: bool = False) -> Any:
-        if (not self.speed.bf16_generation or self.use_vllm or self.use_transformers_continuous_batching
+        if (not self.speed.fast_generation or self.use_vllm or self.use_transformers_continuous_batching
                 or images is not None or multimodal_fields or self.args.bf16 or self.args.fp16):
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
                                                  has_tool_images)

@@ -101,3 +101,19 @@ def test_continuous_batching_equals_one_batch(small_lm, tiny_model_dir):
     model, tok, chat = _setup(tiny_model_dir)
     a = decode(model, chat, 2, 6, {tok.eos_token_id}, tok.pad_token_id, greedy=True, max_rows=2)
     assert a == decode(model, chat, 2, 6, {tok.eos_token_id}, tok.pad_token_id, greedy=True)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_generation_dtype_is_bf16_only_where_native(tiny_model_dir, monkeypatch, native):
+    from cropi.config import RolloutConfig
+    from cropi.rollout import collect
+
+    monkeypatch.setattr(collect, "bf16_is_fast", lambda device: native)
+    auto = torch.bfloat16 if native else torch.float32
+    assert collect.generation_dtype("auto", "cpu") == auto
+    assert collect.generation_dtype("bf16", "cpu") == torch.bfloat16  # explicit names are kept
+    assert collect.generation_dtype("fp32", "cpu") == torch.float32
+    model, tok, _ = _setup(tiny_model_dir)
+    sampler = collect.hf_sampler(model, tok, RolloutConfig(dtype="auto"))
+    assert next(sampler.model.parameters()).dtype == auto
+    assert (sampler.model is model) == (auto == torch.float32)  # fp32 samples from the model itself

@@ -7,6 +7,7 @@ used for generation follows the fp32 policy after an optimizer step.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -87,11 +88,20 @@ def test_shared_prefix_loss_and_gradient_equal_trl(trainer_and_batch) -> None:
         torch.testing.assert_close(g, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_bf16_shadow_follows_policy(trainer_and_batch) -> None:
+def test_speed_resolves_bf16_generation_per_device(monkeypatch) -> None:
+    for native in (True, False):
+        monkeypatch.setattr(grpo, "bf16_is_fast", lambda device, native=native: native)
+        assert grpo.FAST.resolved("cpu").bf16_generation is native
+    assert grpo.ROUND1.resolved("cpu") == grpo.ROUND1  # set explicitly: kept
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_shadow_follows_policy(trainer_and_batch, dtype) -> None:
     trainer, _ = trainer_and_batch
-    trainer.speed = grpo.FAST
+    trainer.speed = dataclasses.replace(grpo.FAST, bf16_generation=dtype == torch.bfloat16)
+    trainer._shadow = None
     shadow = trainer._shadow_policy()
-    assert next(shadow.parameters()).dtype == torch.bfloat16
+    assert next(shadow.parameters()).dtype == dtype
     assert trainer._shadow_policy() is shadow  # no step: no refresh
     with torch.no_grad():
         for p in trainer.model.parameters():
@@ -100,10 +110,11 @@ def test_bf16_shadow_follows_policy(trainer_and_batch) -> None:
     try:
         trainer._shadow_policy()
         for s, p in zip(shadow.parameters(), trainer.model.parameters(), strict=True):
-            torch.testing.assert_close(s, p.to(torch.bfloat16))
+            torch.testing.assert_close(s, p.to(dtype))
         out, lps = trainer._generate_single_turn([[1, 2, 3], [4, 5]], None, {}, 2)
         assert lps is None and len(out) == 2 and all(1 <= len(o) <= 8 for o in out)
     finally:
+        trainer._shadow = None
         trainer.state.global_step -= 1
         with torch.no_grad():
             for p in trainer.model.parameters():
