@@ -41,6 +41,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 import time
 from typing import Any
 
@@ -54,6 +55,7 @@ from cropi.report.runs import load_comparison, load_run
 from cropi.report.power import power_analysis
 from cropi.report.stats import comparison_panel
 from cropi.report.summary import ACCEL_HEADERS, STATS_HEADERS, acceleration_rows, statistics_rows, summarize
+from cropi.utils.errors import CropiError
 
 log = logging.getLogger("acceleration")
 
@@ -117,6 +119,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--shared-rollouts", action="store_true",
                     help="one beta draw for every seed (round 2's layout; needed to continue or rebuild its "
                          "comparisons); default: every seed its own draw")
+    ap.add_argument("--mixed-machines", action="store_true",
+                    help="add runs even though the store's were made on a CPU that differs in bf16 "
+                         "support (by default refused: another generation dtype)")
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="extra config overrides, e.g. --set eval.max_items=100")
     return ap.parse_args()
@@ -147,6 +152,12 @@ def main() -> None:
     every = args.eval_every or defaults["eval_every"]
     setup_env()
     store = RunStore(store_name(args.name))
+    if not (args.report_only or args.mixed_machines):
+        try:
+            store.check_machine()
+        except CropiError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     # a rerun continues the comparison's stored config (as `cropi compare`), the flags over it
     cfg = make_config(name=args.name, out_dir=args.out_dir, resume=True,
                       sets=[("data.suite", args.suite), ("curriculum.stages", stages),

@@ -89,18 +89,26 @@ def git_state() -> dict[str, Any]:
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
-def machine() -> dict[str, Any]:
+def machine_kind() -> dict[str, Any]:
+    """What decides a run's numerics on this CPU: its model, torch's kernel level and whether it
+    computes bf16 natively (``rollout.dtype=auto`` and the other bf16 switches follow it)."""
     import torch
 
     from cropi.model.loading import bf16_is_fast
 
+    return {"cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16_native": bf16_is_fast("cpu")}
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
     cores = os.cpu_count() or 0
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
     load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"cpu_model": cpu_model(), "cores": cores, "cores_usable": usable,
+    return {**machine_kind(), "cores": cores, "cores_usable": usable,
             "load_avg_start": _LOAD_START, "load_avg_end": load_end,
             "idle_at_start": None if _LOAD_START is None else _LOAD_START[0] < cores / 2,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_native": bf16_is_fast("cpu"),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

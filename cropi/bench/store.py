@@ -15,8 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cropi.bench.results import lock_path, result_path, write_result
+from cropi.bench.results import lock_path, machine_kind, result_path, write_result
 from cropi.report.compact import restore_run
+from cropi.utils.errors import CropiError
 from cropi.utils.io import atomic_write_text, read_jsonl
 from cropi.utils.locking import locked
 
@@ -50,12 +51,30 @@ class RunStore:
         return write_result(self.stem, payload, self.folder)
 
     def save_record(self, arm: str, seed: int, record: dict[str, Any]) -> Path:
-        """Add one arm x seed to the file (read-modify-write under its lock)."""
+        """Add one arm x seed to the file (read-modify-write under its lock), stamped with the
+        kind of machine it ran on (``machine``: :func:`cropi.bench.results.machine_kind`)."""
         with locked(lock_path(self.stem, self.folder)):
             old = self.load()
             runs = old.get("runs", {})
-            runs.setdefault(arm, {})[str(seed)] = record
+            runs.setdefault(arm, {})[str(seed)] = {**record, "machine": machine_kind()}
             return self._write(runs, old.get("shared_events", []), old.get("draw_events"))
+
+    def check_machine(self) -> None:
+        """Refuse (one-line CropiError) to add runs made on this machine to records made on a CPU
+        that differs in bf16 support: ``rollout.dtype=auto`` would sample and evaluate in another
+        dtype, and a seed's arms would no longer share their draw's numerics. Records from before
+        the stamp are not checked."""
+        here = machine_kind()
+        for arm, seeds in self.runs().items():
+            for seed, record in seeds.items():
+                there = record.get("machine")
+                if there is not None and there.get("bf16_native") != here["bf16_native"]:
+                    raise CropiError(
+                        f"a stored run's CPU has bf16_native {there.get('bf16_native')} "
+                        f"({there.get('cpu_capability')}), this one {here['bf16_native']} "
+                        f"({here['cpu_capability']}): its runs would sample and evaluate in another dtype",
+                        file=self.path, field=f"runs.{arm}.{seed}.machine.bf16_native",
+                        fix="continue on a machine like the stored runs', or pass --mixed-machines")
 
     def save_shared(self, root: Path) -> None:
         """Keep the comparison's own events (ROOT/metrics.jsonl) in an existing file, so that a

@@ -23,7 +23,7 @@ from cropi.data.io import dataset_fingerprint
 from cropi.data.sets import DataSets, load_sets
 from cropi.model.fingerprint import model_fingerprint
 from cropi.model.loading import load_model, load_tokenizer, resolve_device, resolve_model_path
-from cropi.rollout.collect import Policy, collect, make_policy
+from cropi.rollout.collect import Policy, collect, generation_dtype, make_policy
 from cropi.rollout.store import PromptRollouts, load_rollouts
 from cropi.utils.errors import CropiError, check_stop
 from cropi.utils.locking import Lease, hold, waiting
@@ -183,7 +183,8 @@ def phase_rollouts(run: Run) -> dict[str, list[PromptRollouts]]:
     if any(w.prompts for w in work.values()):
         run.dir.log_metrics("rollouts", seconds=time.perf_counter() - t0,
                             sampled={n: w.prompts for n, w in work.items()},
-                            work={n: w.as_dict() for n, w in work.items()}, seconds_by_set=seconds)
+                            work={n: w.as_dict() for n, w in work.items()}, seconds_by_set=seconds,
+                            dtype=str(generation_dtype(cfg.dtype, run.device)).removeprefix("torch."))
     return out
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cropi.bench.results import HEADER_KEYS
+import pytest
+
+from cropi.bench.results import HEADER_KEYS, machine_kind
 from cropi.bench.store import RunStore
 
 
@@ -29,8 +31,9 @@ def test_shared_events_survive_records_and_are_restored(tmp_path: Path) -> None:
     assert set(HEADER_KEYS) <= set(stored) and stored["benchmark"] == "acceleration_runs_t"
     assert stored["format"] == 1
     assert stored["shared_events"] == events
-    assert store.runs() == {"full": {"0": {"format": 1, "arm": "full"}},
-                            "oracle": {"0": {"format": 1, "arm": "oracle"}}}
+    kind = machine_kind()
+    assert store.runs() == {"full": {"0": {"format": 1, "arm": "full", "machine": kind}},
+                            "oracle": {"0": {"format": 1, "arm": "oracle", "machine": kind}}}
 
     fresh = tmp_path / "elsewhere" / "cmp"
     assert store.restore(fresh, [], []) == []
@@ -62,3 +65,26 @@ def test_restore_names_the_runs_it_has_and_keeps_present_runs(tmp_path: Path,
     assert restored == [("cropi", root / "arms" / "cropi" / "seed_1"),
                         ("full", root / "arms" / "full" / "seed_0")]  # full/1 is present
     assert not (root / "metrics.jsonl").exists()  # no shared events stored
+
+
+def test_runs_from_a_cpu_with_other_bf16_support_are_refused(tmp_path: Path, monkeypatch) -> None:
+    import cropi.bench.store as store_module
+    from cropi.utils.errors import CropiError
+
+    native = {"cpu_model": "x", "cpu_capability": "AVX512", "bf16_native": True}
+    emulated = {"cpu_model": "y", "cpu_capability": "AVX2", "bf16_native": False}
+    store = RunStore("s", tmp_path)
+    store.check_machine()  # an empty store takes any machine
+    store.save_record("legacy", 0, {"arm": "legacy"})
+    data = store.load()
+    del data["runs"]["legacy"]["0"]["machine"]  # as the records written before the stamp
+    store.path.write_text(json.dumps(data))
+    monkeypatch.setattr(store_module, "machine_kind", lambda: native)
+    store.check_machine()  # a record from before the stamp is not checked
+    store.save_record("cropi", 0, {"arm": "cropi"})
+    assert store.runs()["cropi"]["0"]["machine"] == native
+    monkeypatch.setattr(store_module, "machine_kind", lambda: {**native, "cpu_model": "z"})
+    store.check_machine()  # same bf16 support: the same dtypes
+    monkeypatch.setattr(store_module, "machine_kind", lambda: emulated)
+    with pytest.raises(CropiError, match=r"runs\.cropi\.0\.machine\.bf16_native.*AVX512.*AVX2"):
+        store.check_machine()

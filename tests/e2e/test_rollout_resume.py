@@ -55,6 +55,10 @@ def test_rollout_kill9_resume_equals_uninterrupted(tiny_model_dir: Path, tmp_pat
     events = [json.loads(line) for line in (tmp_path / "b" / "r" / "metrics.jsonl").read_text().splitlines()]
     sampled = [e["sampled"]["pool"] for e in events if e["event"] == "rollouts"]
     assert len(sampled) == 1 and sampled[0] == 24 - n_before  # the killed run logged nothing
+    from cropi.model.loading import bf16_is_fast  # rollout.dtype=auto, resolved for this machine
+
+    dtypes = {e["dtype"] for e in events if e["event"] == "rollouts"}
+    assert dtypes == {"bfloat16" if bf16_is_fast("cpu") else "float32"}
 
 
 def test_rollout_refuses_changed_spec(tiny_model_dir: Path, tmp_path: Path) -> None:
