@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from cropi.bench import load_result, print_table, write_result
-from rl_speed import StepTimer, matmul_gflops  # benchmarks/ is on sys.path when run as a script
+from cropi.bench.timing import StepTimer, matmul_gflops
 
 NAME = "cpu_dtype"
 DTYPES = ("bf16", "fp32")

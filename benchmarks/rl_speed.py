@@ -24,7 +24,6 @@ skips the cells already there (``--fresh`` starts over).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import functools
 import statistics
@@ -37,22 +36,13 @@ import numpy as np
 import torch
 
 from cropi.bench import load_result, print_table, write_result
+from cropi.bench.timing import StepTimer, matmul_gflops
 
 NAME = "rl_speed"
 CONFIGS = ("round1", "new")
 
 
 # ----------------------------------------------------------------------------- reference numbers
-def matmul_gflops(dtype: torch.dtype, n: int = 1024, seconds: float = 1.0) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        torch.mm(a, b)
-        reps += 1
-    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
-
-
 def model_params(model: torch.nn.Module) -> int:
     """Parameters a token's forward multiplies by: all but the input embedding (tied or not,
     the LM head counts once)."""
@@ -63,40 +53,6 @@ def model_params(model: torch.nn.Module) -> int:
 
 
 # ----------------------------------------------------------------------------- GRPO step
-class StepTimer:
-    """Class-level timers on TRL's GRPOTrainer methods (the split of a step)."""
-
-    NAMES = ("_generate", "_calculate_rewards", "_generate_and_score_completions", "_compute_loss",
-             "training_step")
-
-    def __init__(self) -> None:
-        self.t: dict[str, list[float]] = {}
-
-    @contextlib.contextmanager
-    def patched(self):
-        from trl import GRPOTrainer
-
-        saved = {n: getattr(GRPOTrainer, n) for n in self.NAMES}
-
-        def wrap(name, f):
-            @functools.wraps(f)
-            def g(*a, **k):
-                t = time.perf_counter()
-                try:
-                    return f(*a, **k)
-                finally:
-                    self.t.setdefault(name, []).append(time.perf_counter() - t)
-            return g
-
-        for n, f in saved.items():
-            setattr(GRPOTrainer, n, wrap(n, f))
-        try:
-            yield self
-        finally:
-            for n, f in saved.items():
-                setattr(GRPOTrainer, n, f)
-
-
 def grpo_cell(config: str, records, args, rep: int, n_params: int) -> dict[str, Any]:
     from cropi.config import TrainConfig
     from cropi.train import grpo

@@ -4,7 +4,8 @@
 - :mod:`cropi.bench.store`: the resumable per-arm x seed store of benchmarks/acceleration.py;
 - :mod:`cropi.bench.selection_cells`: the rollouts, group sums and draws of
   benchmarks/selection_quality.py (the metrics are :mod:`cropi.report.selection_quality`);
-- :mod:`cropi.bench.sparse_jl`: a timing estimate of the sparse JL projector.
+- :mod:`cropi.bench.sparse_jl`: a timing estimate of the sparse JL projector;
+- :mod:`cropi.bench.timing`: a CPU's matrix-product rate and the split of a GRPO step.
 """
 
 from cropi.bench.results import (HEADER_KEYS, RESULTS, SCHEMA, header, load_result, lock_path,
