@@ -240,6 +240,8 @@ class TrainConfig:
     lora_rank: int = opt(8, "LoRA rank r of the adapters (with train.lora)")
     lora_alpha: float = opt(16.0, "LoRA alpha: the adapter update is scaled by lora_alpha / lora_rank")
     bf16: bool = opt(False, "bf16 mixed precision")
+    generation_dtype: str = opt("auto", "dtype of the copy of the policy that samples each GRPO step's completions: "
+                                "auto (bf16 where the device computes it natively, fp32 elsewhere), bf16 or fp32")
     reset_optimizer: bool = opt(False, "reset optimizer state at each stage")
     seed: int = opt(0, "training seed")
 
@@ -249,6 +251,8 @@ class TrainConfig:
         _check(self.learning_rate > 0, "train", "learning_rate", "must be > 0")
         _check(self.lora_rank >= 1, "train", "lora_rank", "must be >= 1")
         _check(self.lora_alpha > 0, "train", "lora_alpha", "must be > 0")
+        _check(self.generation_dtype in ("auto", "bf16", "fp32"), "train", "generation_dtype",
+               "use auto, bf16 or fp32")
 
 
 @dataclass

@@ -121,8 +121,9 @@ class StageSpeed:
     of the policy whose weights are refreshed after every optimizer step (TRL's ``generate`` on
     the policy otherwise). ``bf16_generation``: that shadow is bf16 (2-2.7x faster generation on
     AMX CPUs; slightly off-policy, see docs/speed.md) or fp32 (the policy's own numerics); None
-    (default): bf16 where the training device computes it natively (``bf16_is_fast``), fp32
-    elsewhere (on an AVX2-only CPU a bf16 shadow generates ~4x slower). ``shared_prefix``: the loss
+    (default): ``train.generation_dtype``, whose ``auto`` is bf16 where the training device
+    computes it natively (``bf16_is_fast``) and fp32 elsewhere (on an AVX2-only CPU a bf16 shadow
+    generates ~4x slower). ``shared_prefix``: the loss
     pass runs each distinct prompt once and its K completions on the prompt's KV cache, with the
     LM head on completion positions only (TRL's own pass scores every padded prompt position
     through the LM head on CPUs); the log-probs and gradients equal TRL's within fp32 tolerance
@@ -133,11 +134,13 @@ class StageSpeed:
     bf16_generation: bool | None = None
     shared_prefix: bool = True
 
-    def resolved(self, device: Any) -> StageSpeed:
-        """This speed with ``bf16_generation=None`` decided for ``device``."""
+    def resolved(self, device: Any, generation_dtype: str = "auto") -> StageSpeed:
+        """This speed with ``bf16_generation=None`` decided: by ``generation_dtype``
+        (``train.generation_dtype``), or for ``device`` when that is ``auto``."""
         if self.bf16_generation is not None:
             return self
-        return dataclasses.replace(self, bf16_generation=bf16_is_fast(device))
+        bf16 = bf16_is_fast(device) if generation_dtype == "auto" else generation_dtype == "bf16"
+        return dataclasses.replace(self, bf16_generation=bf16)
 
 
 FAST = StageSpeed()
@@ -443,7 +446,7 @@ def _build_trainer(model_path: str, records: Sequence[PromptRecord], cfg: TrainC
         callbacks=[callback],
         peft_config=lora_config(cfg) if cfg.lora else None,
         stage_seed=seed,
-        speed=speed,
+        speed=speed.resolved(model.device, cfg.generation_dtype),
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; StageCallback logs instead
     return trainer, tokenizer

@@ -92,7 +92,18 @@ def test_speed_resolves_bf16_generation_per_device(monkeypatch) -> None:
     for native in (True, False):
         monkeypatch.setattr(grpo, "bf16_is_fast", lambda device, native=native: native)
         assert grpo.FAST.resolved("cpu").bf16_generation is native
-    assert grpo.ROUND1.resolved("cpu") == grpo.ROUND1  # set explicitly: kept
+        assert grpo.FAST.resolved("cpu", "fp32").bf16_generation is False  # train.generation_dtype
+        assert grpo.FAST.resolved("cpu", "bf16").bf16_generation is True
+    assert grpo.ROUND1.resolved("cpu", "bf16") == grpo.ROUND1  # set explicitly: kept
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_train_generation_dtype_reaches_the_trainer(tiny_model_dir, tmp_path, dtype) -> None:
+    cfg = TrainConfig(steps_per_stage=1, prompts_per_step=2, samples_per_prompt=4, max_new_tokens=8,
+                      generation_dtype=dtype)
+    cb = grpo.StageCallback(0, None, None, 0, None)
+    trainer, _ = grpo._build_trainer(str(tiny_model_dir), RECORDS, cfg, tmp_path, 0, None, cb, "cpu")
+    assert trainer.speed.bf16_generation is (dtype == "bf16")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
