@@ -34,6 +34,7 @@ from cropi.bench.timing import StepTimer, matmul_gflops
 
 NAME = "cpu_dtype"
 DTYPES = ("bf16", "fp32")
+HEADERS = ["task", "unit", "bf16", "fp32", "bf16 slower by"]
 
 
 def rollout_cell(model, tok, records, dtype: str, rep: int) -> dict[str, Any]:
@@ -151,8 +152,6 @@ def main() -> None:
     save(partial=False)
     print_table(HEADERS, summarize(cells))
 
-
-HEADERS = ["task", "unit", "bf16", "fp32", "bf16 slower by"]
 
 if __name__ == "__main__":
     main()
