@@ -114,6 +114,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from cropi.data.suites import build_suite
+    from cropi.evaluation import is_targeted
     from cropi.model.loading import bf16_is_fast, load_model, load_tokenizer
 
     keep = vars(args)
@@ -127,7 +128,7 @@ def main() -> None:
     tok = load_tokenizer(args.model)
     model = load_model(args.model, "fp32").eval()
     suite = build_suite("rg-lcm-seq", 0)
-    targeted = {n: v for n, v in suite.tests.items() if n.startswith("target")}
+    targeted = {n: v for n, v in suite.tests.items() if is_targeted(n)}
 
     def save(partial: bool = True) -> None:
         write_result(NAME, {"args": keep, "partial": partial, "reference": ref, "cells": cells,
