@@ -74,11 +74,11 @@ def eval_cell(model, tok, tests, dtype: str, items: int) -> dict[str, Any]:
 
 def grpo_cell(model_name: str, records, dtype: str, rep: int) -> dict[str, Any]:
     from cropi.config import TrainConfig
-    from cropi.train import grpo
+    from cropi.train import grpo, grpo_speed
 
     cfg = TrainConfig(steps_per_stage=2, prompts_per_step=2, samples_per_prompt=8, max_new_tokens=40,
                       seed=rep)
-    speed = dataclasses.replace(grpo.FAST, bf16_generation=dtype == "bf16")
+    speed = dataclasses.replace(grpo_speed.FAST, bf16_generation=dtype == "bf16")
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as tmp, timer.patched():
         res = grpo.train_stage(model_name, Path(tmp) / "ck", records, cfg, device="cpu", speed=speed)

@@ -6,7 +6,7 @@ repetition alternates which goes first), so load from other jobs affects both al
     round1  TRL's own GRPO path (fp32 generation, the padded batch through the fused LM head),
             transformers ``generate`` for rollouts and evaluation (every row kept to the end, the
             packed fp32 log-prob pass, evaluation in file order), the packed POPI pass
-    new     bf16 shadow generation + shared-prefix loss pass (``grpo.FAST``), the ``decode`` loop
+    new     bf16 shadow generation + shared-prefix loss pass (``grpo_speed.FAST``), the ``decode`` loop
             (each prompt once, finished rows dropped), shared-prefix log-probs and POPI pass,
             evaluation batched by prompt length
 
@@ -55,14 +55,14 @@ def model_params(model: torch.nn.Module) -> int:
 # ----------------------------------------------------------------------------- GRPO step
 def grpo_cell(config: str, records, args, rep: int, n_params: int) -> dict[str, Any]:
     from cropi.config import TrainConfig
-    from cropi.train import grpo
+    from cropi.train import grpo, grpo_speed
 
     cfg = TrainConfig(steps_per_stage=args.grpo_steps, prompts_per_step=2, samples_per_prompt=8,
                       max_new_tokens=40, seed=rep)
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as tmp, timer.patched():
         res = grpo.train_stage(args.model, Path(tmp) / "ck", records, cfg, device="cpu",
-                               speed=grpo.FAST if config == "new" else grpo.ROUND1)
+                               speed=grpo_speed.FAST if config == "new" else grpo_speed.ROUND1)
     t = timer.t
     steps = []
     for i, entry in enumerate(res.log):

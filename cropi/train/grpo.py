@@ -30,11 +30,11 @@ from trl import GRPOConfig, GRPOTrainer
 from cropi.config import TrainConfig
 from cropi.data.schema import PromptRecord
 from cropi.model.limits import check_prompts_fit
-from cropi.model.loading import bf16_is_fast, load_model, load_tokenizer, resolve_device
+from cropi.model.loading import load_model, load_tokenizer, resolve_device
 from cropi.model.template import with_system_prompt
-from cropi.model.logprobs import cache_kw, new_cache
 from cropi.rollout.sampler import cut_at_eos, decode
 from cropi.train.grpo_sampler import StageSampler
+from cropi.train.grpo_speed import FAST, StageSpeed, inner_model, shared_prefix_logps
 from cropi.train.grpo_state import (
     OPTIMIZER_FILE,
     load_optimizer_state,
@@ -112,90 +112,6 @@ def make_reward_fn(records: Sequence[PromptRecord]) -> Callable[..., list[float]
     return reward
 
 
-# ----------------------------------------------------------------------------- speed
-@dataclass(frozen=True)
-class StageSpeed:
-    """How a stage executes TRL's GRPO step; the algorithm (samples, loss, update) is the same.
-
-    ``fast_generation``: sample the step's completions with cropi's decode loop from a shadow copy
-    of the policy whose weights are refreshed after every optimizer step (TRL's ``generate`` on
-    the policy otherwise). ``bf16_generation``: that shadow is bf16 (2-2.7x faster generation on
-    AMX CPUs; slightly off-policy, see docs/speed.md) or fp32 (the policy's own numerics); None
-    (default): ``train.generation_dtype``, whose ``auto`` is bf16 where the training device
-    computes it natively (``bf16_is_fast``) and fp32 elsewhere (on an AVX2-only CPU a bf16 shadow
-    generates ~4x slower). ``shared_prefix``: the loss
-    pass runs each distinct prompt once and its K completions on the prompt's KV cache, with the
-    LM head on completion positions only (TRL's own pass scores every padded prompt position
-    through the LM head on CPUs); the log-probs and gradients equal TRL's within fp32 tolerance
-    (tests/train/test_grpo_speed.py). ``ROUND1`` is TRL's own path (all off).
-    """
-
-    fast_generation: bool = True
-    bf16_generation: bool | None = None
-    shared_prefix: bool = True
-
-    def resolved(self, device: Any, generation_dtype: str = "auto") -> StageSpeed:
-        """This speed with ``bf16_generation=None`` decided: by ``generation_dtype``
-        (``train.generation_dtype``), or for ``device`` when that is ``auto``."""
-        if self.bf16_generation is not None:
-            return self
-        bf16 = bf16_is_fast(device) if generation_dtype == "auto" else generation_dtype == "bf16"
-        return dataclasses.replace(self, bf16_generation=bf16)
-
-
-FAST = StageSpeed()
-ROUND1 = StageSpeed(fast_generation=False, bf16_generation=False, shared_prefix=False)
-
-
-def _inner_model(model: Any) -> Any:
-    """The causal LM under a PEFT wrapper (the one TRL patched with its fused LM head)."""
-    return model.get_base_model() if hasattr(model, "peft_config") and hasattr(model, "get_base_model") else model
-
-
-def shared_prefix_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        logits_to_keep: int, compute_entropy: bool = False
-                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """TRL's per-token completion log-probs (and entropies), computed once per distinct prompt.
-
-    ``input_ids`` is TRL's ``[B, P + C]`` batch (left-padded prompts, right-padded completions,
-    ``C = logits_to_keep``). Rows with the same prompt form a group: the prompt minus its last
-    token runs once with a KV cache (gradients flow back through the cache), the cache is
-    repeated for the group's rows, and [last prompt token, completion tokens up to the group's
-    longest completion] runs through TRL's fused LM head (``fused_lm_head=True``, which applies the
-    sampling temperature). Returns ``[B, C]`` tensors, 0 on padding, like TRL's pass.
-    """
-    b, width = input_ids.shape
-    p_len = width - logits_to_keep
-    prompt_mask = attention_mask[:, :p_len].bool()
-    comp_len = attention_mask[:, p_len:].sum(dim=1).tolist()
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i in range(b):
-        groups.setdefault(tuple(input_ids[i, :p_len][prompt_mask[i]].tolist()), []).append(i)
-    logps = torch.zeros((b, logits_to_keep), dtype=torch.float32, device=input_ids.device)
-    ent = torch.zeros_like(logps) if compute_entropy else None
-    kw = cache_kw(model)
-    for prompt, rows in groups.items():
-        n = len(rows)
-        c = max(1, int(max(comp_len[i] for i in rows)))
-        idx = torch.as_tensor(rows, device=input_ids.device)
-        cache = new_cache(_inner_model(model))
-        prompt_t = torch.as_tensor(prompt, dtype=torch.long, device=input_ids.device)
-        if len(prompt) > 1:  # the prefix: no LM head (logits_to_keep=1 is the cheapest the API allows)
-            model(input_ids=prompt_t[None, :-1], use_cache=True, logits_to_keep=1, **{kw: cache})
-            cache.batch_repeat_interleave(n)
-        comp = input_ids[idx, p_len:p_len + c]
-        cmask = attention_mask[idx, p_len:p_len + c].bool()
-        cont = torch.cat([prompt_t[-1:].expand(n, 1), comp], dim=1)
-        labels = torch.cat([torch.full((n, 1), -100, dtype=torch.long, device=comp.device),
-                            comp.masked_fill(~cmask, -100)], dim=1)
-        out = model(input_ids=cont, labels=labels, fused_lm_head=True,
-                    **{kw: cache if len(prompt) > 1 else None})
-        logps[idx, :c] = out.log_probs.float()
-        if ent is not None:
-            ent[idx, :c] = out.entropy.float()
-    return logps, ent
-
-
 # ----------------------------------------------------------------------------- trainer pieces
 def checkpointing_off() -> dict[str, bool]:
     """Activation checkpointing off, under the name of this transformers: ``activation_checkpointing``
@@ -270,7 +186,7 @@ class StageGRPOTrainer(GRPOTrainer):
         model = self.accelerator.unwrap_model(self.model)
         if self._shadow is None:
             shadow = copy.deepcopy(model)
-            _inner_model(shadow).__dict__.pop("forward", None)  # TRL's fused-head patch (bound to the fp32 model)
+            inner_model(shadow).__dict__.pop("forward", None)  # TRL's fused-head patch (bound to the fp32 model)
             self._shadow = shadow.to(torch.bfloat16 if self.speed.bf16_generation else torch.float32).eval()
             self._shadow.requires_grad_(False)
             self._shadow_step = self.state.global_step

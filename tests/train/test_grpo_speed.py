@@ -15,7 +15,7 @@ import torch
 
 from cropi.config import TrainConfig
 from cropi.data.schema import PromptRecord
-from cropi.train import grpo
+from cropi.train import grpo, grpo_speed
 
 RECORDS = [
     PromptRecord(id="a1", prompt=[{"role": "user", "content": "What is 1+1?"}], answer="2",
@@ -46,7 +46,7 @@ def trainer_and_batch(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFac
     return trainer, inputs
 
 
-def _loss_and_grad(trainer, inputs, speed: grpo.StageSpeed):
+def _loss_and_grad(trainer, inputs, speed: grpo_speed.StageSpeed):
     trainer.speed = speed
     model = trainer.model
     model.zero_grad(set_to_none=True)
@@ -66,10 +66,10 @@ def test_shared_prefix_logps_equal_trl(trainer_and_batch) -> None:
     assert len({tuple(r) for r in inputs["prompt_ids"].tolist()}) == 2  # two prompts, padded to one width
     assert (inputs["prompt_mask"] == 0).any()  # the shorter prompt is left-padded
     with torch.no_grad():
-        trainer.speed = grpo.ROUND1
+        trainer.speed = grpo_speed.ROUND1
         ref_lp, ref_ent, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, keep,
                                                                       compute_entropy=True)
-        trainer.speed = grpo.FAST
+        trainer.speed = grpo_speed.FAST
         lp, ent, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, keep,
                                                               compute_entropy=True)
     torch.testing.assert_close(lp[cmask], ref_lp[cmask], rtol=1e-5, atol=1e-5)
@@ -80,8 +80,8 @@ def test_shared_prefix_logps_equal_trl(trainer_and_batch) -> None:
 def test_shared_prefix_loss_and_gradient_equal_trl(trainer_and_batch) -> None:
     trainer, inputs = trainer_and_batch
     assert inputs["advantages"].abs().sum() > 0  # a batch with a real gradient
-    ref_loss, ref_grads = _loss_and_grad(trainer, inputs, grpo.ROUND1)
-    loss, grads = _loss_and_grad(trainer, inputs, grpo.FAST)
+    ref_loss, ref_grads = _loss_and_grad(trainer, inputs, grpo_speed.ROUND1)
+    loss, grads = _loss_and_grad(trainer, inputs, grpo_speed.FAST)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     assert grads.keys() == ref_grads.keys()
     for name, g in grads.items():
@@ -90,11 +90,11 @@ def test_shared_prefix_loss_and_gradient_equal_trl(trainer_and_batch) -> None:
 
 def test_speed_resolves_bf16_generation_per_device(monkeypatch) -> None:
     for native in (True, False):
-        monkeypatch.setattr(grpo, "bf16_is_fast", lambda device, native=native: native)
-        assert grpo.FAST.resolved("cpu").bf16_generation is native
-        assert grpo.FAST.resolved("cpu", "fp32").bf16_generation is False  # train.generation_dtype
-        assert grpo.FAST.resolved("cpu", "bf16").bf16_generation is True
-    assert grpo.ROUND1.resolved("cpu", "bf16") == grpo.ROUND1  # set explicitly: kept
+        monkeypatch.setattr(grpo_speed, "bf16_is_fast", lambda device, native=native: native)
+        assert grpo_speed.FAST.resolved("cpu").bf16_generation is native
+        assert grpo_speed.FAST.resolved("cpu", "fp32").bf16_generation is False  # train.generation_dtype
+        assert grpo_speed.FAST.resolved("cpu", "bf16").bf16_generation is True
+    assert grpo_speed.ROUND1.resolved("cpu", "bf16") == grpo_speed.ROUND1  # set explicitly: kept
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
@@ -109,7 +109,7 @@ def test_train_generation_dtype_reaches_the_trainer(tiny_model_dir, tmp_path, dt
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_shadow_follows_policy(trainer_and_batch, dtype) -> None:
     trainer, _ = trainer_and_batch
-    trainer.speed = dataclasses.replace(grpo.FAST, bf16_generation=dtype == torch.bfloat16)
+    trainer.speed = dataclasses.replace(grpo_speed.FAST, bf16_generation=dtype == torch.bfloat16)
     trainer._shadow = None
     shadow = trainer._shadow_policy()
     assert next(shadow.parameters()).dtype == dtype
