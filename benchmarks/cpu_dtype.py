@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from cropi.bench import load_result, print_table, write_result
-from cropi.bench.timing import StepTimer, matmul_gflops
+from cropi.bench.timing import StepTimer, matmul_gflops, timed_eval, timed_rollout
 
 NAME = "cpu_dtype"
 DTYPES = ("bf16", "fp32")
@@ -39,37 +39,20 @@ HEADERS = ["task", "unit", "bf16", "fp32", "bf16 slower by"]
 
 def rollout_cell(model, tok, records, dtype: str, rep: int) -> dict[str, Any]:
     from cropi.config import RolloutConfig
-    from cropi.rollout.collect import make_policy, rows_for_chunk
+    from cropi.rollout.collect import make_policy
 
     cfg = RolloutConfig(dtype=dtype, k_pool=8, k_first=None, temperature=0.5, max_new_tokens=64)
-    policy = make_policy(model, tok, cfg)
-    t0 = time.perf_counter()
-    rows, work = rows_for_chunk(policy, records, 8, cfg, 1000 + rep)
-    sec = time.perf_counter() - t0
-    return {"seconds": sec, "tokens": work.tokens_generated, "tokens_per_s": work.tokens_generated / sec,
-            "mean_pass_rate": statistics.fmean(r["pass_rate"] for r in rows)}
+    return timed_rollout(make_policy(model, tok, cfg), records, 8, cfg, 1000 + rep)
 
 
 def eval_cell(model, tok, tests, dtype: str, items: int) -> dict[str, Any]:
+    """The first ``items / len(tests)`` items of each test set."""
     from cropi.config import RolloutConfig
-    from cropi.evaluation import item_results
     from cropi.rollout.collect import make_policy
-    from cropi.rollout.sampler import SamplingParams
-    from cropi.utils.progress import track
 
-    policy = make_policy(model, tok, RolloutConfig(dtype=dtype))
-    params = SamplingParams(n=1, greedy=True, max_new_tokens=64)
     per_set = items // len(tests)
-    verdicts: dict[str, float] = {}
-    t0 = time.perf_counter()
-    for name, recs in tests.items():
-        recs = list(recs)[:per_set]
-        with track(f"eval {name}", total=len(recs), transient=True) as bar:
-            out = item_results(policy, recs, params, 64, 0, bar, by_length=True)
-        verdicts.update({f"{name}/{r.id}": it.rewards[0] for r, it in zip(recs, out, strict=True)})
-    sec = time.perf_counter() - t0
-    return {"seconds": sec, "items": len(verdicts), "items_per_s": len(verdicts) / sec,
-            "accuracy": statistics.fmean(verdicts.values()), "verdicts": verdicts}
+    return timed_eval(make_policy(model, tok, RolloutConfig(dtype=dtype)),
+                      {name: list(recs)[:per_set] for name, recs in tests.items()})
 
 
 def grpo_cell(model_name: str, records, dtype: str, rep: int) -> dict[str, Any]:

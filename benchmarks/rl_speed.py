@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from cropi.bench import load_result, print_table, write_result
-from cropi.bench.timing import StepTimer, matmul_gflops
+from cropi.bench.timing import StepTimer, matmul_gflops, timed_eval, timed_rollout
 
 NAME = "rl_speed"
 CONFIGS = ("round1", "new")
@@ -89,40 +89,21 @@ def policies(model, tok):
 
 def rollout_cell(policy, records, args, rep: int) -> dict[str, Any]:
     from cropi.config import RolloutConfig
-    from cropi.rollout.collect import rows_for_chunk
 
     cfg = RolloutConfig(k_pool=8, max_new_tokens=64, batch_size=64)
-    chunk = records[:args.rollout_prompts]
-    t0 = time.perf_counter()
-    rows, work = rows_for_chunk(policy, chunk, 8, cfg, 1000 + rep)
-    sec = time.perf_counter() - t0
-    n_tok = work.tokens_generated
-    return {"seconds": sec, "tokens": n_tok, "tokens_per_s": n_tok / sec, "sequences": len(chunk) * 8,
-            "mean_reward": float(np.mean([r["pass_rate"] for r in rows]))}
+    return timed_rollout(policy, records[:args.rollout_prompts], 8, cfg, 1000 + rep)
 
 
 # ----------------------------------------------------------------------------- evaluation
 def eval_cell(policy, tests, config: str, args) -> dict[str, Any]:
-    from cropi.rollout.sampler import SamplingParams
-    from cropi.evaluation import item_results
-    from cropi.utils.progress import track
-
-    params = SamplingParams(n=1, greedy=True, max_new_tokens=64)
-    rewards: dict[str, list[float]] = {}
-    n = 0
-    t0 = time.perf_counter()
+    """The first ``args.eval_items`` test items, in the sets' order."""
+    cut, n = {}, 0
     for name, recs in tests.items():
-        recs = list(recs)[:max(0, args.eval_items - n)]
-        if not recs:
-            continue
-        with track(f"eval {name}", total=len(recs), transient=True) as bar:
-            items = item_results(policy, recs, params, 64, 0, bar, by_length=config == "new")
-        for rec, it in zip(recs, items, strict=True):
-            rewards[f"{name}/{rec.id}"] = it.rewards[0]
-        n += len(recs)
-    sec = time.perf_counter() - t0
-    return {"seconds": sec, "items": n, "items_per_s": n / sec,
-            "accuracy": float(np.mean(list(rewards.values()))), "rewards": rewards}
+        cut[name] = list(recs)[:max(0, args.eval_items - n)]
+        n += len(cut[name])
+    out = timed_eval(policy, cut, by_length=config == "new")
+    out["rewards"] = out.pop("verdicts")  # this file's name for them
+    return out
 
 
 # ----------------------------------------------------------------------------- scoring
