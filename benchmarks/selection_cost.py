@@ -12,7 +12,11 @@ Configurations (:data:`CONFIGS`): ``today`` (the settings before the cost work, 
 ``new`` (the recommended one, today's defaults). Per suite: ``today`` with rollout seeds 0 and 1
 (their top-10 % overlap is the noise floor: two of today's own draws), then ``new`` with seed 1,
 compared with today's seed-0 draw (``overlap_new_vs_today``: different seeds, so it carries the
-same noise as the floor). Each lever alone is priced without sampling noise by the what-if cells
+same noise as the floor). One pair of 11-13 picks each is a coarse estimate of either overlap
+(a single pick moves it by 0.08-0.09): ``--draws N`` adds today's seeds 2..N-1 and the other
+configurations' seeds 2..N-1, and both overlaps become means over every pair of draws with
+different seeds (the pairs are kept). The speed-ups stay today's seed 0 over the configuration's
+seed 1, timed back to back. Each lever alone is priced without sampling noise by the what-if cells
 (``--what-if``: today's seed-0 responses cut to fewer per prompt, :data:`WHAT_IF`) and, for the
 concatenated pass, by benchmarks/concat_pass.py.
 
@@ -23,10 +27,11 @@ re-scoring, which gives the shortlist's pick overlap without any sampling noise)
 
 Enrichment (as in benchmarks/selection_quality.py): the share of picks from the target sets' own
 families over that share among the pool prompts with a gradient, picks re-fused on each of 1,000
-bootstrap resamples of the pool for the 95 % interval; today's is the mean of its two draws.
+bootstrap resamples of the pool for the 95 % interval; a configuration's is the mean over its draws.
 
     OMP_NUM_THREADS=1 python benchmarks/selection_cost.py --threads 1 --stage1   # both suites
     OMP_NUM_THREADS=1 python benchmarks/selection_cost.py --suite rg-lcm-seq --what-if all
+    OMP_NUM_THREADS=1 python benchmarks/selection_cost.py --suite rg-lcm-seq --draws 4   # overlaps over 4 draws
     # two processes, one per core, sharing a suite's cells:
     ... --suite default-small --stage1 --only today-r0,today-r1,stage1-today-r0
 
@@ -53,10 +58,10 @@ import numpy as np
 
 from cropi import api
 from cropi.bench import load_result, print_table, write_result
-from cropi.bench.results import lock_path
+from cropi.bench.results import lock_path, machine_kind
 from cropi.utils.locking import locked
 from cropi.bench.selection_cells import family_of, suite_spec
-from cropi.report.selection_quality import fused_rule, overlap, selection_metrics
+from cropi.report.selection_quality import fused_rule, overlap, pair_overlaps, selection_metrics
 from cropi.utils.io import atomic_write_json, read_json, read_jsonl
 
 NAME = "selection_cost"
@@ -116,6 +121,8 @@ def stage0(work: Path, suite: str, config: str, seed: int, steps: int) -> dict[s
     api.score_stage(run, 0)
     sel = api.select_prompts(run, 0)
     return {"config": config, "seed": seed, "run": str(run.dir.root), "load_1min": load,
+            "sets": [f"{k}={v}" for k, v in EXTRA], "machine": machine_kind(),
+            "dtypes": {"rollout": run.cfg.rollout.dtype, "gradient_autocast_bf16": run.cfg.gradient.autocast_bf16},
             **parts(run, 0), "picks": sel.ids}
 
 
@@ -249,8 +256,10 @@ def _link_stage0(src: Path, dest: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ metrics
-def pick_metrics(suite: str, draws: dict[str, dict[str, Any]], stage: int) -> dict[str, Any]:
-    """Fused enrichment with its interval per draw (``{label: draw}``), today's mean of two. The
+def pick_metrics(suite: str, draws: dict[str, dict[str, Any]], stage: int,
+                 pooled: list[str] | None = None) -> dict[str, Any]:
+    """Fused enrichment with its interval per draw (``{label: draw}``), and the mean over the draws
+    named in ``pooled`` with its interval (``enrichment_mean_halves``). The
     bootstrap resamples of the pool come from a generator seeded afresh at every call, so an
     interval does not depend on which cells were summarized before it."""
     from cropi.influence.scores import read_scores, target_scores
@@ -272,7 +281,8 @@ def pick_metrics(suite: str, draws: dict[str, dict[str, Any]], stage: int) -> di
         zero[d] = np.asarray(t["zero_grad"], dtype=bool)
     n = len(next(iter(draws.values()))["picks"])
     boot = np.random.default_rng(0).integers(0, len(ids), size=(BOOT, len(ids)))
-    res = selection_metrics(fused_rule(per_target, n), list(draws), zero, relevant, None, n, boot, None)
+    res = selection_metrics(fused_rule(per_target, n), list(draws), zero, relevant, None, n, boot, None,
+                            pooled=pooled or ())
     res.pop("bootstrap", None)
     return res
 
@@ -282,38 +292,56 @@ def positions(ids: list[str], picks: list[str]) -> np.ndarray:
     return np.array([index[i] for i in picks], dtype=np.int64)
 
 
+def draws_of(cells: dict[str, Any], config: str) -> dict[str, dict[str, Any]]:
+    """A configuration's finished stage-0 draws, ``{label: cell}`` in seed order."""
+    seeds = sorted(int(k.rsplit("-r", 1)[1]) for k in cells if k.startswith(f"{config}-r") and k[len(config) + 2:].isdigit())
+    return {f"{config}-r{i}": cells[f"{config}-r{i}"] for i in seeds}
+
+
 def summarize(suite: str, cells: dict[str, Any]) -> dict[str, Any] | None:
-    """Per configuration: speed-ups over today's seed-0 draw (seconds and work), enrichment,
-    overlap with today's picks; the noise floor; stage 1 when measured."""
-    today0, today1 = cells.get("today-r0"), cells.get("today-r1")
-    if not (today0 and today1):
+    """Per configuration: speed-ups of its seed-1 draw over today's seed-0 draw (seconds and work),
+    enrichment (mean over its draws), overlap with today's picks (mean over pairs of draws with
+    different seeds); the noise floor (mean over pairs of today's draws); stage 1 when measured.
+    With today's seeds 0 and 1 and one draw of each other configuration (``--draws 2``) every
+    mean is over one pair or draw."""
+    today = draws_of(cells, "today")
+    if not {"today-r0", "today-r1"} <= today.keys():
         return None
+    today0 = today["today-r0"]
     n = len(today0["picks"])
     ids = _pool_ids(today0)
-    floor = overlap(positions(ids, today0["picks"]), positions(ids, today1["picks"]), n)
-    base = pick_metrics(suite, {"A": today0, "B": today1}, 0)
-    out: dict[str, Any] = {"noise_floor_overlap": floor, "enrichment_today": base["enrichment_mean_halves"],
+    seeded = {k: (v["seed"], v["picks"]) for k, v in today.items()}
+    floor_pairs = pair_overlaps(seeded, seeded, n)
+    floor = float(np.mean(list(floor_pairs.values())))
+    base = pick_metrics(suite, today, 0, pooled=list(today))
+    out: dict[str, Any] = {"noise_floor_overlap": floor, "noise_floor_pairs": floor_pairs,
+                           "enrichment_today": base["enrichment_mean_halves"],
                            "enrichment_today_ci": base["enrichment_mean_halves_ci"], "configs": {}}
     for config in CONFIGS:
-        cell = cells.get(f"{config}-r1")
+        mine = {k: v for k, v in draws_of(cells, config).items() if v["seed"] >= 1}
+        cell = mine.get(f"{config}-r1")
         if cell is None:
             continue
-        new = pick_metrics(suite, {"N": cell}, 0)["per_draw"]["N"]
+        m = pick_metrics(suite, mine, 0, pooled=list(mine))
+        ov_pairs = pair_overlaps({k: (v["seed"], v["picks"]) for k, v in mine.items()}, seeded, n)
+        ov = float(np.mean(list(ov_pairs.values())))
         out["configs"][config] = {
             "speedup_seconds": today0["seconds"]["total"] / cell["seconds"]["total"],
             "speedup_work_generated": _ratio(today0, cell, "tokens_generated"),
             "speedup_work_backward": _ratio(today0, cell, "tokens_backward"),
-            "seconds": cell["seconds"], "enrichment": new["enrichment"], "enrichment_ci": new["enrichment_ci"],
-            "n_grad": new["n_grad"],
-            "overlap_vs_today": overlap(positions(ids, today0["picks"]), positions(ids, cell["picks"]), n),
+            "seconds": cell["seconds"], "draws": list(mine),
+            "enrichment": m["enrichment_mean_halves"], "enrichment_ci": m["enrichment_mean_halves_ci"],
+            "n_grad": m["per_draw"][f"{config}-r1"]["n_grad"],
+            "overlap_vs_today": ov, "overlap_vs_today_pairs": ov_pairs,
         }
     rec = out["configs"].get(RECOMMENDED)
     summary: dict[str, Any] = {"recommended": RECOMMENDED, "noise_floor_overlap": floor,
                                "enrichment_today": out["enrichment_today"],
-                               "enrichment_today_lo": out["enrichment_today_ci"][0]}
+                               "enrichment_today_lo": out["enrichment_today_ci"][0],
+                               "draws_today": len(today)}
     if rec is not None:
         summary.update(speedup_stage0=rec["speedup_seconds"], enrichment_new=rec["enrichment"],
-                       overlap_new_vs_today=rec["overlap_vs_today"])
+                       overlap_new_vs_today=rec["overlap_vs_today"], draws_new=len(rec["draws"]))
     s1_today, s1_full, s1_short = (cells.get(k) for k in ("stage1-today-r0", f"stage1-{RECOMMENDED}-r1",
                                                           f"stage1-{RECOMMENDED}-r1-shortlist"))
     if s1_today and s1_full:  # the recommended configuration re-scores the whole pool
@@ -359,6 +387,9 @@ def parse_args() -> argparse.Namespace:
                          f"(all: every one of {', '.join(WHAT_IF)})")
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="config KEY=VALUE for every draw (e.g. a smoke run: rollout.max_new_tokens=16)")
+    ap.add_argument("--draws", type=int, default=2,
+                    help="draws per configuration: today's with rollout seeds 0..N-1, each other one's with "
+                         "seeds 1..N-1; overlaps are means over pairs with different seeds [2]")
     ap.add_argument("--name", default=NAME, help="result file name [selection_cost]")
     ap.add_argument("--only", default="", help="run only these cells, comma-separated (e.g. new-r1,stage1-new-r1): "
                     "two processes on the two cores can share a suite without running a cell twice")
@@ -401,7 +432,8 @@ def main() -> None:
                                      "details": {**cur.get("details", {}), **details}, "cells": all_cells,
                                      "notes": cur.get("notes", {})})
 
-    plan = [("today", 0), ("today", 1)] + [(c, 1) for c in configs if c != "today"]
+    others = [c for c in configs if c != "today"]
+    plan = [("today", 0)] + [(c, i) for i in range(1, args.draws) for c in ("today", *others)]
     for suite in suites:
         got = cells.setdefault(suite, {})
         for config, seed in plan if not (args.report_only or args.what_if) else []:

@@ -77,6 +77,20 @@ def overlap(a: np.ndarray, b: np.ndarray, n: int) -> float:
     return len(set(np.asarray(a).tolist()) & set(np.asarray(b).tolist())) / n
 
 
+def pair_overlaps(a: Mapping[str, tuple[int, Sequence[Any]]], b: Mapping[str, tuple[int, Sequence[Any]]],
+                  n: int) -> dict[str, float]:
+    """:func:`overlap` of every distinct pair of a draw of ``a`` and a draw of ``b`` (``{label:
+    (rollout seed, picks)}``) whose rollout seeds differ, each pair once, named ``"x ~ y"``
+    (labels sorted). ``a`` and ``b`` may be the same draws: then every pair of them."""
+    out: dict[str, float] = {}
+    for x, (sx, px) in a.items():
+        for y, (sy, py) in b.items():
+            name = " ~ ".join(sorted((x, y)))
+            if sx != sy and name not in out:
+                out[name] = overlap(np.asarray(px), np.asarray(py), n)
+    return out
+
+
 def rank_rule(values: Mapping[str, np.ndarray], n: int) -> OrderFn:
     """Ranking rule of fixed scores per draw: the top n (NaN never picked; ties: earlier row)."""
     def fn(d: str, rows: np.ndarray) -> np.ndarray:
@@ -95,13 +109,14 @@ def fused_rule(per_target: Mapping[str, Mapping[str, np.ndarray]], n: int) -> Or
 def selection_metrics(order_fn: OrderFn, draws: Sequence[str], zero: Mapping[str, np.ndarray],
                       relevant: np.ndarray, related: np.ndarray | None, n: int, boot: np.ndarray,
                       stab_scores: Mapping[str, np.ndarray] | None,
-                      src: np.ndarray | None = None) -> dict[str, Any]:
+                      src: np.ndarray | None = None, pooled: Sequence[str] = ("A", "B")) -> dict[str, Any]:
     """The metrics of one ranking rule on ``draws`` (names; ``zero[draw]`` their zero masks).
 
     ``boot [B, n_pool]``: the bootstrap resamples of pool positions. Per draw: picks, share,
     :func:`grad_share`, pool share, :func:`enrichment` with its interval, the ``related`` share and
-    (with ``src``, the pool's family labels) the picks per family. With the two halves "A" and
-    "B": their mean enrichment with interval, the picks' :func:`overlap` with interval and (with
+    (with ``src``, the pool's family labels) the picks per family. The draws named in ``pooled``
+    (default the two halves "A" and "B"): their mean enrichment with interval (``*_mean_halves``).
+    With exactly "A" and "B" pooled: the picks' :func:`overlap` with interval and (with
     ``stab_scores`` ``{"A": scores, "B": scores}``) their :func:`spearman` with an interval over
     the first 300 resamples. ``bootstrap`` holds the halves' mean enrichment per resample, for
     paired differences between rules on the same resamples (pop it before saving).
@@ -127,7 +142,7 @@ def selection_metrics(order_fn: OrderFn, draws: Sequence[str], zero: Mapping[str
             bs[d].append(enrichment(rows[order_fn(d, rows)], relevant, zero[d], rows))
     for d in draws:
         res["per_draw"][d]["enrichment_ci"] = ci95(np.array(bs[d]))
-    halves = [d for d in draws if d in ("A", "B")]
+    halves = [d for d in draws if d in pooled]
     if halves:
         res["enrichment_mean_halves"] = float(np.mean([point[d] for d in halves]))
         res["bootstrap"] = np.mean([bs[d] for d in halves], axis=0)
@@ -136,7 +151,7 @@ def selection_metrics(order_fn: OrderFn, draws: Sequence[str], zero: Mapping[str
         if related is not None:
             res["related_share_mean_halves"] = float(np.mean([res["per_draw"][d]["related_share"]
                                                               for d in halves]))
-    if len(halves) == 2:
+    if sorted(halves) == ["A", "B"]:
         res["overlap"] = overlap(allrows[order_fn("A", allrows)], allrows[order_fn("B", allrows)], n)
         # positions in the resample: each copy of a prompt counts on its own
         res["overlap_ci"] = ci95(np.array([overlap(order_fn("A", rows), order_fn("B", rows), n)

@@ -183,6 +183,14 @@ def test_per_target_metrics_with_stability_and_one_draw() -> None:
     one = sq.selection_metrics(sq.rank_rule({"full": s["A"]}, N), ("full",), {"full": ZERO["A"]}, REL,
                                None, N, BOOT, None)
     assert set(one) == {"per_draw"}  # no halves: no mean, no overlap
+    # three draws pooled (selection_cost's --draws): their mean enrichment, no pairwise overlap
+    three = {"A": s["A"], "B": s["B"], "C": s["A"][::-1].copy()}
+    zero3 = {**ZERO, "C": ZERO["A"][::-1].copy()}
+    res3 = sq.selection_metrics(sq.rank_rule(three, N), ("A", "B", "C"), zero3, REL, None, N, BOOT, None,
+                                pooled=("A", "B", "C"))
+    points = [_enrichment(_order(list(three[d]))[:N], REL.tolist(), zero3[d].tolist()) for d in "ABC"]
+    assert _close(res3["enrichment_mean_halves"], sum(points) / 3)
+    assert "overlap" not in res3
 
 
 def test_learnability_expected_averages_over_tie_orders() -> None:
@@ -211,3 +219,15 @@ def test_hypergeom_interval_against_the_counts() -> None:
     for m, r, n in ((20, 5, 4), (50, 10, 5), (7, 7, 3), (9, 0, 2)):
         assert sq.hypergeom_interval(m, r, n) == [ppf(m, r, n, 0.025) / n, ppf(m, r, n, 0.975) / n]
     assert sq.hypergeom_interval(0, 0, 3) is None and sq.hypergeom_interval(5, 2, 0) is None
+
+
+def test_pair_overlaps_every_pair_once_and_only_across_seeds() -> None:
+    today = {"today-r0": (0, ["a", "b", "c"]), "today-r1": (1, ["a", "b", "d"]), "today-r2": (2, ["e", "f", "c"])}
+    floor = sq.pair_overlaps(today, today, 3)
+    assert floor == pytest.approx({"today-r0 ~ today-r1": 2 / 3, "today-r0 ~ today-r2": 1 / 3,
+                                   "today-r1 ~ today-r2": 0.0})
+    new = {"new-r1": (1, ["a", "b", "c"]), "new-r2": (2, ["e", "f", "d"])}
+    cross = sq.pair_overlaps(new, today, 3)
+    # new-r1 is never paired with today-r1 (same seed), however alike their picks
+    assert cross == pytest.approx({"new-r1 ~ today-r0": 1.0, "new-r1 ~ today-r2": 1 / 3,
+                                   "new-r2 ~ today-r0": 0.0, "new-r2 ~ today-r1": 1 / 3})
