@@ -123,7 +123,7 @@ def stage0(work: Path, suite: str, config: str, seed: int, steps: int) -> dict[s
     return {"config": config, "seed": seed, "run": str(run.dir.root), "load_1min": load,
             "sets": [f"{k}={v}" for k, v in EXTRA], "machine": machine_kind(),
             "dtypes": {"rollout": run.cfg.rollout.dtype, "gradient_autocast_bf16": run.cfg.gradient.autocast_bf16},
-            **parts(run, 0), "picks": sel.ids}
+            **parts(run, 0), "picks": sel.ids, "scores": compact_scores(run.dir.root, 0)}
 
 
 def parts(run: Any, stage: int) -> dict[str, Any]:
@@ -262,29 +262,47 @@ def pick_metrics(suite: str, draws: dict[str, dict[str, Any]], stage: int,
     named in ``pooled`` with its interval (``enrichment_mean_halves``). The
     bootstrap resamples of the pool come from a generator seeded afresh at every call, so an
     interval does not depend on which cells were summarized before it."""
-    from cropi.influence.scores import read_scores, target_scores
-
     spec = suite_spec(suite, None)
     fam, _ = family_of(spec)
-    tables = {d: read_scores(Path(v["run"]) / "stages" / f"stage_{stage:03d}" / "scores.parquet").to_pandas()
-              for d, v in draws.items()}
-    ids = list(next(iter(tables.values()))["id"])
+    tables = {d: draw_scores(v, stage) for d, v in draws.items()}
+    ids = next(iter(tables.values()))["ids"]
     src = np.asarray(next(iter(tables.values()))["source"], dtype=object)
     relevant = np.isin(src, np.asarray(sorted(set(fam.values())), dtype=object))
     per_target: dict[str, dict[str, np.ndarray]] = {}
     zero = {}
     for d, t in tables.items():
-        assert list(t["id"]) == ids, "draws of one suite share the pool order"
-        for target, values in target_scores(read_scores(Path(draws[d]["run"]) / "stages" / f"stage_{stage:03d}"
-                                                       / "scores.parquet"), ids).items():
-            per_target.setdefault(target, {})[d] = values
-        zero[d] = np.asarray(t["zero_grad"], dtype=bool)
+        assert t["ids"] == ids, "draws of one suite share the pool order"
+        for target, values in t["targets"].items():
+            per_target.setdefault(target, {})[d] = np.array([np.nan if v is None else v for v in values])
+        zero[d] = np.isin(np.arange(len(ids)), t["zero"])
     n = len(next(iter(draws.values()))["picks"])
     boot = np.random.default_rng(0).integers(0, len(ids), size=(BOOT, len(ids)))
     res = selection_metrics(fused_rule(per_target, n), list(draws), zero, relevant, None, n, boot, None,
                             pooled=pooled or ())
     res.pop("bootstrap", None)
     return res
+
+
+def compact_scores(run_root: str | Path, stage: int) -> dict[str, Any]:
+    """What the summaries need of a stage's score table, small enough for the result file (so a
+    later working block, whose machine no longer has the run, can summarize the cell): the pool's
+    ids and families in table order, the positions with a zero gradient, each target's scores
+    (None where NaN)."""
+    from cropi.influence.scores import read_scores, target_scores
+
+    table = read_scores(Path(run_root) / "stages" / f"stage_{stage:03d}" / "scores.parquet")
+    ids = [str(i) for i in table.column("id").to_pylist()]
+    zero = np.asarray(table.column("zero_grad").to_pylist(), dtype=bool)
+    return {"ids": ids, "source": [str(x) for x in table.column("source").to_pylist()],
+            "zero": np.flatnonzero(zero).tolist(),
+            "targets": {t: [None if not np.isfinite(x) else float(x) for x in v]
+                        for t, v in target_scores(table, ids).items()}}
+
+
+def draw_scores(cell: dict[str, Any], stage: int) -> dict[str, Any]:
+    """A draw's :func:`compact_scores`: stored in the cell (stage-0 draws from this version on),
+    else read from its run folder."""
+    return cell["scores"] if stage == 0 and "scores" in cell else compact_scores(cell["run"], stage)
 
 
 def positions(ids: list[str], picks: list[str]) -> np.ndarray:
@@ -366,9 +384,7 @@ def _ratio(a: dict[str, Any], b: dict[str, Any], key: str) -> float | None:
 
 
 def _pool_ids(cell: dict[str, Any]) -> list[str]:
-    from cropi.influence.scores import read_scores
-
-    return [str(i) for i in read_scores(Path(cell["run"]) / "stages/stage_000/scores.parquet").column("id").to_pylist()]
+    return list(draw_scores(cell, 0)["ids"])
 
 
 # ------------------------------------------------------------------------------------ main
