@@ -47,7 +47,7 @@ from typing import Any
 
 from cropi.api import make_config, parse_sets
 from cropi.bench import print_table, write_result
-from cropi.bench.store import RunStore
+from cropi.bench.store import RunStore, dtype_settings
 from cropi.curriculum.compare import redundant_arms, run_compare, write_plan
 from cropi.report import build_report
 from cropi.report.compact import export_run
@@ -152,17 +152,17 @@ def main() -> None:
     every = args.eval_every or defaults["eval_every"]
     setup_env()
     store = RunStore(store_name(args.name))
-    if not (args.report_only or args.mixed_machines):
-        try:
-            store.check_machine()
-        except CropiError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
     # a rerun continues the comparison's stored config (as `cropi compare`), the flags over it
     cfg = make_config(name=args.name, out_dir=args.out_dir, resume=True,
                       sets=[("data.suite", args.suite), ("curriculum.stages", stages),
                             ("train.steps_per_stage", steps), ("curriculum.eval_every", every),
                             *parse_sets(args.sets)])
+    if not (args.report_only or args.mixed_machines):
+        try:
+            store.check_machine(dtype_settings(cfg))
+        except CropiError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     root = cfg.run_dir
     for arm, twin in redundant_arms(cfg, arms).items():
         print(f"{arm} is skipped: with score.scorer={cfg.score.scorer} it would repeat {twin} exactly")

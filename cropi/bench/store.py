@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from cropi.bench.results import lock_path, machine_kind, result_path, write_result
@@ -22,6 +23,27 @@ from cropi.utils.io import atomic_write_text, read_jsonl
 from cropi.utils.locking import locked
 
 FORMAT = 1
+
+
+def dtype_settings(cfg: Any) -> dict[str, Any]:
+    """A run config's settings that pick a number type by the CPU when left ``auto`` (None for the
+    autocast)."""
+    return {"rollout.dtype": cfg.rollout.dtype, "train.generation_dtype": cfg.train.generation_dtype,
+            "gradient.autocast_bf16": cfg.gradient.autocast_bf16}
+
+
+def resolved_dtypes(settings: Mapping[str, Any] | None, bf16_native: bool) -> dict[str, str]:
+    """``settings`` (:func:`dtype_settings`) as a CPU with or without native bf16 resolves them:
+    ``auto`` (None for the autocast) is bf16 there and fp32 elsewhere, as ``bf16_is_fast``
+    decides for every one of them."""
+    auto = "bf16" if bf16_native else "fp32"
+    settings = settings or dict.fromkeys(("rollout.dtype", "train.generation_dtype", "gradient.autocast_bf16"))
+    out = {}
+    for key, value in settings.items():
+        if key == "gradient.autocast_bf16":
+            value = auto if value is None else ("bf16" if value else "fp32")
+        out[key] = auto if value in (None, "auto") else str(value)
+    return out
 
 
 class RunStore:
@@ -59,22 +81,30 @@ class RunStore:
             runs.setdefault(arm, {})[str(seed)] = {**record, "machine": machine_kind()}
             return self._write(runs, old.get("shared_events", []), old.get("draw_events"))
 
-    def check_machine(self) -> None:
+    def check_machine(self, settings: Mapping[str, Any] | None = None) -> None:
         """Refuse (one-line CropiError) to add runs made on this machine to records made on a CPU
-        that differs in bf16 support: ``rollout.dtype=auto`` would sample and evaluate in another
-        dtype, and a seed's arms would no longer share their draw's numerics. Records from before
-        the stamp are not checked."""
+        whose bf16 support would make a run of the comparison compute in another number type: a
+        seed's arms would no longer share their draw's numerics. ``settings``: the comparison's
+        dtype settings (:func:`dtype_settings`); each ``auto`` among them follows the CPU, so with
+        none left ``auto`` any CPU is accepted (None: treat every one as ``auto``). Records from
+        before the stamp are not checked."""
         here = machine_kind()
         for arm, seeds in self.runs().items():
             for seed, record in seeds.items():
                 there = record.get("machine")
-                if there is not None and there.get("bf16_native") != here["bf16_native"]:
+                if there is None:
+                    continue
+                a, b = (resolved_dtypes(settings, m["bf16_native"]) for m in (there, here))
+                if a != b:
+                    which = ", ".join(f"{k} {a[k]} there, {b[k]} here" for k in a if a[k] != b[k])
                     raise CropiError(
                         f"a stored run's CPU has bf16_native {there.get('bf16_native')} "
                         f"({there.get('cpu_capability')}), this one {here['bf16_native']} "
-                        f"({here['cpu_capability']}): its runs would sample and evaluate in another dtype",
+                        f"({here['cpu_capability']}): its runs would compute in another dtype ({which})",
                         file=self.path, field=f"runs.{arm}.{seed}.machine.bf16_native",
-                        fix="continue on a machine like the stored runs', or pass --mixed-machines")
+                        fix="continue on a machine like the stored runs', fix every dtype setting "
+                            "(e.g. --set rollout.dtype=fp32 --set train.generation_dtype=fp32 "
+                            "--set gradient.autocast_bf16=false), or pass --mixed-machines")
 
     def save_shared(self, root: Path) -> None:
         """Keep the comparison's own events (ROOT/metrics.jsonl) in an existing file, so that a

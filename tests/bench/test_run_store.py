@@ -88,3 +88,22 @@ def test_runs_from_a_cpu_with_other_bf16_support_are_refused(tmp_path: Path, mon
     monkeypatch.setattr(store_module, "machine_kind", lambda: emulated)
     with pytest.raises(CropiError, match=r"runs\.cropi\.0\.machine\.bf16_native.*AVX512.*AVX2"):
         store.check_machine()
+    auto = {"rollout.dtype": "auto", "train.generation_dtype": "fp32", "gradient.autocast_bf16": False}
+    with pytest.raises(CropiError, match=r"rollout\.dtype bf16 there, fp32 here"):
+        store.check_machine(auto)  # one setting left auto is enough to differ
+    store.check_machine({**auto, "rollout.dtype": "fp32"})  # every dtype fixed: any CPU computes alike
+    with pytest.raises(CropiError, match=r"gradient\.autocast_bf16 bf16 there, fp32 here"):
+        store.check_machine({**auto, "rollout.dtype": "fp32", "gradient.autocast_bf16": None})
+
+
+def test_resolved_dtypes_follow_the_cpu_only_where_auto() -> None:
+    from cropi.bench.store import dtype_settings, resolved_dtypes
+    from cropi.config import RunConfig
+
+    cfg = RunConfig()
+    assert resolved_dtypes(dtype_settings(cfg), True) == dict.fromkeys(
+        ("rollout.dtype", "train.generation_dtype", "gradient.autocast_bf16"), "bf16")
+    assert set(resolved_dtypes(dtype_settings(cfg), False).values()) == {"fp32"}
+    fixed = {"rollout.dtype": "bf16", "train.generation_dtype": "fp32", "gradient.autocast_bf16": True}
+    assert resolved_dtypes(fixed, False) == resolved_dtypes(fixed, True) == {
+        "rollout.dtype": "bf16", "train.generation_dtype": "fp32", "gradient.autocast_bf16": "bf16"}
