@@ -29,9 +29,8 @@ Memory: rows are written with ``pwrite`` and read back in chunks of :data:`READ_
 reads (:meth:`FeatureStore.chunks`), so neither side keeps mapped pages of the whole store in
 memory; :meth:`FeatureStore.read` (the whole store as float32) remains for small stores.
 
-Sharding: :func:`shard_ids` splits the ids into contiguous ranges; each shard is an ordinary store
-over its ids; :func:`merge_stores` joins complete shards into one store whose features are
-byte-identical to an unsharded run.
+Sharding: each shard is an ordinary store over a contiguous range of the ids;
+:mod:`cropi.influence.shards` splits the ids and joins complete shards.
 """
 
 from __future__ import annotations
@@ -61,7 +60,7 @@ DTYPES: dict[str, np.dtype] = {"fp16": np.dtype(np.float16), "fp32": np.dtype(np
 _FILES = ("manifest.json", "spec.json", "ids.json", "features.npy", "zero.npy", "done.npy", "check.npy")
 _ARRAYS = ("features.npy", "zero.npy", "done.npy", "check.npy")
 READ_ROWS = 4096
-"""Rows per chunk that :meth:`FeatureStore.chunks` reads (and :func:`merge_stores` copies)."""
+"""Rows per chunk that :meth:`FeatureStore.chunks` reads (and :func:`cropi.influence.shards.merge_stores` copies)."""
 _FIX = "delete the store's folder and rerun the scoring step: it computes the store again"
 
 
@@ -124,7 +123,7 @@ def store_bytes(n: int, k: int, dtype: str | np.dtype | type = "fp16") -> int:
     return int(n) * bytes_per_prompt(k, dtype)
 
 
-def _normalise_spec(spec: dict[str, Any]) -> dict[str, Any]:
+def normalise_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """The spec as it reads back from JSON (tuples become lists, keys become strings...)."""
     return json.loads(stable_json(spec))
 
@@ -144,7 +143,7 @@ def spec_diff(stored: dict[str, Any], given: dict[str, Any]) -> list[str]:
     return sorted(key for key in set(a) | set(b) if a.get(key, "<missing>") != b.get(key, "<missing>"))
 
 
-def _spec_mismatch(path: Path, stored: dict[str, Any], given: dict[str, Any], what: str) -> CropiError:
+def spec_mismatch(path: Path, stored: dict[str, Any], given: dict[str, Any], what: str) -> CropiError:
     a, b = _flatten(stored), _flatten(given)
     diffs = "; ".join(
         f"{key}: stored={a.get(key, '<missing>')!r} given={b.get(key, '<missing>')!r}"
@@ -159,10 +158,10 @@ def _spec_mismatch(path: Path, stored: dict[str, Any], given: dict[str, Any], wh
 
 
 def _store_meta(spec: dict[str, Any], k: int, dtype: str, n: int) -> dict[str, Any]:
-    return {"spec": _normalise_spec(spec), "k": int(k), "dtype": dtype, "n": int(n)}
+    return {"spec": normalise_spec(spec), "k": int(k), "dtype": dtype, "n": int(n)}
 
 
-def _check_ids(ids: Sequence[str], where: Path | None = None) -> list[str]:
+def check_ids(ids: Sequence[str], where: Path | None = None) -> list[str]:
     ids = [str(i) for i in ids]
     seen: set[str] = set()
     for id_ in ids:
@@ -298,7 +297,7 @@ class FeatureStore:
         and computed again (:meth:`recompute`).
         """
         path = Path(path)
-        ids = _check_ids(ids, path)
+        ids = check_ids(ids, path)
         if int(k) < 1:
             raise CropiError(f"k must be >= 1, got {k}", field="projection.k")
         meta = _store_meta(spec, int(k), dtype_name(dtype), len(ids))
@@ -327,7 +326,7 @@ class FeatureStore:
         stored_cmp = {key: stored.get(key) for key in keys}
         given_cmp = {key: meta[key] for key in keys}
         if stored_cmp != given_cmp:
-            raise _spec_mismatch(path, stored_cmp, given_cmp, "this feature store")
+            raise spec_mismatch(path, stored_cmp, given_cmp, "this feature store")
         stored_ids = read_json(path / "ids.json", fix=_FIX)
         if stored_ids != ids:
             first = next((i for i, (a, b) in enumerate(zip(stored_ids, ids)) if a != b),
@@ -603,63 +602,3 @@ class FeatureStore:
     def __repr__(self) -> str:
         return (f"FeatureStore({str(self.path)!r}, n={self.n}, k={self.k}, dtype={self.dtype}, "
                 f"done={self.n_done()}, complete={self.is_complete})")
-
-
-def shard_ids(ids: Sequence[str], n_shards: int, shard_index: int) -> list[str]:
-    """Contiguous range of ``ids`` for shard ``shard_index`` of ``n_shards``.
-
-    Sizes differ by at most one (the first ``len(ids) % n_shards`` shards get one more id); the
-    shards, concatenated in index order, give back ``ids``.
-    """
-    if n_shards < 1 or not 0 <= shard_index < n_shards:
-        raise CropiError(f"shard {shard_index} of {n_shards} does not exist",
-                         fix="use n_shards >= 1 and 0 <= shard_index < n_shards")
-    base, extra = divmod(len(ids), n_shards)
-    start = shard_index * base + min(shard_index, extra)
-    stop = start + base + (1 if shard_index < extra else 0)
-    return [str(i) for i in ids[start:stop]]
-
-
-def merge_stores(shard_paths: Sequence[str | Path], out_path: str | Path, ids: Sequence[str],
-                 spec: dict[str, Any], overwrite: bool = False) -> FeatureStore:
-    """Merge complete shard stores into one complete store at ``out_path`` in the order of ``ids``.
-
-    Every shard must be complete and carry ``spec`` (and the same k and dtype); every id must be in
-    exactly one shard. The merged features are byte-identical to those of an unsharded run.
-    """
-    ids = _check_ids(ids, Path(out_path))
-    shards = [FeatureStore.load(p) for p in shard_paths]
-    if not shards:
-        raise CropiError("no shard stores to merge", file=out_path)
-    given = _normalise_spec(spec)
-    for shard in shards:
-        if shard.spec != given:
-            raise _spec_mismatch(shard.path, shard.spec, given, "this shard")
-        if (shard.k, shard.dtype) != (shards[0].k, shards[0].dtype):
-            raise CropiError(f"k={shard.k} {shard.dtype} differs from shard {shards[0].path}: "
-                             f"k={shards[0].k} {shards[0].dtype}", file=shard.path)
-    _check_coverage(shards, ids)
-    out = FeatureStore.open(out_path, ids, shards[0].k, shards[0].dtype, spec, overwrite=overwrite)
-    if out.pending():
-        for shard in shards:
-            for start, rows, zero in shard.chunks(raw=True):
-                out.write(shard.ids[start:start + len(rows)], rows, zero)
-    out.finalize()
-    return out
-
-
-def _check_coverage(shards: Sequence[FeatureStore], ids: list[str]) -> None:
-    owner: dict[str, Path] = {}
-    for shard in shards:
-        for id_ in shard.ids:
-            if id_ in owner:
-                raise CropiError(f"prompt id {id_!r} is in two shards ({owner[id_]})", file=shard.path,
-                                 fix="shards must come from shard_ids over the same id list")
-            owner[id_] = shard.path
-    wanted = set(ids)
-    extra = [i for i in owner if i not in wanted]
-    missing = [i for i in ids if i not in owner]
-    if missing or extra:
-        raise CropiError(f"shards do not cover the id list: {len(missing)} missing "
-                         f"(e.g. {missing[:3]}), {len(extra)} unexpected (e.g. {extra[:3]})",
-                         fix="merge every shard of the same run, and nothing else")

@@ -28,7 +28,8 @@ from typing import Any
 from cropi.config import RunConfig, ScoreConfig
 from cropi.curriculum.phases import Run
 from cropi.curriculum.score_phase import store_spec
-from cropi.influence.features import FeatureStore, merge_stores, shard_ids
+from cropi.influence.features import FeatureStore
+from cropi.influence.shards import merge_stores, shard_ids
 from cropi.influence.pipeline import Timings, add_timings, compute_features, prepare_scoring
 from cropi.rollout.store import PromptRollouts
 from cropi.utils.errors import CropiError

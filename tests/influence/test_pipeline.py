@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from cropi.config import GradientConfig, ProjectionConfig
-from cropi.influence.features import FeatureStore, merge_stores, shard_ids
+from cropi.influence.features import FeatureStore
+from cropi.influence.shards import merge_stores, shard_ids
 from cropi.influence.params import select_params
 from cropi.influence.pipeline import compute_features
 from cropi.influence.projection import make_projector
