@@ -59,10 +59,15 @@ import numpy as np
 from cropi import api
 from cropi.bench import load_result, print_table, write_result
 from cropi.bench.results import lock_path, machine_kind
-from cropi.utils.locking import locked
 from cropi.bench.selection_cells import family_of, suite_spec
-from cropi.report.selection_quality import fused_rule, overlap, pair_overlaps, selection_metrics
+from cropi.report.selection_quality import (
+    fused_rule,
+    overlap,
+    pair_overlaps,
+    selection_metrics,
+)
 from cropi.utils.io import atomic_write_json, read_json, read_jsonl
+from cropi.utils.locking import locked
 
 NAME = "selection_cost"
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -122,7 +127,6 @@ def stage0(work: Path, suite: str, config: str, seed: int, steps: int) -> dict[s
     sel = api.select_prompts(run, 0)
     return {"config": config, "seed": seed, "run": str(run.dir.root), "load_1min": load,
             "sets": [f"{k}={v}" for k, v in EXTRA], "machine": machine_kind(),
-            "dtypes": {"rollout": run.cfg.rollout.dtype, "gradient_autocast_bf16": run.cfg.gradient.autocast_bf16},
             **parts(run, 0), "picks": sel.ids, "scores": compact_scores(run.dir.root, 0)}
 
 

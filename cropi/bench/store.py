@@ -12,8 +12,8 @@ directory for the report instead, on this machine or another.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from cropi.bench.results import lock_path, machine_kind, result_path, write_result
