@@ -5,7 +5,7 @@
 - :mod:`cropi.bench.selection_cells`: the rollouts, group sums and draws of
   benchmarks/selection_quality.py (the metrics are :mod:`cropi.report.selection_quality`);
 - :mod:`cropi.bench.sparse_jl`: a timing estimate of the sparse JL projector;
-- :mod:`cropi.bench.timing`: a CPU's matrix-product rate and the split of a GRPO step.
+- :mod:`cropi.bench.timing`: a CPU's matrix-product rate, the split of a GRPO step, timed rollouts and greedy evaluations.
 """
 
 from cropi.bench.results import (HEADER_KEYS, RESULTS, SCHEMA, header, load_result, lock_path,
