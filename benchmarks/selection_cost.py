@@ -59,12 +59,15 @@ import numpy as np
 from cropi import api
 from cropi.bench import load_result, print_table, write_result
 from cropi.bench.results import lock_path, machine_kind
-from cropi.bench.selection_cells import family_of, suite_spec
+from cropi.bench.selection_cost_summary import (
+    compact_scores,
+    pick_metrics,
+    pool_ids,
+    positions,
+    summarize,
+)
 from cropi.report.selection_quality import (
-    fused_rule,
     overlap,
-    pair_overlaps,
-    selection_metrics,
 )
 from cropi.utils.io import atomic_write_json, read_json, read_jsonl
 from cropi.utils.locking import locked
@@ -103,7 +106,6 @@ SHORTLIST = 1.0
 """``score.shortlist`` of the stage-1 shortlist cell: the previous best budget, and as many low-ESS,
 measured beside the whole pool's re-scoring with the same configuration (the recommended one: the
 shortlist lowered the stage-1 picks' enrichment on default-small, 1.23 against 2.12)."""
-BOOT = 1000
 
 
 # ------------------------------------------------------------------------------------ a draw
@@ -185,7 +187,7 @@ def stage1(work: Path, suite: str, config: str, seed: int, steps: int, shortlist
     api.score_stage(run, 1)
     sel = api.select_prompts(run, 1)
     return {"config": config, "seed": seed, "shortlist": shortlist, "run": str(run.dir.root), "load_1min": load,
-            **parts(run, 1), "picks": sel.ids}
+            **parts(run, 1), "picks": sel.ids, "scores": compact_scores(run.dir.root, 1)}
 
 
 def what_if(work: Path, suite: str, name: str, draw: dict[str, Any], steps: int) -> dict[str, Any]:
@@ -230,7 +232,7 @@ def summarize_what_if(suite: str, cells: dict[str, Any]) -> dict[str, Any]:
     """Per what-if cell: responses and tokens kept per part, prompts with a gradient, the picks'
     overlap with the full draw's (same responses) and enrichment."""
     today0 = cells["today-r0"]
-    ids = _pool_ids(today0)
+    ids = pool_ids(today0)
     n = len(today0["picks"])
     full_pos = positions(ids, today0["picks"])
     out = {}
@@ -257,138 +259,6 @@ def _link_stage0(src: Path, dest: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, copy_function=os.link, ignore=shutil.ignore_patterns("features"))
     tmp.rename(dest)
-
-
-# ------------------------------------------------------------------------------------ metrics
-def pick_metrics(suite: str, draws: dict[str, dict[str, Any]], stage: int,
-                 pooled: list[str] | None = None) -> dict[str, Any]:
-    """Fused enrichment with its interval per draw (``{label: draw}``), and the mean over the draws
-    named in ``pooled`` with its interval (``enrichment_mean_halves``). The
-    bootstrap resamples of the pool come from a generator seeded afresh at every call, so an
-    interval does not depend on which cells were summarized before it."""
-    spec = suite_spec(suite, None)
-    fam, _ = family_of(spec)
-    tables = {d: draw_scores(v, stage) for d, v in draws.items()}
-    ids = next(iter(tables.values()))["ids"]
-    src = np.asarray(next(iter(tables.values()))["source"], dtype=object)
-    relevant = np.isin(src, np.asarray(sorted(set(fam.values())), dtype=object))
-    per_target: dict[str, dict[str, np.ndarray]] = {}
-    zero = {}
-    for d, t in tables.items():
-        assert t["ids"] == ids, "draws of one suite share the pool order"
-        for target, values in t["targets"].items():
-            per_target.setdefault(target, {})[d] = np.array([np.nan if v is None else v for v in values])
-        zero[d] = np.isin(np.arange(len(ids)), t["zero"])
-    n = len(next(iter(draws.values()))["picks"])
-    boot = np.random.default_rng(0).integers(0, len(ids), size=(BOOT, len(ids)))
-    res = selection_metrics(fused_rule(per_target, n), list(draws), zero, relevant, None, n, boot, None,
-                            pooled=pooled or ())
-    res.pop("bootstrap", None)
-    return res
-
-
-def compact_scores(run_root: str | Path, stage: int) -> dict[str, Any]:
-    """What the summaries need of a stage's score table, small enough for the result file (so a
-    later working block, whose machine no longer has the run, can summarize the cell): the pool's
-    ids and families in table order, the positions with a zero gradient, each target's scores
-    (None where NaN)."""
-    from cropi.influence.scores import read_scores, target_scores
-
-    table = read_scores(Path(run_root) / "stages" / f"stage_{stage:03d}" / "scores.parquet")
-    ids = [str(i) for i in table.column("id").to_pylist()]
-    zero = np.asarray(table.column("zero_grad").to_pylist(), dtype=bool)
-    return {"ids": ids, "source": [str(x) for x in table.column("source").to_pylist()],
-            "zero": np.flatnonzero(zero).tolist(),
-            "targets": {t: [None if not np.isfinite(x) else float(x) for x in v]
-                        for t, v in target_scores(table, ids).items()}}
-
-
-def draw_scores(cell: dict[str, Any], stage: int) -> dict[str, Any]:
-    """A draw's :func:`compact_scores`: stored in the cell (stage-0 draws from this version on),
-    else read from its run folder."""
-    return cell["scores"] if stage == 0 and "scores" in cell else compact_scores(cell["run"], stage)
-
-
-def positions(ids: list[str], picks: list[str]) -> np.ndarray:
-    index = {i: p for p, i in enumerate(ids)}
-    return np.array([index[i] for i in picks], dtype=np.int64)
-
-
-def draws_of(cells: dict[str, Any], config: str) -> dict[str, dict[str, Any]]:
-    """A configuration's finished stage-0 draws, ``{label: cell}`` in seed order."""
-    seeds = sorted(int(k.rsplit("-r", 1)[1]) for k in cells if k.startswith(f"{config}-r") and k[len(config) + 2:].isdigit())
-    return {f"{config}-r{i}": cells[f"{config}-r{i}"] for i in seeds}
-
-
-def summarize(suite: str, cells: dict[str, Any]) -> dict[str, Any] | None:
-    """Per configuration: speed-ups of its seed-1 draw over today's seed-0 draw (seconds and work),
-    enrichment (mean over its draws), overlap with today's picks (mean over pairs of draws with
-    different seeds); the noise floor (mean over pairs of today's draws); stage 1 when measured.
-    With today's seeds 0 and 1 and one draw of each other configuration (``--draws 2``) every
-    mean is over one pair or draw."""
-    today = draws_of(cells, "today")
-    if not {"today-r0", "today-r1"} <= today.keys():
-        return None
-    today0 = today["today-r0"]
-    n = len(today0["picks"])
-    ids = _pool_ids(today0)
-    seeded = {k: (v["seed"], v["picks"]) for k, v in today.items()}
-    floor_pairs = pair_overlaps(seeded, seeded, n)
-    floor = float(np.mean(list(floor_pairs.values())))
-    base = pick_metrics(suite, today, 0, pooled=list(today))
-    out: dict[str, Any] = {"noise_floor_overlap": floor, "noise_floor_pairs": floor_pairs,
-                           "enrichment_today": base["enrichment_mean_halves"],
-                           "enrichment_today_ci": base["enrichment_mean_halves_ci"], "configs": {}}
-    for config in CONFIGS:
-        mine = {k: v for k, v in draws_of(cells, config).items() if v["seed"] >= 1}
-        cell = mine.get(f"{config}-r1")
-        if cell is None:
-            continue
-        m = pick_metrics(suite, mine, 0, pooled=list(mine))
-        ov_pairs = pair_overlaps({k: (v["seed"], v["picks"]) for k, v in mine.items()}, seeded, n)
-        ov = float(np.mean(list(ov_pairs.values())))
-        out["configs"][config] = {
-            "speedup_seconds": today0["seconds"]["total"] / cell["seconds"]["total"],
-            "speedup_work_generated": _ratio(today0, cell, "tokens_generated"),
-            "speedup_work_backward": _ratio(today0, cell, "tokens_backward"),
-            "seconds": cell["seconds"], "draws": list(mine),
-            "enrichment": m["enrichment_mean_halves"], "enrichment_ci": m["enrichment_mean_halves_ci"],
-            "n_grad": m["per_draw"][f"{config}-r1"]["n_grad"],
-            "overlap_vs_today": ov, "overlap_vs_today_pairs": ov_pairs,
-        }
-    rec = out["configs"].get(RECOMMENDED)
-    summary: dict[str, Any] = {"recommended": RECOMMENDED, "noise_floor_overlap": floor,
-                               "enrichment_today": out["enrichment_today"],
-                               "enrichment_today_lo": out["enrichment_today_ci"][0],
-                               "draws_today": len(today)}
-    if rec is not None:
-        summary.update(speedup_stage0=rec["speedup_seconds"], enrichment_new=rec["enrichment"],
-                       overlap_new_vs_today=rec["overlap_vs_today"], draws_new=len(rec["draws"]))
-    s1_today, s1_full, s1_short = (cells.get(k) for k in ("stage1-today-r0", f"stage1-{RECOMMENDED}-r1",
-                                                          f"stage1-{RECOMMENDED}-r1-shortlist"))
-    if s1_today and s1_full:  # the recommended configuration re-scores the whole pool
-        summary["speedup_stage1"] = s1_today["seconds"]["total"] / s1_full["seconds"]["total"]
-        out["stage1"] = {"today_seconds": s1_today["seconds"], "new_seconds": s1_full["seconds"],
-                         "speedup_work_backward": _ratio(s1_today, s1_full, "tokens_backward")}
-        if s1_short:
-            out["stage1"].update(shortlist_seconds=s1_short["seconds"],
-                                 speedup_shortlist=s1_today["seconds"]["total"] / s1_short["seconds"]["total"])
-            out["stage1"]["shortlist_overlap_vs_full"] = overlap(
-                positions(ids, s1_full["picks"]), positions(ids, s1_short["picks"]), n)
-            m = pick_metrics(suite, {"full": s1_full, "shortlist": s1_short}, 1)["per_draw"]
-            out["stage1"]["enrichment_full"] = m["full"]["enrichment"]
-            out["stage1"]["enrichment_shortlist"] = m["shortlist"]["enrichment"]
-    out["summary"] = summary
-    return out
-
-
-def _ratio(a: dict[str, Any], b: dict[str, Any], key: str) -> float | None:
-    x, y = a["work"]["total"].get(key, 0), b["work"]["total"].get(key, 0)
-    return x / y if y else None
-
-
-def _pool_ids(cell: dict[str, Any]) -> list[str]:
-    return list(draw_scores(cell, 0)["ids"])
 
 
 # ------------------------------------------------------------------------------------ main
@@ -478,7 +348,7 @@ def main() -> None:
         if got.get("what_if") and "today-r0" in got:
             details.setdefault(suite, {})["what_if"] = summarize_what_if(suite, got)
             save()
-        result = summarize(suite, got)
+        result = summarize(suite, got, CONFIGS, RECOMMENDED)
         if result is not None:
             summaries[suite] = result.pop("summary")
             details[suite] = {**details.get(suite, {}), **result}

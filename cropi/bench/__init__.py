@@ -4,6 +4,8 @@
 - :mod:`cropi.bench.store`: the resumable per-arm x seed store of benchmarks/acceleration.py;
 - :mod:`cropi.bench.selection_cells`: the rollouts, group sums and draws of
   benchmarks/selection_quality.py (the metrics are :mod:`cropi.report.selection_quality`);
+- :mod:`cropi.bench.selection_cost_summary`: the summary of benchmarks/selection_cost.py (enrichment,
+  overlaps with their noise floor, speed-ups) from its stored cells;
 - :mod:`cropi.bench.sparse_jl`: a timing estimate of the sparse JL projector;
 - :mod:`cropi.bench.timing`: a CPU's matrix-product rate, the split of a GRPO step, timed rollouts and greedy evaluations.
 """
