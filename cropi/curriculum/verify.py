@@ -30,10 +30,11 @@ import pyarrow.parquet as pq
 import yaml
 
 from cropi.curriculum.rundir import LOCK_FILE, PHASE_FILES, STALE, RunDir, stage_folders
-from cropi.influence.features import DTYPES, FeatureStore
+from cropi.influence.features import FeatureStore
+from cropi.influence.store_format import DTYPES
 from cropi.rollout import store as rollout_store
 from cropi.utils.errors import CropiError
-from cropi.utils.io import read_json, record_mismatch
+from cropi.utils.io import read_json
 from cropi.utils.locking import describe_owner, is_held, lock_owner
 
 OK, RECOMPUTE, DAMAGED, NOTE = "ok", "recompute", "damaged", "note"

@@ -35,12 +35,8 @@ Sharding: each shard is an ordinary store over a contiguous range of the ids;
 
 from __future__ import annotations
 
-import errno
-import json
 import logging
 import os
-import shutil
-import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,16 +44,33 @@ from typing import Any
 import numpy as np
 
 from cropi import __version__
+from cropi.influence.store_format import (
+    DTYPES,
+    array_size,
+    check_ids,
+    create_array,
+    dtype_name,
+    normalise_spec,
+    preallocate,
+    row_checksums,
+    spec_mismatch,
+    store_bytes,
+    unshare,
+    wipe_store,
+)
 from cropi.utils.errors import CropiError, check_stop, stop_requested
-from cropi.utils.hashing import fingerprint, stable_json
-from cropi.utils.io import (DiskFull, atomic_path, atomic_write_json, check_free, damaged, disk_errors,
-                            is_disk_full, read_json)
+from cropi.utils.hashing import fingerprint
+from cropi.utils.io import (
+    atomic_write_json,
+    check_free,
+    damaged,
+    disk_errors,
+    read_json,
+)
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-DTYPES: dict[str, np.dtype] = {"fp16": np.dtype(np.float16), "fp32": np.dtype(np.float32)}
-_FILES = ("manifest.json", "spec.json", "ids.json", "features.npy", "zero.npy", "done.npy", "check.npy")
 _ARRAYS = ("features.npy", "zero.npy", "done.npy", "check.npy")
 READ_ROWS = 4096
 """Rows per chunk that :meth:`FeatureStore.chunks` reads (and :func:`cropi.influence.shards.merge_stores` copies)."""
@@ -74,148 +87,8 @@ class DamagedRows(CropiError):
         self.path, self.rows = path, rows
 
 
-def row_checksums(rows: np.ndarray, zero: np.ndarray) -> np.ndarray:
-    """CRC-32 of every row's bytes (as stored: the store's dtype) followed by its zero flag,
-    ``uint32 [b]``."""
-    rows = np.ascontiguousarray(rows)
-    flat = rows.reshape(rows.shape[0], -1)
-    flags = np.asarray(zero, dtype=bool)
-    return np.fromiter((zlib.crc32(b"\1" if z else b"\0", zlib.crc32(r)) for r, z in zip(flat, flags)),
-                       dtype=np.uint32, count=flat.shape[0])
-
-
-def _array_size(file: Path) -> tuple[int, int, int] | None:
-    """``(header bytes, bytes the header promises in all, bytes on disk)`` of a ``.npy`` file;
-    None when it is missing or its header cannot be read."""
-    try:
-        with open(file, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            shape, _, dtype = (np.lib.format.read_array_header_1_0(fh) if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0(fh))
-            header = fh.tell()
-        return header, header + int(np.prod(shape)) * dtype.itemsize, file.stat().st_size
-    except (OSError, ValueError):
-        return None
-
-
-def dtype_name(dtype: str | np.dtype | type) -> str:
-    """Normalise ``"fp16"``/``"float16"``/``np.float16`` (and fp32 alike) to ``"fp16"``/``"fp32"``."""
-    if isinstance(dtype, str) and dtype in DTYPES:
-        return dtype
-    try:
-        np_dtype = np.dtype(dtype)
-    except TypeError:
-        np_dtype = None
-    for name, candidate in DTYPES.items():
-        if np_dtype == candidate:
-            return name
-    raise CropiError(f"unsupported feature dtype {dtype!r}", field="projection.store_dtype",
-                     fix="use fp16 or fp32")
-
-
-def bytes_per_prompt(k: int, dtype: str | np.dtype | type = "fp16") -> int:
-    """Storage of one prompt's features: ``k * itemsize`` (k=8192 in fp16 -> 16 KiB)."""
-    return int(k) * DTYPES[dtype_name(dtype)].itemsize
-
-
-def store_bytes(n: int, k: int, dtype: str | np.dtype | type = "fp16") -> int:
-    """Storage of the features of ``n`` prompts (the bitmaps and json files are negligible)."""
-    return int(n) * bytes_per_prompt(k, dtype)
-
-
-def normalise_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """The spec as it reads back from JSON (tuples become lists, keys become strings...)."""
-    return json.loads(stable_json(spec))
-
-
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict) and obj:
-        out: dict[str, Any] = {}
-        for key, value in obj.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: obj}
-
-
-def spec_diff(stored: dict[str, Any], given: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ between two (nested) specs, sorted."""
-    a, b = _flatten(stored), _flatten(given)
-    return sorted(key for key in set(a) | set(b) if a.get(key, "<missing>") != b.get(key, "<missing>"))
-
-
-def spec_mismatch(path: Path, stored: dict[str, Any], given: dict[str, Any], what: str) -> CropiError:
-    a, b = _flatten(stored), _flatten(given)
-    diffs = "; ".join(
-        f"{key}: stored={a.get(key, '<missing>')!r} given={b.get(key, '<missing>')!r}"
-        for key in spec_diff(stored, given)
-    )
-    return CropiError(
-        f"{what} was produced with a different spec. Differing keys: {diffs}. "
-        f"Stored spec: {stable_json(stored)}. Given spec: {stable_json(given)}",
-        file=path,
-        fix="pass --overwrite to recompute, or use another run directory",
-    )
-
-
 def _store_meta(spec: dict[str, Any], k: int, dtype: str, n: int) -> dict[str, Any]:
     return {"spec": normalise_spec(spec), "k": int(k), "dtype": dtype, "n": int(n)}
-
-
-def check_ids(ids: Sequence[str], where: Path | None = None) -> list[str]:
-    ids = [str(i) for i in ids]
-    seen: set[str] = set()
-    for id_ in ids:
-        if id_ in seen:
-            raise CropiError(f"prompt id {id_!r} appears more than once", file=where,
-                             fix="prompt ids must be unique")
-        seen.add(id_)
-    return ids
-
-
-def _preallocate(file: Path, what: str) -> None:
-    """Allocate every block of ``file`` now (a sparse file's writes could meet a full disk later:
-    SIGBUS under a memory map). A full disk: :class:`DiskFull` naming what is missing."""
-    fd = os.open(file, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        missing = max(0, st.st_size - st.st_blocks * 512)
-        if not missing:
-            return
-        try:
-            os.posix_fallocate(fd, 0, st.st_size)
-        except OSError as exc:
-            if is_disk_full(exc):
-                raise DiskFull(file.parent, missing, what) from None
-            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                raise
-    finally:
-        os.close(fd)
-
-
-def _create_array(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
-    """Create a zero-filled, preallocated ``.npy`` atomically (a killed process never leaves a
-    torn header)."""
-    with atomic_path(path) as tmp:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-        arr.flush()
-        del arr
-        _preallocate(tmp, f"the feature store file {path.name}")
-
-
-def _wipe(path: Path) -> None:
-    """Remove the store's own files (and stray temporaries); never anything else."""
-    for name in _FILES:
-        (path / name).unlink(missing_ok=True)
-    for tmp in path.glob(".tmp-*"):
-        tmp.unlink(missing_ok=True)
-
-
-def _unshare(file: Path) -> None:
-    """Give ``file`` its own inode when it is hard-linked (a comparison's stage-0 stores are), so
-    that repairing this store never writes into another run's."""
-    if file.exists() and file.stat().st_nlink > 1:
-        with atomic_path(file) as tmp:
-            shutil.copyfile(file, tmp)
 
 
 class FeatureStore:
@@ -244,7 +117,7 @@ class FeatureStore:
         if not self.readonly:
             for name in _ARRAYS:
                 if (self.path / name).exists():
-                    _preallocate(self.path / name, f"the feature store file {name}")
+                    preallocate(self.path / name, f"the feature store file {name}")
             self._fd = os.open(self.path / "features.npy", os.O_RDWR | os.O_CLOEXEC)
 
     def _cut_short(self) -> int | None:
@@ -253,7 +126,7 @@ class FeatureStore:
         cut short reads as not done, or fails its checksum). None when every file is whole."""
         cut = None
         for name in _ARRAYS:
-            size = _array_size(self.path / name)
+            size = array_size(self.path / name)
             if size is None or size[2] >= size[1]:
                 continue
             header, full, actual = size
@@ -303,7 +176,7 @@ class FeatureStore:
         meta = _store_meta(spec, int(k), dtype_name(dtype), len(ids))
         if overwrite and path.exists():
             log.info("overwriting feature store %s", path)
-            _wipe(path)
+            wipe_store(path)
         existing = (path / "spec.json").exists()
         if existing:
             cls._check_existing(path, meta, ids)
@@ -341,14 +214,14 @@ class FeatureStore:
     @staticmethod
     def _create(path: Path, meta: dict[str, Any], ids: list[str]) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        _wipe(path)  # leftovers of a creation killed before spec.json
+        wipe_store(path)  # leftovers of a creation killed before spec.json
         n, k = meta["n"], meta["k"]
         need = store_bytes(n, k, meta["dtype"]) + 6 * n + 4096 * len(_ARRAYS)
         check_free(path, need, f"the feature store of {n} prompts x k={k} {meta['dtype']}")
-        _create_array(path / "features.npy", (n, k), DTYPES[meta["dtype"]])
-        _create_array(path / "zero.npy", (n,), np.dtype(bool))
-        _create_array(path / "check.npy", (n,), np.dtype(np.uint32))
-        _create_array(path / "done.npy", (n,), np.dtype(bool))
+        create_array(path / "features.npy", (n, k), DTYPES[meta["dtype"]])
+        create_array(path / "zero.npy", (n,), np.dtype(bool))
+        create_array(path / "check.npy", (n,), np.dtype(np.uint32))
+        create_array(path / "done.npy", (n,), np.dtype(bool))
         atomic_write_json(path / "ids.json", ids)
         # spec.json last: its presence means the (empty) store is fully initialised
         atomic_write_json(path / "spec.json", {"format_version": FORMAT_VERSION,
@@ -376,7 +249,7 @@ class FeatureStore:
         """Checksums for a reopened store: added to a store written before they existed (its
         done rows trusted once), else compared; damaged rows are computed again."""
         if self._check is None:
-            _create_array(self.path / "check.npy", (self.n,), np.dtype(np.uint32))
+            create_array(self.path / "check.npy", (self.n,), np.dtype(np.uint32))
             self._check = self._open_array("check.npy", (self.n,), np.dtype(np.uint32), "r+")
             for start, raw, zero in self.chunks(raw=True, verify=False):
                 self._check[start:start + len(raw)] = row_checksums(raw, zero)
@@ -414,7 +287,7 @@ class FeatureStore:
         self._unmap()
         try:
             for name in _ARRAYS:
-                _unshare(self.path / name)
+                unshare(self.path / name)
             (self.path / "manifest.json").unlink(missing_ok=True)
         finally:
             self._map()

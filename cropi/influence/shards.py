@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cropi.influence.features import FeatureStore, check_ids, normalise_spec, spec_mismatch
+from cropi.influence.features import FeatureStore
+from cropi.influence.store_format import check_ids, normalise_spec, spec_mismatch
 from cropi.utils.errors import CropiError
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cropi.influence.features import FeatureStore, bytes_per_prompt, spec_diff, store_bytes
+from cropi.influence.features import FeatureStore
 from cropi.influence.shards import merge_stores, shard_ids
+from cropi.influence.store_format import bytes_per_prompt, spec_diff, store_bytes
 from cropi.utils.errors import CropiError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -19,7 +19,8 @@ import pytest
 from reliability_helpers import ROOT, files_under, run_cli, same_table, score_args
 
 import cropi.utils.io as io
-from cropi.influence.features import FeatureStore, store_bytes
+from cropi.influence.features import FeatureStore
+from cropi.influence.store_format import store_bytes
 from cropi.rollout import store as rstore
 from cropi.utils.io import DiskFull, append_line, atomic_write_json
 

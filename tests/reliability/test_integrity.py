@@ -15,8 +15,9 @@ from reliability_helpers import files_under, run_cli, same_table, score_args
 
 from cropi.curriculum.rundir import RunDir
 from cropi.curriculum.verify import verify_run
-from cropi.influence.features import DamagedRows, FeatureStore, _array_size
+from cropi.influence.features import DamagedRows, FeatureStore
 from cropi.influence.scores import read_scores, score_table, write_scores
+from cropi.influence.store_format import array_size
 from cropi.rollout import store as rstore
 from cropi.utils.errors import CropiError
 from cropi.utils.io import DamagedFile
@@ -82,7 +83,7 @@ def test_a_store_file_cut_short(tmp_path: Path, name: str, caplog: pytest.LogCap
     _store(tmp_path / "pool").close()
     path = tmp_path / "pool" / name
     size = path.stat().st_size
-    keep = size * 3 // 4 if name.endswith(".json") else size - (size - _array_size(path)[0]) // 2
+    keep = size * 3 // 4 if name.endswith(".json") else size - (size - array_size(path)[0]) // 2
     path.write_bytes(path.read_bytes()[:keep])  # an array keeps its header and half its rows
     if name != "spec.json":  # a reader does not need the spec
         with pytest.raises(CropiError) as err:
