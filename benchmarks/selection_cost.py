@@ -381,15 +381,20 @@ def _print(summaries: dict[str, Any], details: dict[str, Any], cells: dict[str, 
         if "noise_floor_overlap" not in d:
             continue
         print(f"\n{suite}: noise floor overlap {d['noise_floor_overlap']:.2f}, today's enrichment "
-              f"{d['enrichment_today']:.2f} {d['enrichment_today_ci']}")
+              f"{d['enrichment_today']:.2f} {_ci(d['enrichment_today_ci'])}")
         print_table(["config", "speed-up (s)", "speed-up (generated)", "speed-up (backprop)", "enrichment",
-                     "overlap vs today"],
+                     "picks on target", "on target among grad", "overlap vs today"],
                     [[c, f"{v['speedup_seconds']:.2f}x", _x(v["speedup_work_generated"]),
-                      _x(v["speedup_work_backward"]), f"{v['enrichment']:.2f} {v['enrichment_ci']}",
+                      _x(v["speedup_work_backward"]), f"{v['enrichment']:.2f} {_ci(v['enrichment_ci'])}",
+                      f"{v.get('target_share_picks', math.nan):.2f}", f"{v.get('target_share_grad', math.nan):.2f}",
                       f"{v['overlap_vs_today']:.2f}"] for c, v in d["configs"].items()])
         if "stage1" in d:
             print(f"stage 1: {d['stage1']}")
     print("\nsummary:", summaries)
+
+
+def _ci(ci: list[float]) -> str:
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
 def _x(v: float | None) -> str:

@@ -109,7 +109,8 @@ def summarize(suite: str, cells: dict[str, Any], configs: Iterable[str], recomme
     base = pick_metrics(suite, today, 0, pooled=list(today))
     out: dict[str, Any] = {"noise_floor_overlap": floor, "noise_floor_pairs": floor_pairs,
                            "enrichment_today": base["enrichment_mean_halves"],
-                           "enrichment_today_ci": base["enrichment_mean_halves_ci"], "configs": {}}
+                           "enrichment_today_ci": base["enrichment_mean_halves_ci"], **target_shares(base, "today"),
+                           "configs": {}}
     for config in configs:
         mine = {k: v for k, v in draws_of(cells, config).items() if v["seed"] >= 1}
         cell = mine.get(f"{config}-r1")
@@ -124,7 +125,7 @@ def summarize(suite: str, cells: dict[str, Any], configs: Iterable[str], recomme
             "speedup_work_backward": work_ratio(today0, cell, "tokens_backward"),
             "seconds": cell["seconds"], "draws": list(mine),
             "enrichment": m["enrichment_mean_halves"], "enrichment_ci": m["enrichment_mean_halves_ci"],
-            "n_grad": m["per_draw"][f"{config}-r1"]["n_grad"],
+            "n_grad": m["per_draw"][f"{config}-r1"]["n_grad"], **target_shares(m),
             "overlap_vs_today": ov, "overlap_vs_today_pairs": ov_pairs,
         }
     rec = out["configs"].get(recommended)
@@ -151,6 +152,18 @@ def summarize(suite: str, cells: dict[str, Any], configs: Iterable[str], recomme
             out["stage1"]["enrichment_shortlist"] = m["shortlist"]["enrichment"]
     out["summary"] = summary
     return out
+
+
+def target_shares(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The parts of the enrichment ratio, each a mean over the draws of :func:`pick_metrics`'s
+    ``metrics``: the share of the picks in the target sets' families (``target_share_picks``), that
+    share among the pool prompts with a gradient (``target_share_grad``: the ratio's denominator,
+    which the sampling settings move) and among the whole pool (``target_share_pool``)."""
+    per = metrics["per_draw"].values()
+    key = f"{prefix}_" if prefix else ""
+    return {f"{key}target_share_picks": float(np.mean([d["share"] for d in per])),
+            f"{key}target_share_grad": float(np.mean([d["share_grad"] for d in per])),
+            f"{key}target_share_pool": float(np.mean([d["share_pool"] for d in per]))}
 
 
 def work_ratio(a: dict[str, Any], b: dict[str, Any], key: str) -> float | None:

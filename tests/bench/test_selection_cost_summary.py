@@ -36,6 +36,12 @@ def _naive_enrichment(cell: dict[str, Any]) -> float:
     return float(np.mean([SOURCE[IDS.index(p)] == "lcm20" for p in cell["picks"]]) / base)
 
 
+def _naive_shares(cell: dict[str, Any]) -> tuple[float, float]:
+    zero = set(cell["scores"]["zero"])
+    picks = float(np.mean([SOURCE[IDS.index(p)] == "lcm20" for p in cell["picks"]]))
+    return picks, float(np.mean([SOURCE[i] == "lcm20" for i in range(N_POOL) if i not in zero]))
+
+
 def _overlap(a: dict[str, Any], b: dict[str, Any]) -> float:
     return len(set(a["picks"]) & set(b["picks"])) / N_PICK
 
@@ -79,6 +85,12 @@ def test_summary_against_naive(cells: dict[str, Any]) -> None:
     assert s["enrichment_today"] == pytest.approx(np.mean([_naive_enrichment(c) for c in today]))
     assert s["enrichment_new"] == pytest.approx(np.mean([_naive_enrichment(cells[f"new-r{i}"]) for i in (1, 2)]))
     assert s["enrichment_today_lo"] <= s["enrichment_today"]
+    # the ratio's parts: picks' share in the target families, that share among prompts with a gradient
+    naive = np.mean([_naive_shares(cells[f"new-r{i}"]) for i in (1, 2)], axis=0)
+    new = out["configs"]["new"]
+    assert (new["target_share_picks"], new["target_share_grad"]) == pytest.approx(tuple(naive))
+    assert new["target_share_pool"] == pytest.approx(1 / 3)
+    assert out["today_target_share_picks"] == pytest.approx(np.mean([_naive_shares(c)[0] for c in today]))
     assert (s["draws_today"], s["draws_new"]) == (3, 2)
     # the today configuration is the reference: its own entry compares today's seeds >= 1 with today's draws
     assert set(out["configs"]) == {"today", "new"}
