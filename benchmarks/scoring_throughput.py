@@ -53,7 +53,8 @@ from cropi.influence.params import ParamSet, select_params
 from cropi.influence.pipeline import Timings, compute_features
 from cropi.influence.popi import grpo_advantages, popi_backward
 from cropi.influence.projection import make_projector
-from cropi.influence.projection.factorized import FactorizedHooks, FactorizedProjector
+from cropi.influence.projection.factorized import FactorizedProjector
+from cropi.influence.projection.factorized_hooks import FactorizedHooks
 from cropi.model.loading import load_model, load_tokenizer
 from cropi.model.logprobs import pack, token_logprobs
 from cropi.rollout.store import PromptRollouts, load_rollouts

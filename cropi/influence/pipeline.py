@@ -84,7 +84,7 @@ def batch_features(model: torch.nn.Module, params: ParamSet, projector: Projecto
     is a ``FactorizedProjector`` (per-example projection from layer hooks, no weight gradient
     formed). Timings: the forward and backward (hooks included) count as ``grad``, assembling
     the features (sketching the norms' per-prompt gradients) as ``project``."""
-    from cropi.influence.projection.factorized import FactorizedHooks
+    from cropi.influence.projection.factorized_hooks import FactorizedHooks
 
     timings = timings or Timings()
     device = next(model.parameters()).device

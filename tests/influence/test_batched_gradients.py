@@ -14,7 +14,8 @@ from cropi.influence.features import FeatureStore
 from cropi.influence.params import select_params
 from cropi.influence.pipeline import batch_features, compute_features, prompt_feature
 from cropi.influence.popi import backward_batches, backward_tokens, fits_one_backward
-from cropi.influence.projection.factorized import FactorizedHooks, FactorizedProjector
+from cropi.influence.projection.factorized import FactorizedProjector
+from cropi.influence.projection.factorized_hooks import FactorizedHooks
 from cropi.rollout.store import PromptRollouts
 from cropi.utils.errors import CropiError
 

@@ -11,8 +11,8 @@ from torch import nn
 from cropi.config import ProjectionConfig
 from cropi.influence import projection
 from cropi.influence.projection import dense_matrix
-from cropi.influence.projection.factorized import (FactorizedHooks, FactorizedProjector,
-                                                   covered_linears)
+from cropi.influence.projection.factorized import FactorizedProjector, covered_linears
+from cropi.influence.projection.factorized_hooks import FactorizedHooks
 from cropi.utils.errors import CropiError
 
 ROW_TO_EXAMPLE = torch.tensor([0, 1, 2, 0, 1, 2])  # 3 examples x 2 rows, interleaved
