@@ -47,7 +47,7 @@ from typing import Any
 
 from cropi.api import make_config, parse_sets
 from cropi.bench import print_table, write_result
-from cropi.bench.store import RunStore, dtype_settings
+from cropi.bench.store import RunStore, dtype_settings, store_name
 from cropi.curriculum.compare import redundant_arms, run_compare, write_plan
 from cropi.report import build_report
 from cropi.report.compact import export_run
@@ -62,11 +62,6 @@ log = logging.getLogger("acceleration")
 ARMS = "cropi,cropi-paper,full,random,oracle"
 PILOT = {"arms": "cropi,full", "seeds": "0,1,2", "stages": 1, "steps_per_stage": 10, "eval_every": 5}
 PILOT_DELTAS = (0.01, 0.02, 0.05)
-
-
-def store_name(name: str) -> str:
-    """The result file's stem: benchmarks/results/acceleration_runs_NAME.json."""
-    return f"acceleration_runs_{name}"
 
 
 def setup_env() -> None:
