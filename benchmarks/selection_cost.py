@@ -66,9 +66,7 @@ from cropi.bench.selection_cost_summary import (
     positions,
     summarize,
 )
-from cropi.report.selection_quality import (
-    overlap,
-)
+from cropi.report.selection_quality import overlap
 from cropi.utils.io import atomic_write_json, read_json, read_jsonl
 from cropi.utils.locking import locked
 

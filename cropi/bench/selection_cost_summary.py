@@ -2,8 +2,9 @@
 
 A cell is one stage-0 *draw* (``{config}-r{seed}``: a configuration with one rollout seed) or one
 stage-1 re-scoring (``stage1-...``), as the benchmark stores it: ``seconds`` and ``work`` by part,
-``picks``, ``seed`` and, for stage-0 draws, the compact score table (:func:`compact_scores`), so a
-later working block can summarize without the run folders. :func:`summarize` turns a suite's cells
+``picks``, ``seed`` and the compact score table of its stage (:func:`compact_scores`), so a later
+working block can summarize without the run folders (cells measured before the table was stored
+are read from their run folders). :func:`summarize` turns a suite's cells
 into the acceptance's fields (``speedup_stage0``, ``speedup_stage1``, ``enrichment_today`` with its
 lower end, ``enrichment_new``, ``overlap_new_vs_today``, ``noise_floor_overlap``) and the details
 behind them; the pick metrics are :mod:`cropi.report.selection_quality`'s.
@@ -27,6 +28,7 @@ from cropi.report.selection_quality import (
 
 BOOT = 1000
 """Bootstrap resamples of the pool behind each enrichment interval."""
+
 
 def pick_metrics(suite: str, draws: dict[str, dict[str, Any]], stage: int,
                  pooled: list[str] | None = None) -> dict[str, Any]:
