@@ -472,31 +472,3 @@ def _clocks(cmp: Comparison, runs: list[list[RunData]], steps: np.ndarray,
 def _finite_or_none(x: float) -> float | None:
     x = float(x)
     return None if np.isnan(x) else x
-
-
-def format_ratio_ci(entry: Mapping[str, Any] | None) -> str:
-    """``"1.50x [< 1, 3.00x]; never 12%"``: an acceleration with its interval and the share of
-    replicates in which the arm never reaches a*."""
-    if not entry:
-        return "—"
-
-    def one(x: float | None, never: bool = False) -> str:
-        if never or x is None:
-            return "< 1"
-        if x == 0:
-            return "< 1"
-        return "step 0" if np.isinf(x) else f"{x:.2f}x"
-
-    value = one(entry["value"], entry["never"])
-    if entry["value"] is None and not entry["never"]:
-        value = "n/a"
-    return (f"{value} [{one(entry['lo'])}, {one(entry['hi'])}]; "
-            f"never {100 * entry['share_never']:.0f}%")
-
-
-def format_ci(entry: Mapping[str, Any] | None, signed: bool = False) -> str:
-    """``"+0.031 [-0.010, +0.072]"``."""
-    if not entry:
-        return "—"
-    f = "{:+.3f}" if signed else "{:.3f}"
-    return f"{f.format(entry['value'])} [{f.format(entry['lo'])}, {f.format(entry['hi'])}]"

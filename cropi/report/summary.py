@@ -4,6 +4,7 @@ per stage, time; and the report's tables built from them."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +123,34 @@ def time_rows(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
+def format_ratio_ci(entry: Mapping[str, Any] | None) -> str:
+    """``"1.50x [< 1, 3.00x]; never 12%"``: an acceleration with its interval and the share of
+    replicates in which the arm never reaches a*."""
+    if not entry:
+        return DASH
+
+    def one(x: float | None, never: bool = False) -> str:
+        if never or x is None:
+            return "< 1"
+        if x == 0:
+            return "< 1"
+        return "step 0" if np.isinf(x) else f"{x:.2f}x"
+
+    value = one(entry["value"], entry["never"])
+    if entry["value"] is None and not entry["never"]:
+        value = "n/a"
+    return (f"{value} [{one(entry['lo'])}, {one(entry['hi'])}]; "
+            f"never {100 * entry['share_never']:.0f}%")
+
+
+def format_ci(entry: Mapping[str, Any] | None, signed: bool = False) -> str:
+    """``"+0.031 [-0.010, +0.072]"``."""
+    if not entry:
+        return DASH
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(entry['value'])} [{f.format(entry['lo'])}, {f.format(entry['hi'])}]"
+
+
 STATS_HEADERS = ["arm", "area", "Δ area vs baseline [95 % CI]", "Δ area, paired t [95 % CI]",
                  "P(improvement) [95 % CI]", "acceleration [95 % CI]; never",
                  "interpolated step acceleration [95 % CI]; never",
@@ -131,8 +160,6 @@ STATS_HEADERS = ["arm", "area", "Δ area vs baseline [95 % CI]", "Δ area, paire
 
 def statistics_rows(boot: dict[str, Any], baseline: str) -> list[list[str]]:
     """Rows of the statistics table (:data:`STATS_HEADERS`) from :func:`cropi.report.stats.bootstrap`."""
-    from cropi.report.stats import format_ci, format_ratio_ci
-
     rows = []
     for arm, r in boot["arms"].items():
         base = arm == baseline

@@ -17,7 +17,8 @@ from cropi.report.power import (
     seeds_needed,
     variance_components,
 )
-from cropi.report.stats import Panel, area, bootstrap, format_ratio_ci
+from cropi.report.stats import Panel, area, bootstrap
+from cropi.report.summary import format_ratio_ci
 
 STEPS = np.arange(0, 45, 5)
 BASE = 0.3 + 0.2 * (1 - np.exp(-STEPS / 15))
