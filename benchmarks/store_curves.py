@@ -3,7 +3,8 @@
 Reads the committed store (``benchmarks/results/acceleration_runs_NAME.json``) only: no run folder,
 no model. For each finished arm x seed: the targeted accuracy at every evaluation, the untargeted
 accuracy where it was measured, and the seconds of scoring, training and evaluation from the
-run's own events (with the draw's rollout seconds of that seed). This is the table
+run's own events (:func:`cropi.report.runs.eval_curve` and :func:`~cropi.report.runs.time_breakdown`,
+as the report reads them). This is the table
 docs/acceleration.md shows for each finished seed before a plan's statistics exist.
 
     python benchmarks/store_curves.py --name v3fp32 [--seeds 1]
@@ -14,7 +15,8 @@ from __future__ import annotations
 import argparse
 
 from cropi.bench import load_result
-from cropi.bench.store import run_costs, run_curves, store_name
+from cropi.bench.store import store_name
+from cropi.report.runs import eval_curve, time_breakdown
 
 
 def main() -> None:
@@ -32,12 +34,19 @@ def main() -> None:
         for seed, run in sorted(seeds.items(), key=lambda kv: int(kv[0])):
             if want and seed not in want:
                 continue
-            t, u = run_curves(run["events"])
+            events = run["events"]
+            t, u = eval_curve(events, "targeted")[1], eval_curve(events, "untargeted")[1]
             print(f"| {arm} x {seed} | {', '.join(f'{x:.3f}' for x in t)} | {', '.join(f'{x:.3f}' for x in u)} |")
-            rows.append((arm, seed, run_costs(run["events"])))
+            parts: dict[str, float] = {}
+            for per in time_breakdown(events).values():
+                for category, seconds in per.items():
+                    parts[category] = parts.get(category, 0.0) + seconds
+            steps = sum(int(e.get("steps", 0)) for e in events if e.get("event") == "train")
+            rows.append((arm, seed, parts, steps))
     print("\n| arm x seed | scoring (s) | training (s) | evaluation (s) | GRPO steps |\n|---|---|---|---|---|")
-    for arm, seed, c in rows:
-        print(f"| {arm} x {seed} | {c['score_s']:.0f} | {c['train_s']:.0f} | {c['eval_s']:.0f} | {c['steps']} |")
+    for arm, seed, c, steps in rows:
+        print(f"| {arm} x {seed} | {c.get('scoring', 0):.0f} | {c.get('training', 0):.0f} | "
+              f"{c.get('evaluation', 0):.0f} | {steps} |")
 
 
 if __name__ == "__main__":

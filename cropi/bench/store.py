@@ -51,24 +51,6 @@ def store_name(name: str) -> str:
     return f"acceleration_runs_{name}"
 
 
-def run_curves(events: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
-    """A stored run's targeted accuracies at every evaluation and its untargeted ones where measured,
-    in step order."""
-    evals = sorted((e for e in events if e.get("event") == "eval"), key=lambda e: e["step"])
-    return ([e["targeted"] for e in evals if "targeted" in e],
-            [e["untargeted"] for e in evals if "untargeted" in e])
-
-
-def run_costs(events: list[dict[str, Any]]) -> dict[str, float]:
-    """Seconds of scoring, GRPO training (``train.seconds``: the steps, without evaluations), every
-    evaluation (``eval_time``, step 0 included), and the number of GRPO steps."""
-    score = sum(e.get("total_s", 0.0) for e in events if e.get("event") == "score")
-    train = [e for e in events if e.get("event") == "train"]
-    evals = sum(e.get("seconds", 0.0) for e in events if e.get("event") == "eval_time")
-    return {"score_s": score, "train_s": sum(e["seconds"] for e in train),  # the steps only: evaluations apart
-            "eval_s": evals, "steps": sum(e.get("steps", 0) for e in train)}
-
-
 class RunStore:
     """The store in result file ``FOLDER/STEM.json`` (FOLDER: :data:`cropi.bench.results.RESULTS`)."""
 

@@ -108,18 +108,3 @@ def test_resolved_dtypes_follow_the_cpu_only_where_auto() -> None:
     assert resolved_dtypes(fixed, False) == resolved_dtypes(fixed, True) == {
         "rollout.dtype": "bf16", "train.generation_dtype": "fp32", "gradient.autocast_bf16": "bf16"}
 
-
-def test_run_curves_and_costs_from_events() -> None:
-    from cropi.bench.store import run_costs, run_curves
-
-    events = [
-        {"event": "eval", "step": 10, "targeted": 0.3, "untargeted": 0.2},
-        {"event": "eval", "step": 0, "targeted": 0.1, "untargeted": 0.05},
-        {"event": "eval", "step": 5, "targeted": 0.2},
-        {"event": "eval_time", "seconds": 7.0}, {"event": "eval_time", "seconds": 3.0},
-        {"event": "score", "stage": 0, "total_s": 11.0}, {"event": "score", "stage": 1, "total_s": 4.0},
-        {"event": "train", "stage": 0, "seconds": 20.0, "eval_seconds": 9.0, "steps": 10},
-        {"event": "train", "stage": 1, "seconds": 30.0, "eval_seconds": 1.0, "steps": 5},
-    ]
-    assert run_curves(events) == ([0.1, 0.2, 0.3], [0.05, 0.2])
-    assert run_costs(events) == {"score_s": 15.0, "train_s": 50.0, "eval_s": 10.0, "steps": 15}
