@@ -133,7 +133,8 @@ def bf16_kl(model, tok, records, n_prompts: int = 8, k: int = 8) -> dict[str, An
     """Mean over sampled response tokens of KL(pi_bf16 || pi_fp32)(. | s, a_<t), temperature 1."""
     from cropi.model.logprobs import pack
     from cropi.model.template import prompt_token_ids
-    from cropi.rollout.sampler import decode, eos_token_ids
+    from cropi.rollout.decode import decode
+    from cropi.rollout.sampler import eos_token_ids
 
     bf = copy.deepcopy(model).to(torch.bfloat16).eval()
     prompts = [prompt_token_ids(tok, r.prompt) for r in records[:n_prompts]]

@@ -73,7 +73,10 @@ class RolloutConfig:
                              "selections hold far more target-family prompts than at 1.0, docs/influence.md)")
     top_p: float = opt(1.0, "nucleus sampling threshold")
     max_new_tokens: int = opt(64, "maximum response length in tokens")
-    batch_size: int = opt(64, "sequences generated per batch")
+    batch_size: int = opt(64, "sequences decoded together")
+    chunk_rows: int = opt(256, "first-round responses per sampler call, stored part and seed: a call "
+                          "decodes batch_size rows at a time and admits its next prompts as rows end, "
+                          "so a chunk of several batches keeps the batch full (docs/speed.md)")
     dtype: str = opt("auto", "generation dtype (rollouts, evaluation): auto (bf16 where the device "
                             "computes it natively: CUDA, CPUs with AVX512-BF16 or AMX; fp32 elsewhere), "
                             "bf16 or fp32")
@@ -95,6 +98,7 @@ class RolloutConfig:
         _check(0 < self.top_p <= 1, "rollout", "top_p", "must be in (0, 1]")
         _check(self.max_new_tokens >= 1, "rollout", "max_new_tokens", "must be >= 1")
         _check(self.batch_size >= 1, "rollout", "batch_size", "must be >= 1")
+        _check(self.chunk_rows >= 1, "rollout", "chunk_rows", "must be >= 1")
         _check(self.dtype in ("auto", "bf16", "fp32"), "rollout", "dtype", "use auto, bf16 or fp32")
         _check(0 < self.gpu_memory_utilization < 1, "rollout", "gpu_memory_utilization", "must be in (0, 1)")
 

@@ -1,7 +1,8 @@
 """Offline rollouts of the behaviour policy beta: K responses per prompt, rewards, log-probs.
 
-Work is split into chunks of ``batch_size // K`` prompts at fixed positions; chunk ``c`` is sampled
-with the seed ``derive_seed(seed, set_name, c)`` and written as its own Parquet part. A run killed at
+Work is split into chunks of ``chunk_rows // K`` prompts at fixed positions (K: the first round's
+responses per prompt); chunk ``c`` is sampled in one sampler call (``batch_size`` rows decoding at a
+time) with the seed ``derive_seed(seed, set_name, c)`` and written as its own Parquet part. A run killed at
 any point resumes at the first missing part and ends with the same files as an uninterrupted run.
 """
 
@@ -102,7 +103,7 @@ def hf_sampler(model: torch.nn.Module, tokenizer: Any, cfg: RolloutConfig, model
     if cfg.dtype == "auto":
         _note_auto(str(dtype))
     gen_model = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
-    return HFSampler(gen_model.eval(), tokenizer, fast=fast)
+    return HFSampler(gen_model.eval(), tokenizer, fast=fast, max_rows=cfg.batch_size)
 
 
 def sample_group(policy: Policy, prompts: list[list[int]], k: int, cfg: RolloutConfig, seed: int,
@@ -196,8 +197,8 @@ def collect(records: Sequence[PromptRecord], folder: str | Path, policy: Callabl
         return Work()
     if (folder / "spec.json").exists() and not overwrite:
         store.prepare_dir(folder, full_spec)  # only checks: a changed spec fails before any work
-    # a chunk fills one batch of first-round rows: with adaptive K most prompts stop at k_first
-    per_chunk = max(1, cfg.batch_size // min(k, cfg.k_first or k))
+    # a chunk holds chunk_rows first-round rows (with adaptive K most prompts stop at k_first)
+    per_chunk = max(1, cfg.chunk_rows // min(k, cfg.k_first or k))
     chunks = [list(records[i:i + per_chunk]) for i in range(0, len(records), per_chunk)]
     todo = [c for c in range(len(chunks)) if overwrite or not store.part_path(folder, c).exists()]
     if todo:  # too-long prompts fail here, before the folder is written or anything generated

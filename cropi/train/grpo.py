@@ -32,7 +32,8 @@ from cropi.data.schema import PromptRecord
 from cropi.model.limits import check_prompts_fit
 from cropi.model.loading import load_model, load_tokenizer, resolve_device
 from cropi.model.template import with_system_prompt
-from cropi.rollout.sampler import cut_at_eos, decode
+from cropi.rollout.decode import decode, decodes_in_slots
+from cropi.rollout.sampler import cut_at_eos
 from cropi.train.grpo_sampler import StageSampler
 from cropi.train.grpo_speed import FAST, StageSpeed, inner_model, shared_prefix_logps
 from cropi.train.grpo_state import (
@@ -206,8 +207,9 @@ class StageGRPOTrainer(GRPOTrainer):
         shadow = self._shadow_policy()
         gc = self.generation_config
         plain = (gc.do_sample and not gc.top_k and gc.min_p is None
-                 and gc.repetition_penalty in (None, 1.0) and self.max_completion_length)
-        if not plain:  # a generation setting decode() does not implement: transformers generate
+                 and gc.repetition_penalty in (None, 1.0) and self.max_completion_length
+                 and decodes_in_slots(shadow))
+        if not plain:  # a generation setting or model decode() does not handle: transformers generate
             return self._generate_hf(shadow, prompt_ids)
         # TRL repeats each prompt num_generations times in a row: decode each distinct prompt once
         n = num_generations if len(prompt_ids) % num_generations == 0 and all(

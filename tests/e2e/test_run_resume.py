@@ -22,7 +22,7 @@ def _args(model: Path, sets: dict[str, Path], out: Path) -> list[str]:
             "--test", f"targeted/a={sets['test_t']}", "--test", f"untargeted/b={sets['test_u']}",
             "--out-dir", str(out), "--name", "r", "--stages", "2", "--steps-per-stage", "2",
             "--eval-every", "2", "--ratio", "0.25",
-            "--set", "rollout.k_pool=4", "--set", "rollout.k_target=4", "--set", "rollout.batch_size=4",
+            "--set", "rollout.k_pool=4", "--set", "rollout.k_target=4", "--set", "rollout.batch_size=4", "--set", "rollout.chunk_rows=4",
             "--set", "rollout.max_new_tokens=8", "--set", "train.max_new_tokens=8",
             "--set", "train.prompts_per_step=2", "--set", "train.samples_per_prompt=2",
             "--set", "projection.k=64", "--set", "eval.samples=0", "--set", "eval.max_new_tokens=8"]

@@ -59,7 +59,7 @@ def rollout_args(model: Path, sets: dict[str, Path], out: Path, name: str = "x")
 def score_args(model: Path, sets: dict[str, Path], out: Path, name: str = "x") -> list[str]:
     return ["score", "--model", str(model), "--pool", str(sets["pool"]), "--target", f"a={sets['target']}",
             "--out-dir", str(out), "--name", name, "--set", "rollout.k_pool=4", "--set", "rollout.k_target=4",
-            "--set", "rollout.batch_size=8", "--set", "rollout.max_new_tokens=8", "--k", "64"]
+            "--set", "rollout.batch_size=8", "--set", "rollout.chunk_rows=8", "--set", "rollout.max_new_tokens=8", "--k", "64"]
 
 
 def same_table(a: Path, b: Path) -> bool:

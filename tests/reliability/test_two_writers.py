@@ -15,7 +15,7 @@ from cropi.utils.io import read_json
 
 STALE = (".tmp-", ".cropi.lock", "parts", ".linking", ".stage0-")
 TINY = ["--stages", "1", "--steps-per-stage", "1", "--eval-every", "1", "--ratio", "0.25",
-        "--set", "rollout.k_pool=4", "--set", "rollout.k_target=4", "--set", "rollout.batch_size=8",
+        "--set", "rollout.k_pool=4", "--set", "rollout.k_target=4", "--set", "rollout.batch_size=8", "--set", "rollout.chunk_rows=8",
         "--set", "rollout.max_new_tokens=8", "--set", "train.max_new_tokens=8",
         "--set", "train.prompts_per_step=2", "--set", "train.samples_per_prompt=2", "--set", "projection.k=64"]
 """A one-stage, one-step run of the tiny model (``cropi run`` / ``cropi compare`` options)."""

@@ -8,7 +8,8 @@ import torch
 from cropi.model.loading import load_model, load_tokenizer
 from cropi.model.logprobs import concat_mask, pack, response_logprobs, shared_prefix_logprobs, token_logprobs
 from cropi.model.template import prompt_token_ids
-from cropi.rollout.sampler import HFSampler, SamplingParams, decode
+from cropi.rollout.decode import decode
+from cropi.rollout.sampler import HFSampler, SamplingParams
 
 
 def _setup(tiny_model_dir):
@@ -117,3 +118,105 @@ def test_auto_generation_dtype_is_bf16_only_where_native(tiny_model_dir, monkeyp
     sampler = collect.hf_sampler(model, tok, RolloutConfig(dtype="auto"))
     assert next(sampler.model.parameters()).dtype == auto
     assert (sampler.model is model) == (auto == torch.float32)  # fp32 samples from the model itself
+
+
+def _spy_moves(monkeypatch):
+    """Record the decode slots' column shifts (start, offset, length before) and row gathers."""
+    from cropi.rollout import decode as decode_mod
+
+    shifts: list[tuple[int, int, int]] = []
+    gathers: list[int] = []
+    shift, gather = decode_mod._Slots._shift, decode_mod._Slots.gather_live
+
+    def spy_shift(self, start, offset):
+        shifts.append((start, offset, self.length))
+        return shift(self, start, offset)
+
+    def spy_gather(self):
+        gathers.append(self.rows)
+        return gather(self)
+
+    monkeypatch.setattr(decode_mod._Slots, "_shift", spy_shift)
+    monkeypatch.setattr(decode_mod._Slots, "gather_live", spy_gather)
+    return shifts, gathers
+
+
+def test_slots_shift_grow_and_gather_keep_greedy_tokens(small_lm, monkeypatch):
+    """Many short calls' worth of prompts through 3 slots: the columns fill up and are shifted
+    left past what no live row uses, and the tail gathers the live rows; tokens equal generate's."""
+    prompts = [[2, 5 + i, 9, 13 + 2 * i] for i in range(12)] + [[2, 40], [2, 7, 7, 30, 31, 60, 61]]
+    params = SamplingParams(n=1, greedy=True, max_new_tokens=9)
+    slow = HFSampler(small_lm, _Tok(), fast=False)
+    ref = slow.generate(prompts, params, 0)
+
+    def ends(t: int) -> set[int]:  # where the rows would end with EOS t
+        return {r[0].index(t) if t in r[0] else 9 for r in ref}
+
+    eos = {max(range(3, 97), key=lambda t: len(ends(t))), 1}  # rows end at many different steps
+    slow.eos_ids = eos
+    ref = slow.generate(prompts, params, 0)
+    shifts, gathers = _spy_moves(monkeypatch)
+    fast = HFSampler(small_lm, _Tok(), max_rows=3)
+    fast.eos_ids = eos
+    assert fast.generate(prompts, params, 0) == ref
+    assert any(offset < start for start, offset, _ in shifts)  # columns shifted left
+    assert gathers  # live rows gathered at the tail
+    assert len({len(r[0]) for r in ref}) > 1  # rows ended at different steps
+
+
+def test_a_prompt_longer_than_the_cache_shifts_the_columns_right(small_lm, monkeypatch):
+    short, long_ = [2, 40], [2, 7, 7, 30, 31, 60, 61, 62, 63, 64, 65, 66, 67, 68]
+    params = SamplingParams(n=2, greedy=True, max_new_tokens=6)
+    slow = HFSampler(small_lm, _Tok(), fast=False)
+    eos = {slow.generate([short], params, 0)[0][0][0], 1}  # the short prompt's rows end at once
+    slow.eos_ids = eos
+    shifts, _ = _spy_moves(monkeypatch)
+    fast = HFSampler(small_lm, _Tok(), max_rows=2)
+    fast.eos_ids = eos
+    assert fast.generate([short, long_], params, 0) == slow.generate([short, long_], params, 0)
+    assert any(offset > start and length > 0 for start, offset, length in shifts)  # a non-empty cache moved right
+
+
+def test_models_the_slots_do_not_handle_sample_with_generate(tiny_model_dir):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from cropi.rollout.decode import decodes_in_slots
+
+    model, tok, _ = _setup(tiny_model_dir)
+    assert decodes_in_slots(model)
+    torch.manual_seed(0)
+    cfg = MistralConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
+                        pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    sliding = MistralForCausalLM(cfg).eval()
+    assert not decodes_in_slots(sliding)
+    sampler = HFSampler(sliding, _Tok())
+    assert sampler.fast and not sampler.slots
+    params = SamplingParams(n=1, greedy=True, max_new_tokens=8)
+    prompts = [[2, 5, 9, 13, 17, 19], [2, 40]]
+    assert sampler.generate(prompts, params, 0) == HFSampler(sliding, _Tok(), fast=False).generate(prompts, params, 0)
+
+
+@pytest.mark.parametrize(("start", "offset"), [(3, 0), (9, 2), (0, 5), (2, 3), (0, 11)])
+def test_slot_shifts_move_columns_like_a_copy(small_lm, start, offset):
+    """In-place block moves of the KV columns equal a naive copy, left and right, for shifts
+    narrower and wider than what is moved."""
+    from cropi.rollout.decode import _Slots
+
+    slots = _Slots(small_lm, [], capacity_rows=4, columns=24)
+    slots.admit([[2, 5, 9], [2, 7]], 1, [0, 1], pad_id=0)
+    slots.length, slots.rows = 12, 2
+    torch.manual_seed(0)
+    for t in slots._buffers():
+        t.copy_(torch.randint(1, 9, t.shape) if t.dtype == torch.long else torch.randn(t.shape))
+    before = [t.clone() for t in slots._buffers()]
+    slots._shift(start, offset)
+    width = 12 - start
+    assert slots.length == offset + width
+    for old, new in zip(before, slots._buffers(), strict=True):
+        cols_old = old if old.dim() == 2 else old.transpose(1, 2)
+        cols_new = new if new.dim() == 2 else new.transpose(1, 2)
+        torch.testing.assert_close(cols_new[:2, offset:offset + width], cols_old[:2, start:12], rtol=0, atol=0)
+        torch.testing.assert_close(new[2:], old[2:], rtol=0, atol=0)  # rows not in use untouched
+    if offset > start:
+        assert not slots.mask[:2, start:offset].any()  # vacated columns are masked
