@@ -106,15 +106,17 @@ class _Slots:
         self.logits = torch.zeros(0)
 
     def _alloc(self, like: torch.Tensor, columns: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Zeroed key and value buffers of ``capacity_rows`` rows shaped like ``like`` [*, heads, *, dim]."""
+        """Key and value buffers of ``capacity_rows`` rows shaped like ``like`` [*, heads, *, dim],
+        left uninitialised: a column is written (or zeroed) before any row in use reads it, and
+        zeroing it all at once would touch every page of a large allocation for nothing."""
         shape = (self.capacity_rows, like.shape[1], columns, like.shape[3])
-        return (like.new_zeros(shape), like.new_zeros(shape))
+        return (like.new_empty(shape), like.new_empty(shape))
 
     def _first(self, prefill: Any, vocab: int) -> None:
         """Allocate the slots after the first prefill: its layers give heads, dims and dtype."""
         self.cache = new_cache(self.model)
         self.cache.layers = [_SlotLayer(self._alloc(layer.keys, self.columns), 0, 0) for layer in prefill.layers]
-        self.logits = torch.zeros((self.capacity_rows, vocab), dtype=torch.float32, device=self.device)
+        self.logits = torch.empty((self.capacity_rows, vocab), dtype=torch.float32, device=self.device)
 
     @property
     def layers(self) -> list[_SlotLayer]:
@@ -135,7 +137,7 @@ class _Slots:
         for layer in self.layers:
             for name in ("kbuf", "vbuf"):
                 old = getattr(layer, name)
-                new = old.new_zeros((old.shape[0], old.shape[1], columns, old.shape[3]))
+                new = old.new_empty((old.shape[0], old.shape[1], columns, old.shape[3]))
                 new[:, :, :self.columns] = old
                 setattr(layer, name, new)
         mask = self.mask.new_zeros((self.mask.shape[0], columns))
@@ -153,8 +155,11 @@ class _Slots:
             for t in self._buffers():
                 cols = t if t.dim() == 2 else t.transpose(1, 2)  # [rows, columns, ...]
                 cols[:self.rows, offset + b:offset + b + w] = cols[:self.rows, start + b:start + b + w]
-        if offset > start:
+        if offset > start:  # vacated columns: masked, and zeroed (they may never have been written)
             self.mask[:self.rows, start:offset] = 0
+            for layer in self.layers:
+                layer.kbuf[:self.rows, :, start:offset] = 0
+                layer.vbuf[:self.rows, :, start:offset] = 0
         self.length = offset + width
         self._view()
 
@@ -197,6 +202,8 @@ class _Slots:
         for layer, new in zip(self.layers, cache.layers, strict=True):
             layer.kbuf[slots, :, lo:self.length] = new.keys[which]
             layer.vbuf[slots, :, lo:self.length] = new.values[which]
+            layer.kbuf[slots, :, :lo] = 0  # masked, but read: finite (a previous row's, or never written)
+            layer.vbuf[slots, :, :lo] = 0
         self.mask[slots] = 0
         self.mask[slots, lo:self.length] = mask[which]
         self.logits[slots] = out.logits[:, -1].float()[which]
@@ -267,7 +274,7 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], n: int, max_new_tokens:
     with torch.inference_mode():
         prefix = _prefix_kv(model, prompts[0][:_common_prefix(prompts)])
         longest = max(len(p) for p in prompts)
-        slots = _Slots(model, prefix, rows_max, 2 * (longest + max_new_tokens))
+        slots = _Slots(model, prefix, min(rows_max, len(prompts) * n), 2 * (longest + max_new_tokens))
         nxt = 0  # next prompt to admit
         while True:
             room = len(slots.free()) // n
