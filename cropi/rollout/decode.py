@@ -8,8 +8,8 @@ decode together stay near ``max_rows`` instead of thinning out as responses end,
 CPU needs, where a step's matrix products run at a fraction of their rate for a few rows. Each
 row's tokens sit right-aligned in the columns, left of them a zero mask; position ids follow the
 row's own tokens, so where a row sits changes nothing it attends to. When the columns are full
-they are shifted left past what no live row uses. When no prompt waits and half the rows have
-ended, the live rows are gathered into fewer.
+they are shifted left past what no live row uses. When no prompt waits and an eighth of the
+rows have ended, the live rows are gathered into fewer (an ended row is computed until then).
 
 The prefix every prompt shares (the chat template's system message) is run once per call; each
 admitted prompt runs its remainder once for its ``n`` rows.
@@ -212,8 +212,8 @@ class _Slots:
         self.row[slots] = torch.as_tensor(list(rows), dtype=torch.long, device=self.device)
 
     def gather_live(self) -> None:
-        """Keep only the live rows, in order, in place (after the last admission, when half of
-        them have ended): row i takes live row keep[i] >= i, which no earlier move overwrote."""
+        """Keep only the live rows, in order, in place (after the last admission, when an eighth
+        of them have ended): row i takes live row keep[i] >= i, which no earlier move overwrote."""
         keep = (self.row[:self.rows] >= 0).nonzero().squeeze(1).tolist()
         for i, r in enumerate(keep):
             if i != r:
@@ -295,7 +295,7 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], n: int, max_new_tokens:
                 left = slots.live()
                 if left == 0:
                     break
-                if 2 * left <= slots.rows:
+                if 8 * (slots.rows - left) >= slots.rows:  # an eighth of the rows ended: compute no more of them
                     keep = slots.row[:slots.rows] >= 0
                     slots.gather_live()
                     tok = tok[keep]
