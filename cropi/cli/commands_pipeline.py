@@ -27,7 +27,8 @@ def rollout(config: ConfigArg = None, name: NameOpt = None, out_dir: OutOpt = No
             temperature: Annotated[Optional[float], typer.Option(help="sampling temperature [default: 0.5]")] = None,
             top_p: Annotated[Optional[float], typer.Option(help="nucleus sampling threshold [default: 1.0]")] = None,
             max_new_tokens: Annotated[Optional[int], typer.Option(help="maximum response tokens [default: 64]")] = None,
-            batch_size: Annotated[Optional[int], typer.Option(help="sequences per generation batch [default: 64]")] = None,
+            batch_size: Annotated[Optional[int], typer.Option(help="sequences decoded together [default: 64]; "
+                                                                "rollout.chunk_rows sets the responses per call")] = None,
             seed: Annotated[Optional[int], typer.Option(help="sampling seed [default: 0]")] = None,
             set_: SetOpt = None, overwrite: OverwriteOpt = False, wait: WaitOpt = False,
             verbose: VerboseOpt = False) -> None:

@@ -18,7 +18,7 @@ from cropi.utils.io import read_json
 def _cmd(model: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "cropi.cli", "rollout", "--model", str(model), "--suite", "tiny",
             "--out-dir", str(out), "--name", "r", "--k-pool", "4", "--k-target", "4",
-            "--batch-size", "4", "--max-new-tokens", "12"]
+            "--batch-size", "4", "--set", "rollout.chunk_rows=4", "--max-new-tokens", "12"]
 
 
 def _env() -> dict[str, str]:

@@ -53,7 +53,7 @@ def files_under(root: Path) -> list[str]:
 def rollout_args(model: Path, sets: dict[str, Path], out: Path, name: str = "x") -> list[str]:
     return ["rollout", "--model", str(model), "--pool", str(sets["pool"]), "--target", f"a={sets['target']}",
             "--out-dir", str(out), "--name", name, "--k-pool", "4", "--k-target", "4", "--batch-size", "8",
-            "--max-new-tokens", "8"]
+            "--set", "rollout.chunk_rows=8", "--max-new-tokens", "8"]
 
 
 def score_args(model: Path, sets: dict[str, Path], out: Path, name: str = "x") -> list[str]:
