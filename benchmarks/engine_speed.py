@@ -1,8 +1,9 @@
 """Inference engines against cropi's own decode loop, for beta's rollouts and greedy evaluation.
 
 The same prompts (the first ``--prompts`` of the suite's pool, chat-templated as ``cropi rollout``
-does), the same calls (``rollout.batch_size // K`` prompts x K responses per call, each call with
-the seed ``collect`` would give it), K = 8, T = 0.5, top_p 1, <= 64 new tokens, one thread per
+does), the same calls (``--batch-size // K`` prompts x K responses per call, each call with the
+seed ``collect`` gives a chunk: before ``rollout.chunk_rows`` a chunk was one batch; pass
+``--batch-size`` equal to ``rollout.chunk_rows`` for today's calls), K = 8, T = 0.5, top_p 1, <= 64 new tokens, one thread per
 engine. Generated tokens are counted as cropi counts them (``HFSampler``): up to and including the
 EOS. Each engine's start-up (model load, conversion, engine build, compilation) is timed apart
 from its sampling, and the tok/s are given without and with it.
@@ -59,7 +60,8 @@ NAME = "engine_speed"
 # ------------------------------------------------------------------------------------ the calls
 def make_calls(prompts: list[list[int]], k: int, batch_size: int, seed: int, temperature: float,
                top_p: float, max_new: int) -> list[dict[str, Any]]:
-    """The sampler calls ``collect`` makes for one set (chunks of ``batch_size // k`` prompts)."""
+    """The sampler calls ``collect`` makes for one set with ``rollout.chunk_rows = batch_size``
+    (chunks of ``batch_size // k`` prompts)."""
     from cropi.utils.seeding import derive_seed
 
     per = max(1, batch_size // k)
