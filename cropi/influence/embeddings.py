@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from cropi.model.loading import bf16_is_fast
-from cropi.model.logprobs import micro_batches
+from cropi.model.logprobs import cache_kw, common_prefix, micro_batches, new_cache
 
 log = logging.getLogger(__name__)
 
@@ -31,26 +31,50 @@ def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
 
 def hidden_state_embeddings(model: torch.nn.Module, prompts: Sequence[Sequence[int]], pad_id: int,
                             max_batch_tokens: int = 8192) -> np.ndarray:
-    """``[n, hidden]``: the mean over each prompt's tokens of ``model``'s last hidden state
-    (right-padded micro-batches within ``max_batch_tokens``; no grad; bf16 autocast where bf16
-    is fast, the mean in float32)."""
+    """``[n, hidden]``: the mean over each prompt's tokens of ``model``'s last hidden state (no
+    grad; bf16 autocast where bf16 is fast, the mean in float32).
+
+    The prefix every prompt shares (the chat template's system message, :func:`common_prefix`)
+    runs once: its hidden states are summed once and its keys and values feed every prompt's
+    remainder, which runs right-padded in micro-batches within ``max_batch_tokens`` (counting
+    each prompt whole). Causal attention makes this the same sum as running each prompt alone.
+    """
     if not prompts:
         raise ValueError("no prompts to embed")
     device = next(model.parameters()).device
-    fast = bf16_is_fast(device)
+    common = common_prefix(prompts)
     rows: dict[int, np.ndarray] = {}
-    for idx in micro_batches([len(p) for p in prompts], max_batch_tokens):
-        width = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for j, i in enumerate(idx):
-            ids[j, :len(prompts[i])] = torch.as_tensor(list(prompts[i]), dtype=torch.long)
-            mask[j, :len(prompts[i])] = 1
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
-            out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                        output_hidden_states=True, logits_to_keep=1)
-        pooled = _mean_pool(out.hidden_states[-1], mask.to(device))
-        rows.update({i: pooled[j] for j, i in enumerate(idx)})
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_is_fast(device)):
+        head_sum: torch.Tensor | float = 0.0
+        head: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if common:
+            cache = new_cache(model)
+            out = model(input_ids=torch.as_tensor([list(prompts[0][:common])], device=device), use_cache=True,
+                        output_hidden_states=True, logits_to_keep=1, **{cache_kw(model): cache})
+            head_sum = out.hidden_states[-1][0].float().sum(0)
+            head = [(layer.keys, layer.values) for layer in cache.layers]
+        for idx in micro_batches([len(p) for p in prompts], max_batch_tokens):
+            rests = [list(prompts[i][common:]) for i in idx]
+            width = max(len(r) for r in rests)
+            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), common + width), dtype=torch.long)
+            mask[:, :common] = 1
+            for j, r in enumerate(rests):
+                ids[j, :len(r)] = torch.as_tensor(r, dtype=torch.long)
+                mask[j, common:common + len(r)] = 1
+            kw: dict[str, Any] = {}
+            if head:
+                cache = new_cache(model)
+                for n, (k, v) in enumerate(head):
+                    cache.update(k.expand(len(idx), -1, -1, -1), v.expand(len(idx), -1, -1, -1), n)
+                kw = {cache_kw(model): cache, "use_cache": True}
+            positions = torch.arange(common, common + width).expand(len(idx), -1)
+            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                        output_hidden_states=True, logits_to_keep=1, **kw)
+            own = mask[:, common:].to(device).unsqueeze(-1).float()
+            sums = (out.hidden_states[-1].float() * own).sum(1) + head_sum
+            pooled = (sums / (common + own.sum(1))).cpu().numpy().astype(np.float32)
+            rows.update({i: pooled[j] for j, i in enumerate(idx)})
     return np.stack([rows[i] for i in range(len(prompts))])
 
 

@@ -284,3 +284,17 @@ def micro_batches(lengths: Sequence[int], max_batch_tokens: int) -> list[list[in
     if cur:
         groups.append(cur)
     return groups
+
+
+def common_prefix(prompts: Sequence[Sequence[int]], min_len: int = 8) -> int:
+    """Length of the prefix all prompts share, leaving every prompt at least one token of its own
+    (0 when shorter than ``min_len`` or for a single prompt)."""
+    if len(prompts) < 2:
+        return 0
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        i = 0
+        while i < n and p[i] == first[i]:
+            i += 1
+        n = i
+    return n if n >= min_len else 0

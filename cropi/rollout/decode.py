@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from cropi.model.logprobs import cache_kw, new_cache
+from cropi.model.logprobs import cache_kw, common_prefix, new_cache
 
 
 def _pick(logits: torch.Tensor, greedy: bool, temperature: float, top_p: float,
@@ -42,20 +42,6 @@ def _pick(logits: torch.Tensor, greedy: bool, temperature: float, top_p: float,
     cdf = logits.softmax(-1).cumsum(-1)
     u = torch.rand((cdf.shape[0], 1), generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
     return torch.searchsorted(cdf, u).squeeze(1).clamp(max=cdf.shape[1] - 1)
-
-
-def _common_prefix(prompts: Sequence[Sequence[int]], min_len: int = 8) -> int:
-    """Length of the prefix all prompts share, leaving every prompt at least one token of its own
-    (0 when shorter than ``min_len`` or for a single prompt)."""
-    if len(prompts) < 2:
-        return 0
-    first, n = prompts[0], min(len(p) for p in prompts) - 1
-    for p in prompts[1:]:
-        i = 0
-        while i < n and p[i] == first[i]:
-            i += 1
-        n = i
-    return n if n >= min_len else 0
 
 
 def decodes_in_slots(model: Any) -> bool:
@@ -272,7 +258,7 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], n: int, max_new_tokens:
     if not prompts:
         return result
     with torch.inference_mode():
-        prefix = _prefix_kv(model, prompts[0][:_common_prefix(prompts)])
+        prefix = _prefix_kv(model, prompts[0][:common_prefix(prompts)])
         longest = max(len(p) for p in prompts)
         slots = _Slots(model, prefix, min(rows_max, len(prompts) * n), 2 * (longest + max_new_tokens))
         nxt = 0  # next prompt to admit
