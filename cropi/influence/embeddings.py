@@ -19,7 +19,13 @@ import numpy as np
 import torch
 
 from cropi.model.loading import bf16_is_fast
-from cropi.model.logprobs import cache_kw, common_prefix, micro_batches, new_cache
+from cropi.model.logprobs import (
+    cache_kw,
+    caches_every_position,
+    common_prefix,
+    micro_batches,
+    new_cache,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +41,15 @@ def hidden_state_embeddings(model: torch.nn.Module, prompts: Sequence[Sequence[i
     grad; bf16 autocast where bf16 is fast, the mean in float32).
 
     The prefix every prompt shares (the chat template's system message, :func:`common_prefix`)
-    runs once: its hidden states are summed once and its keys and values feed every prompt's
-    remainder, which runs right-padded in micro-batches within ``max_batch_tokens`` (counting
-    each prompt whole). Causal attention makes this the same sum as running each prompt alone.
+    runs once where the model's cache keeps every position (:func:`caches_every_position`): its
+    hidden states are summed once and its keys and values feed every prompt's remainder, which
+    runs right-padded in micro-batches within ``max_batch_tokens`` (counting each prompt whole).
+    Causal attention makes this the same sum as running each prompt alone.
     """
     if not prompts:
         raise ValueError("no prompts to embed")
     device = next(model.parameters()).device
-    common = common_prefix(prompts)
+    common = common_prefix(prompts) if caches_every_position(model) else 0
     rows: dict[int, np.ndarray] = {}
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_is_fast(device)):
         head_sum: torch.Tensor | float = 0.0

@@ -298,3 +298,13 @@ def common_prefix(prompts: Sequence[Sequence[int]], min_len: int = 8) -> int:
             i += 1
         n = i
     return n if n >= min_len else 0
+
+
+def caches_every_position(model: Any) -> bool:
+    """Whether every layer of ``model``'s cache keeps all positions' keys and values (transformers'
+    ``DynamicLayer``; sliding-window or recurrent layers keep other state), so that a prefix's
+    cache can be expanded and shared by several rows."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(new_cache(model), "layers", None)
+    return bool(layers) and all(type(x) is DynamicLayer for x in layers)

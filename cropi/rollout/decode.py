@@ -23,7 +23,12 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from cropi.model.logprobs import cache_kw, common_prefix, new_cache
+from cropi.model.logprobs import (
+    cache_kw,
+    caches_every_position,
+    common_prefix,
+    new_cache,
+)
 
 
 def _pick(logits: torch.Tensor, greedy: bool, temperature: float, top_p: float,
@@ -45,10 +50,9 @@ def _pick(logits: torch.Tensor, greedy: bool, temperature: float, top_p: float,
 
 
 def decodes_in_slots(model: Any) -> bool:
-    """Whether :func:`decode` handles ``model``: every layer caches all positions (transformers'
-    ``DynamicLayer``; sliding-window or recurrent layers keep other state)."""
-    layers = getattr(new_cache(model), "layers", None)
-    return bool(layers) and all(type(x) is DynamicLayer for x in layers)
+    """Whether :func:`decode` handles ``model``: every layer caches all positions
+    (:func:`cropi.model.logprobs.caches_every_position`)."""
+    return caches_every_position(model)
 
 
 class _SlotLayer(DynamicLayer):

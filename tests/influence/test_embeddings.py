@@ -30,3 +30,22 @@ def test_embeddings_equal_each_prompt_run_alone(small_lm, monkeypatch, head, bud
         got = embeddings.hidden_state_embeddings(model, chosen, pad_id=0, max_batch_tokens=budget)
         assert got.dtype == np.float32 and got.shape == (len(chosen), model.config.hidden_size)
         np.testing.assert_allclose(got, _naive(model, chosen), rtol=1e-6, atol=1e-6)
+
+
+def test_a_sliding_window_model_runs_each_prompt_whole(monkeypatch):
+    """A cache that does not keep every position (here a window shorter than the shared prefix)
+    cannot be shared: the prompts run whole, and still equal each prompt run alone."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from cropi.model.logprobs import caches_every_position
+
+    monkeypatch.setattr(embeddings, "bf16_is_fast", lambda device: False)
+    torch.manual_seed(0)
+    cfg = MistralConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
+                        pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    model = MistralForCausalLM(cfg).eval().double()
+    assert not caches_every_position(model)
+    prompts = [HEAD + [40, 41, 42], HEAD + [7], HEAD + [50, 51, 52, 53]]
+    got = embeddings.hidden_state_embeddings(model, prompts, pad_id=0)
+    np.testing.assert_allclose(got, _naive(model, prompts), rtol=1e-6, atol=1e-6)
