@@ -72,13 +72,14 @@ from cropi.utils.locking import locked
 
 NAME = "selection_cost"
 CONFIGS: dict[str, dict[str, Any]] = {
-    "today": {"gradient.concat_responses": False, "rollout.logprobs": "all", "rollout.k_first": None,
-              "rollout.k_target": 32, "score.shortlist": None},
-    "new": {"gradient.concat_responses": True, "rollout.logprobs": "gradient", "rollout.k_first": 4,
-            "rollout.k_target": 8, "score.shortlist": None},
+    "today": {"gradient.concat_responses": False, "rollout.logprobs": "all", "rollout.logprob_pass": "always",
+              "rollout.k_first": None, "rollout.k_target": 32, "score.shortlist": None},
+    "new": {"gradient.concat_responses": True, "rollout.logprobs": "gradient", "rollout.logprob_pass": "auto",
+            "rollout.k_first": 4, "rollout.k_target": 8, "score.shortlist": None},
 }
 """Dotted config keys of each configuration: ``today`` the defaults before the cost work (padded
-passes, every prompt K responses, K_target = 32), ``new`` the recommended one (today's defaults);
+passes, every prompt K responses, K_target = 32, beta's log-probs from a teacher-forced pass),
+``new`` the recommended one (today's defaults);
 the stage-1 shortlist cell adds ``score.shortlist`` = :data:`SHORTLIST` to ``new``. Each lever
 alone is priced by the what-if cells (sampling levers, on today's own responses) and
 benchmarks/concat_pass.py (the concatenated pass)."""

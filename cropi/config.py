@@ -84,12 +84,18 @@ class RolloutConfig:
                        "vllm (pip install vllm)")
     gpu_memory_utilization: float = opt(0.5, "vllm: share of GPU memory for the engine (the rest holds the fp32 model)")
     seed: int = opt(0, "sampling seed")
-    logprobs: str = opt("gradient", "which prompts get beta's teacher-forced log-probs: gradient (those "
+    logprobs: str = opt("gradient", "which prompts get beta's log-probs: gradient (those "
                         "with mixed rewards, the only ones any stage scores) or all (also beta's NLL "
                         "of the others in the selection analysis)")
+    logprob_pass: str = opt("auto", "where beta's log-probs come from: auto (from the sampling itself "
+                            "where cropi's decode loop samples from the fp32 model, rollout.dtype fp32 "
+                            "or auto on a CPU without native bf16: the same fp32 log-probs, no second "
+                            "pass; a teacher-forced fp32 pass elsewhere) or always (the teacher-forced "
+                            "pass after sampling, everywhere)")
 
     def __post_init__(self) -> None:
         _check(self.logprobs in ("gradient", "all"), "rollout", "logprobs", "use gradient or all")
+        _check(self.logprob_pass in ("auto", "always"), "rollout", "logprob_pass", "use auto or always")
         _check(self.k_pool >= 2, "rollout", "k_pool", "need at least 2 responses for an advantage")
         _check(self.k_target >= 2, "rollout", "k_target", "need at least 2 responses")
         _check(self.k_first is None or self.k_first >= 2, "rollout", "k_first",

@@ -8,8 +8,10 @@ follow the attention mask, so padding changes nothing but the memory used.
 :func:`shared_prefix_logprobs` computes the same values for K responses to ONE prompt with the
 prompt run once: the prompt (minus its last token) fills a KV cache that is repeated for the K
 rows, then [last prompt token, response] runs on it (K-fold less prompt compute; differentiable,
-gradients flow back through the cache). Rollouts and POPI gradients both use it, so the importance
-ratios are exactly 1 at stage 0.
+gradients flow back through the cache). POPI gradients use it, and so do rollouts where they
+compute beta's log-probs in a second pass (``rollout.logprob_pass``; where cropi's decode loop
+samples from the fp32 model the sampling's own logits give them, equal within fp32 rounding), so
+the importance ratios are 1 at stage 0 (exactly, or within fp32 rounding).
 """
 
 from __future__ import annotations

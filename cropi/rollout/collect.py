@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -40,7 +40,7 @@ class Policy:
     """The model bundle a rollout needs: tokenizer, fp32 scoring model, sampler."""
 
     tokenizer: Any
-    model: torch.nn.Module  # fp32, used for teacher-forced log-probs
+    model: torch.nn.Module  # fp32: beta's log-probs (teacher-forced, or the sampling's own)
     sampler: Sampler
     system_prompt: str | None = None
 
@@ -106,37 +106,66 @@ def hf_sampler(model: torch.nn.Module, tokenizer: Any, cfg: RolloutConfig, model
     return HFSampler(gen_model.eval(), tokenizer, fast=fast, max_rows=cfg.batch_size)
 
 
+class Group(NamedTuple):
+    """The responses of a chunk's prompts (:func:`sample_group`)."""
+
+    responses: list[list[list[int]]]
+    reasons: list[str]  # per prompt: all, stopped or extended
+    logprobs: list[list[list[float]]] | None  # beta's, from the sampling (None: not given)
+
+
+def sampler_logprobs(policy: Policy, cfg: RolloutConfig) -> bool:
+    """Whether beta's log-probs come from the sampling itself (``rollout.logprob_pass: auto``):
+    cropi's decode loop samples from the fp32 model itself, so the logits each token is drawn from
+    are the fp32 model's, the ones a teacher-forced pass would compute again."""
+    sampler = policy.sampler
+    return (cfg.logprob_pass == "auto" and getattr(sampler, "model", None) is policy.model
+            and bool(getattr(sampler, "exact_logprobs", False)))
+
+
+def _draw(policy: Policy, prompts: list[list[int]], params: SamplingParams, seed: int,
+          scored: bool) -> tuple[list[list[list[int]]], list[list[list[float]]] | None]:
+    if scored:
+        return policy.sampler.generate_scored(prompts, params, seed)  # type: ignore[attr-defined]
+    return policy.sampler.generate(prompts, params, seed), None
+
+
 def sample_group(policy: Policy, prompts: list[list[int]], k: int, cfg: RolloutConfig, seed: int,
-                 reward: Callable[[int, list[int]], float]) -> tuple[list[list[list[int]]], list[str]]:
+                 reward: Callable[[int, list[int]], float], scored: bool = False) -> Group:
     """Up to ``k`` responses per prompt; ``reward(i, response_ids)`` scores one of prompt i.
 
     With ``cfg.k_first`` below ``k`` (adaptive K), every prompt first gets ``k_first`` responses;
     only prompts whose rewards are mixed get ``k - k_first`` more (another seed): a prompt whose
     first rewards are all equal has no GRPO advantage yet, and more samples would rarely give it
     one. Returns the responses and, per prompt, why it has as many as it has: ``all`` (k at once),
-    ``stopped`` (all equal after k_first) or ``extended`` (mixed after k_first: k in all).
+    ``stopped`` (all equal after k_first) or ``extended`` (mixed after k_first: k in all); with
+    ``scored`` (:func:`sampler_logprobs`) also each response's log-probs from the sampling.
     """
     k0 = cfg.k_first if cfg.k_first is not None and cfg.k_first < k else k
     params = SamplingParams(n=k0, temperature=cfg.temperature, top_p=cfg.top_p,
                             max_new_tokens=cfg.max_new_tokens)
-    responses = [list(rs) for rs in policy.sampler.generate(prompts, params, seed)]
+    first_rs, first_lps = _draw(policy, prompts, params, seed, scored)
+    responses = [list(rs) for rs in first_rs]
+    logprobs = [list(lp) for lp in first_lps] if first_lps is not None else None
     if k0 == k:
-        return responses, ["all"] * len(prompts)
+        return Group(responses, ["all"] * len(prompts), logprobs)
     first = [[reward(i, r) for r in rs] for i, rs in enumerate(responses)]
     mixed = [i for i, rw in enumerate(first) if min(rw) != max(rw)]
     if mixed:
-        more = policy.sampler.generate([prompts[i] for i in mixed], dataclasses.replace(params, n=k - k0),
-                                       derive_seed(seed, "extend"))
-        for i, rs in zip(mixed, more, strict=True):
+        more, more_lps = _draw(policy, [prompts[i] for i in mixed], dataclasses.replace(params, n=k - k0),
+                               derive_seed(seed, "extend"), scored)
+        for j, (i, rs) in enumerate(zip(mixed, more, strict=True)):
             responses[i].extend(rs)
+            if logprobs is not None and more_lps is not None:
+                logprobs[i].extend(more_lps[j])
     open_ = set(mixed)
-    return responses, ["extended" if i in open_ else "stopped" for i in range(len(prompts))]
+    return Group(responses, ["extended" if i in open_ else "stopped" for i in range(len(prompts))], logprobs)
 
 
 def rows_for_chunk(policy: Policy, records: Sequence[PromptRecord], k: int, cfg: RolloutConfig,
                    seed: int) -> tuple[list[dict[str, Any]], Work]:
-    """The store rows of one chunk of prompts (responses, rewards, beta's teacher-forced
-    log-probs) and the work it took."""
+    """The store rows of one chunk of prompts (responses, rewards, beta's fp32 log-probs: from
+    the sampling where :func:`sampler_logprobs`, else a teacher-forced pass) and the work it took."""
     prompts = [policy.prompt_ids(r) for r in records]
     verdicts: dict[tuple[int, tuple[int, ...]], float] = {}
 
@@ -146,17 +175,21 @@ def rows_for_chunk(policy: Policy, records: Sequence[PromptRecord], k: int, cfg:
             verdicts[key] = verify(policy.tokenizer.decode(response, skip_special_tokens=True), records[i]).reward
         return verdicts[key]
 
-    responses, reasons = sample_group(policy, prompts, k, cfg, seed, reward)
+    from_sampling = sampler_logprobs(policy, cfg)
+    responses, reasons, sampled_lps = sample_group(policy, prompts, k, cfg, seed, reward, scored=from_sampling)
     rewards = [[reward(i, r) for r in rs] for i, rs in enumerate(responses)]
     # beta's log-probs where a stage can use them: a prompt whose rewards are all equal has no
-    # gradient at any stage (rollout.logprobs=all computes them anyway, for the analysis' NLL)
+    # gradient at any stage (rollout.logprobs=all keeps them anyway, for the analysis' NLL)
     scored = [i for i, rw in enumerate(rewards) if cfg.logprobs == "all" or min(rw) != max(rw)]
     fast = getattr(policy.sampler, "fast", True)  # round 1 (HFSampler(fast=False)): the packed pass
-    flat = response_logprobs(policy.model, [prompts[i] for i in scored for _ in responses[i]],
-                             [r for i in scored for r in responses[i]], policy.pad_id, share_prompts=fast)
     logprobs: dict[int, list[list[float]]] = {}
-    for i in scored:
-        logprobs[i], flat = flat[:len(responses[i])], flat[len(responses[i]):]
+    if sampled_lps is not None:  # the sampling's own fp32 log-probs: no teacher-forced pass
+        logprobs = {i: sampled_lps[i] for i in scored}
+    else:
+        flat = response_logprobs(policy.model, [prompts[i] for i in scored for _ in responses[i]],
+                                 [r for i in scored for r in responses[i]], policy.pad_id, share_prompts=fast)
+        for i in scored:
+            logprobs[i], flat = flat[:len(responses[i])], flat[len(responses[i]):]
     rows = []
     work = Work(prompts=len(records), responses=sum(len(rs) for rs in responses))
     for i, (rec, p, rs) in enumerate(zip(records, prompts, responses, strict=True)):
@@ -166,7 +199,7 @@ def rows_for_chunk(policy: Policy, records: Sequence[PromptRecord], k: int, cfg:
         rounds = 2 if reasons[i] == "extended" else 1
         work.tokens_generated += n_tok
         work.tokens_prefill += rounds * len(p)
-        if i in logprobs:
+        if i in logprobs and sampled_lps is None:
             work.tokens_forward += n_tok + (len(p) if fast else len(p) * len(rs))
         rows.append({
             "id": rec.id, "source": rec.source, "level": rec.level, "prompt_ids": p,
@@ -187,9 +220,10 @@ def collect(records: Sequence[PromptRecord], folder: str | Path, policy: Callabl
     everything was already done).
     """
     folder = Path(folder)
-    # rollout.logprobs is left out: it decides which stored prompts carry beta's log-probs, not
-    # what is sampled (stores from before it, which have them all, stay valid)
-    full_spec = {**spec, "k": k, "rollout": {k_: v for k_, v in vars(cfg).items() if k_ != "logprobs"},
+    # rollout.logprobs and logprob_pass are left out: they decide which stored prompts carry beta's
+    # log-probs and which pass computes them, not what is sampled (earlier stores stay valid)
+    full_spec = {**spec, "k": k, "rollout": {k_: v for k_, v in vars(cfg).items()
+                                             if k_ not in ("logprobs", "logprob_pass")},
                  "set": name}
     if store.is_complete(folder) and not overwrite:
         store.prepare_dir(folder, full_spec)  # raises when the spec changed

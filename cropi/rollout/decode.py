@@ -33,7 +33,7 @@ from cropi.model.logprobs import (
 
 def _pick(logits: torch.Tensor, greedy: bool, temperature: float, top_p: float,
           generator: torch.Generator | None) -> torch.Tensor:
-    """Next tokens from float32 logits [B, V]: argmax, or a draw at ``temperature`` / ``top_p``
+    """Next tokens from float32 (or float64) logits [B, V]: argmax, or a draw at ``temperature`` / ``top_p``
     (the nucleus rule of transformers' ``TopPLogitsWarper``; no top-k)."""
     if greedy:
         return logits.argmax(-1)
@@ -102,11 +102,13 @@ class _Slots:
         shape = (self.capacity_rows, like.shape[1], columns, like.shape[3])
         return (like.new_empty(shape), like.new_empty(shape))
 
-    def _first(self, prefill: Any, vocab: int) -> None:
-        """Allocate the slots after the first prefill: its layers give heads, dims and dtype."""
+    def _first(self, prefill: Any, logits: torch.Tensor) -> None:
+        """Allocate the slots after the first prefill: its layers give heads, dims and dtype; the
+        logits are kept in float32 (float64 for a float64 model)."""
         self.cache = new_cache(self.model)
         self.cache.layers = [_SlotLayer(self._alloc(layer.keys, self.columns), 0, 0) for layer in prefill.layers]
-        self.logits = torch.empty((self.capacity_rows, vocab), dtype=torch.float32, device=self.device)
+        self.logits = torch.empty((self.capacity_rows, logits.shape[-1]),
+                                  dtype=torch.promote_types(logits.dtype, torch.float32), device=self.device)
 
     @property
     def layers(self) -> list[_SlotLayer]:
@@ -177,7 +179,7 @@ class _Slots:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos[:, common:], use_cache=True,
                          logits_to_keep=1, **{cache_kw(self.model): cache})
         if self.cache is None:
-            self._first(cache, out.logits.shape[-1])
+            self._first(cache, out.logits)
         span = common + width
         if span > self.length:  # the new rows need more columns on the left than the cache has
             if self.columns < 2 * span:
@@ -196,7 +198,7 @@ class _Slots:
             layer.vbuf[slots, :, :lo] = 0
         self.mask[slots] = 0
         self.mask[slots, lo:self.length] = mask[which]
-        self.logits[slots] = out.logits[:, -1].float()[which]
+        self.logits[slots] = out.logits[:, -1][which].to(self.logits.dtype)
         self.pos[slots] = mask.sum(-1)[which]
         self.count[slots] = 0
         self.row[slots] = torch.as_tensor(list(rows), dtype=torch.long, device=self.device)
@@ -228,7 +230,7 @@ class _Slots:
                          **{cache_kw(self.model): self.cache})
         self.length += 1  # the layers' views moved on in update
         self.pos[:self.rows] += self.row[:self.rows] >= 0  # an ended row keeps its last position
-        self.logits[:self.rows] = out.logits[:, -1].float()
+        self.logits[:self.rows] = out.logits[:, -1]
 
 
 def _prefix_kv(model: Any, prefix: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -253,14 +255,33 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], n: int, max_new_tokens:
     are free; a row that emits an EOS or reaches ``max_new_tokens`` frees its slot. Sampling uses a
     ``torch.Generator`` seeded with ``seed``: the same call gives the same tokens.
     """
+    return _decode(model, prompts, n, max_new_tokens, eos_ids, pad_id, greedy, temperature, top_p, seed,
+                   max_rows, scored=False)[0]
+
+
+def decode_scored(model: Any, prompts: Sequence[Sequence[int]], n: int, max_new_tokens: int,
+                  eos_ids: set[int], pad_id: int, *, temperature: float = 1.0, top_p: float = 1.0,
+                  seed: int = 0, max_rows: int | None = None) -> tuple[list[list[int]], list[list[float]]]:
+    """:func:`decode` (sampled) and, per response, the model's log-prob of each of its tokens at
+    temperature 1 (``log_softmax`` of the logits the token was drawn from, before temperature and
+    nucleus): what a teacher-forced pass over ``[prompt, response]`` computes, from the same
+    forward passes. The tokens equal :func:`decode`'s with the same arguments."""
+    return _decode(model, prompts, n, max_new_tokens, eos_ids, pad_id, False, temperature, top_p, seed,
+                   max_rows, scored=True)
+
+
+def _decode(model: Any, prompts: Sequence[Sequence[int]], n: int, max_new_tokens: int, eos_ids: set[int],
+            pad_id: int, greedy: bool, temperature: float, top_p: float, seed: int, max_rows: int | None,
+            scored: bool) -> tuple[list[list[int]], list[list[float]]]:
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(int(seed))
     eos = torch.as_tensor(sorted(eos_ids), dtype=torch.long, device=device)
     rows_max = max(n, max_rows or len(prompts) * n)
     unit = max(n, rows_max // 8)
     result: list[list[int]] = [[] for _ in range(len(prompts) * n)]
+    logprobs: list[list[float]] = [[] for _ in result] if scored else []
     if not prompts:
-        return result
+        return result, logprobs
     with torch.inference_mode():
         prefix = _prefix_kv(model, prompts[0][:common_prefix(prompts)])
         longest = max(len(p) for p in prompts)
@@ -275,9 +296,15 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], n: int, max_new_tokens:
             live = slots.row[:slots.rows] >= 0
             if not bool(live.any()):
                 break
-            tok = _pick(slots.logits[:slots.rows], greedy, temperature, top_p, gen)
-            for r, t in zip(slots.row[:slots.rows][live].tolist(), tok[live].tolist(), strict=True):
+            logits = slots.logits[:slots.rows]
+            tok = _pick(logits, greedy, temperature, top_p, gen)
+            rows = slots.row[:slots.rows][live].tolist()
+            for r, t in zip(rows, tok[live].tolist(), strict=True):
                 result[r].append(t)
+            if scored:
+                lp = logits.gather(1, tok[:, None]).squeeze(1) - logits.logsumexp(-1)
+                for r, v in zip(rows, lp[live].tolist(), strict=True):
+                    logprobs[r].append(v)
             slots.count[:slots.rows] += 1
             ended = live & (torch.isin(tok, eos) | (slots.count[:slots.rows] >= max_new_tokens))
             slots.row[:slots.rows][ended] = -1
@@ -290,4 +317,4 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], n: int, max_new_tokens:
                     slots.gather_live()
                     tok = tok[keep]
             slots.step(tok)
-    return result
+    return result, logprobs

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 
 from cropi.config import RolloutConfig
 from cropi.rollout.backends import SAMPLERS
-from cropi.rollout.decode import decode, decodes_in_slots
+from cropi.rollout.decode import decode, decode_scored, decodes_in_slots
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,11 @@ def cut_at_eos(ids: Sequence[int], eos_ids: set[int]) -> list[int]:
     return out
 
 
+def _per_prompt(rows: list[T], n: int) -> list[list[T]]:
+    """Prompt-major rows, ``n`` per prompt, grouped by prompt."""
+    return [rows[i:i + n] for i in range(0, len(rows), n)]
+
+
 class HFSampler:
     """Batched sampling; one call = one batch of prompts x n.
 
@@ -87,13 +94,31 @@ class HFSampler:
         self.max_rows = max_rows  # fast: rows decoded together (None: all of a call's rows)
         self.slots = fast and decodes_in_slots(model)
 
+    @property
+    def exact_logprobs(self) -> bool:
+        """Whether :meth:`generate_scored` can give the log-probs: the decode loop on an fp32
+        model, whose logits are the fp32 model's own (a bf16 copy's are not)."""
+        return self.slots and next(self.model.parameters()).dtype == torch.float32
+
+    def generate_scored(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+                        seed: int) -> tuple[list[list[list[int]]], list[list[list[float]]]]:
+        """:meth:`generate` (sampled; the same tokens) and the sampling model's log-prob at
+        temperature 1 of each generated token, from the logits it was drawn from
+        (:func:`decode_scored`); only where :attr:`exact_logprobs`."""
+        if not self.exact_logprobs or params.greedy:
+            raise ValueError("generate_scored needs sampling by the decode loop from an fp32 model")
+        flat, lps = decode_scored(self.model, prompts, params.n, params.max_new_tokens, self.eos_ids, self.pad_id,
+                                  temperature=params.temperature, top_p=params.top_p, seed=seed,
+                                  max_rows=self.max_rows)
+        return _per_prompt(flat, params.n), _per_prompt(lps, params.n)
+
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
                  seed: int) -> list[list[list[int]]]:
         if self.slots:
             flat = decode(self.model, prompts, params.n, params.max_new_tokens, self.eos_ids, self.pad_id,
                           greedy=params.greedy, temperature=params.temperature, top_p=params.top_p,
                           seed=seed, max_rows=self.max_rows)
-            return [flat[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
+            return _per_prompt(flat, params.n)
         device = next(self.model.parameters()).device
         rows = [list(p) for p in prompts for _ in range(params.n)]
         width = max(len(r) for r in rows)
@@ -112,5 +137,4 @@ class HFSampler:
         with torch.inference_mode():
             out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
         gen = out[:, width:].cpu().tolist()
-        resp = [cut_at_eos(g, self.eos_ids) for g in gen]
-        return [resp[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
+        return _per_prompt([cut_at_eos(g, self.eos_ids) for g in gen], params.n)

@@ -17,7 +17,7 @@ Disk space: a full disk while writing a part is one line (nothing half-written i
 merge checks first that the merged file fits.
 
 One row per prompt: id, source, level, prompt_ids, response_ids [K][len], response_text [K],
-rewards [K], logprobs [K][len] (beta's teacher-forced fp32 log-probs), pass_rate, n_tokens,
+rewards [K], logprobs [K][len] (beta's fp32 log-probs of the sampled tokens, ``rollout.logprob_pass``), pass_rate, n_tokens,
 sampling (K can differ between prompts with adaptive K, ``rollout.k_first``).
 """
 

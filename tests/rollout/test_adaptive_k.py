@@ -22,8 +22,12 @@ class Recorder:
         self.calls.append((prompts, params.n, seed))
         return [[[p[0], c, j] for j in range(params.n)] for p in prompts]
 
+    def generate_scored(self, prompts, params, seed):  # log-prob -(call + 1) per token
+        out = self.generate(prompts, params, seed)
+        return out, [[[-1.0 - len(self.calls) + 1] * len(r) for r in rs] for rs in out]
 
-def _run(streams: dict[int, list[float]], k: int, k_first: int | None):
+
+def _run(streams: dict[int, list[float]], k: int, k_first: int | None, scored: bool = False):
     sampler = Recorder()
     policy = SimpleNamespace(sampler=sampler)
     seen: dict[int, int] = {}
@@ -34,8 +38,10 @@ def _run(streams: dict[int, list[float]], k: int, k_first: int | None):
         return streams[i][n]
 
     prompts = [[i] for i in range(len(streams))]
-    out, why = sample_group(policy, prompts, k, RolloutConfig(k_pool=k, k_first=k_first), 7, reward)
-    return out, why, sampler.calls
+    out, why, lps = sample_group(policy, prompts, k, RolloutConfig(k_pool=k, k_first=k_first), 7, reward,
+                                 scored=scored)
+    assert (lps is None) == (not scored)
+    return (out, why, sampler.calls) + ((lps,) if scored else ())
 
 
 def test_stops_all_equal_and_extends_mixed() -> None:
@@ -47,6 +53,14 @@ def test_stops_all_equal_and_extends_mixed() -> None:
     assert calls[1][0] == [[1], [3]]  # only the open prompts get more
     assert calls[1][2] != calls[0][2]  # the extension is another draw
     assert out[1][:3] == [[1, 0, 0], [1, 0, 1], [1, 0, 2]] and out[1][3:] == [[1, 1, j] for j in range(5)]
+
+
+def test_logprobs_from_the_sampling_follow_their_responses() -> None:
+    streams = {0: [0, 0, 0], 1: [0, 1, 0], 2: [1, 0, 1]}
+    out, why, calls, lps = _run(streams, k=5, k_first=3, scored=True)
+    assert [[len(x) for x in lp] for lp in lps] == [[len(r) for r in rs] for rs in out]
+    assert [lp[0] for lp in lps[0]] == [-1.0] * 3  # stopped: the first call's only
+    assert [lp[0] for lp in lps[1]] == [-1.0] * 3 + [-2.0] * 2  # extended: then the second call's
 
 
 def test_a_prompt_with_mixed_rewards_is_never_dropped() -> None:

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from cropi.model.loading import load_model, load_tokenizer
-from cropi.model.logprobs import concat_mask, pack, response_logprobs, shared_prefix_logprobs, token_logprobs
+from cropi.model.logprobs import (
+    concat_mask,
+    pack,
+    response_logprobs,
+    shared_prefix_logprobs,
+    token_logprobs,
+)
 from cropi.model.template import prompt_token_ids
 from cropi.rollout.decode import decode
 from cropi.rollout.sampler import HFSampler, SamplingParams
@@ -220,3 +226,61 @@ def test_slot_shifts_move_columns_like_a_copy(small_lm, start, offset):
         torch.testing.assert_close(new[2:], old[2:], rtol=0, atol=0)  # rows not in use untouched
     if offset > start:
         assert not slots.mask[:2, start:offset].any()  # vacated columns are masked
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sampled_logprobs_equal_the_teacher_forced_pass(tiny_model_dir, dtype):
+    """decode_scored's log-probs (temperature 1, from the logits each token was drawn from) are
+    what a teacher-forced pass computes; its tokens are decode's. Admission into freed slots
+    (max_rows) and gathering the live rows do not change them."""
+    from cropi.rollout.decode import decode_scored
+
+    model, tok, prompts = _setup(tiny_model_dir)
+    model = model.to(dtype)
+    eos = {tok.eos_token_id}
+    for max_rows in (None, 3):
+        kw = dict(temperature=0.5, top_p=0.9, seed=5, max_rows=max_rows)
+        toks, lps = decode_scored(model, prompts, 3, 10, eos, tok.pad_token_id, **kw)
+        assert toks == decode(model, prompts, 3, 10, eos, tok.pad_token_id, **kw)
+        assert [len(x) for x in lps] == [len(t) for t in toks]
+        rows = [p for p in prompts for _ in range(3)]
+        if dtype == torch.float64:  # naive: each [prompt, response] alone, log-softmax in float64
+            with torch.no_grad():
+                ref = [torch.log_softmax(model(input_ids=torch.tensor([p + r])).logits[0, len(p) - 1:-1], -1)
+                       .gather(1, torch.tensor(r)[:, None]).squeeze(1).tolist() for p, r in zip(rows, toks)]
+        else:  # the teacher-forced pass rollouts ran before (log-softmax in float32)
+            ref = response_logprobs(model, rows, toks, tok.pad_token_id)
+        tol = 1e-10 if dtype == torch.float64 else 2e-5
+        for a, b in zip(lps, ref, strict=True):
+            torch.testing.assert_close(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64),
+                                       rtol=0, atol=tol)
+        assert min(min(x) for x in lps) < -1.0  # sampled at T = 0.5, scored untempered: not the tempered law
+
+
+def test_rollouts_take_beta_logprobs_from_the_sampling_where_it_is_the_fp32_model(tiny_model_dir):
+    """rollout.logprob_pass: auto stores the decode loop's own fp32 log-probs (no forward pass
+    counted); always runs the teacher-forced pass; both store the same responses and log-probs.
+    A bf16 sampler (a copy of the model) always gets the teacher-forced pass."""
+    from cropi.config import RolloutConfig
+    from cropi.data.schema import PromptRecord
+    from cropi.rollout.collect import make_policy, rows_for_chunk, sampler_logprobs
+
+    model, tok, _ = _setup(tiny_model_dir)
+    records = [PromptRecord(id=f"p{i}", prompt=[{"role": "user", "content": f"What is {i} + 2?"}],
+                            answer=str(i + 2), source="t") for i in range(3)]
+    got = {}
+    for mode in ("auto", "always"):
+        cfg = RolloutConfig(dtype="fp32", max_new_tokens=8, logprobs="all", logprob_pass=mode, k_first=2)
+        policy = make_policy(model, tok, cfg)
+        assert sampler_logprobs(policy, cfg) == (mode == "auto")
+        got[mode] = rows_for_chunk(policy, records, 4, cfg, seed=3)
+    (auto, w_auto), (always, w_always) = got["auto"], got["always"]
+    assert w_auto.tokens_forward == 0 < w_always.tokens_forward
+    assert w_auto.tokens_generated == w_always.tokens_generated
+    for a, b in zip(auto, always, strict=True):
+        assert a["response_ids"] == b["response_ids"] and a["sampling"] == b["sampling"]
+        for x, y in zip(a["logprobs"], b["logprobs"], strict=True):
+            assert len(x) == len(y) > 0
+            torch.testing.assert_close(torch.tensor(x), torch.tensor(y), rtol=0, atol=2e-5)
+    bf16 = RolloutConfig(dtype="bf16", max_new_tokens=8)
+    assert not sampler_logprobs(make_policy(model, tok, bf16), bf16)
