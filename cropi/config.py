@@ -87,11 +87,11 @@ class RolloutConfig:
     logprobs: str = opt("gradient", "which prompts get beta's log-probs: gradient (those "
                         "with mixed rewards, the only ones any stage scores) or all (also beta's NLL "
                         "of the others in the selection analysis)")
-    logprob_pass: str = opt("auto", "where beta's log-probs come from: auto (from the sampling itself "
-                            "where cropi's decode loop samples from the fp32 model, rollout.dtype fp32 "
-                            "or auto on a CPU without native bf16: the same fp32 log-probs, no second "
-                            "pass; a teacher-forced fp32 pass elsewhere) or always (the teacher-forced "
-                            "pass after sampling, everywhere)")
+    logprob_pass: str = opt("auto", "where beta's log-probs and the analysis' prompt embeddings come "
+                            "from: auto (from the sampling itself where cropi's decode loop samples from "
+                            "the fp32 model, rollout.dtype fp32 or auto on a CPU without native bf16: the "
+                            "same fp32 values, no second pass; a teacher-forced fp32 pass and an "
+                            "embedding pass elsewhere) or always (those passes everywhere)")
 
     def __post_init__(self) -> None:
         _check(self.logprobs in ("gradient", "all"), "rollout", "logprobs", "use gradient or all")

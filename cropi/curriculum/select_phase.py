@@ -105,7 +105,9 @@ def prompt_embeddings(run: Run, pool: list[PromptRollouts],
     of every target set (:mod:`cropi.influence.embeddings`). Kept on disk under the shared rollouts
     (``rollouts/embeddings/<key>/``, ``.npy`` files written atomically, keyed by
     :func:`embedding_spec` and the prompt ids: every stage and every arm of a comparison reads the
-    same files) and in ``cache``, a dict for the other callers of one selection."""
+    same files) and in ``cache``, a dict for the other callers of one selection. Beta's hidden
+    states come from its rollouts where they keep them (fp32 sampling by cropi's decode loop, which
+    computes them in its prefill), else from a forward pass over the prompts."""
     from cropi.influence.embeddings import encoder_embeddings, hidden_state_embeddings, prompt_text
 
     spec = embedding_spec(run)
@@ -121,7 +123,10 @@ def prompt_embeddings(run: Run, pool: list[PromptRollouts],
     else:
         t0 = time.perf_counter()
         name = run.cfg.select.embedding_model
-        if name is None:
+        if name is None and all(it.embedding is not None for items in sets.values() for it in items):
+            # beta's own, kept by its rollouts where the sampling computed them (the same means)
+            out = {n: np.stack([it.embedding for it in items]) for n, items in sets.items()}
+        elif name is None:
             policy = run.policy(run.model_path(0))
             out = {n: hidden_state_embeddings(policy.model, [it.prompt_ids for it in items], policy.pad_id,
                                               run.cfg.gradient.max_batch_tokens) for n, items in sets.items()}

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from cropi.config import RolloutConfig
@@ -112,6 +113,7 @@ class Group(NamedTuple):
     responses: list[list[list[int]]]
     reasons: list[str]  # per prompt: all, stopped or extended
     logprobs: list[list[list[float]]] | None  # beta's, from the sampling (None: not given)
+    embeddings: np.ndarray | None  # [prompts, hidden]: beta's mean last hidden state (None: not given)
 
 
 def sampler_logprobs(policy: Policy, cfg: RolloutConfig) -> bool:
@@ -123,11 +125,11 @@ def sampler_logprobs(policy: Policy, cfg: RolloutConfig) -> bool:
             and bool(getattr(sampler, "exact_logprobs", False)))
 
 
-def _draw(policy: Policy, prompts: list[list[int]], params: SamplingParams, seed: int,
-          scored: bool) -> tuple[list[list[list[int]]], list[list[list[float]]] | None]:
+def _draw(policy: Policy, prompts: list[list[int]], params: SamplingParams, seed: int, scored: bool) -> Group:
     if scored:
-        return policy.sampler.generate_scored(prompts, params, seed)  # type: ignore[attr-defined]
-    return policy.sampler.generate(prompts, params, seed), None
+        out = policy.sampler.generate_scored(prompts, params, seed)  # type: ignore[attr-defined]
+        return Group(out.responses, [], out.logprobs, out.embeddings)
+    return Group(policy.sampler.generate(prompts, params, seed), [], None, None)
 
 
 def sample_group(policy: Policy, prompts: list[list[int]], k: int, cfg: RolloutConfig, seed: int,
@@ -139,27 +141,29 @@ def sample_group(policy: Policy, prompts: list[list[int]], k: int, cfg: RolloutC
     first rewards are all equal has no GRPO advantage yet, and more samples would rarely give it
     one. Returns the responses and, per prompt, why it has as many as it has: ``all`` (k at once),
     ``stopped`` (all equal after k_first) or ``extended`` (mixed after k_first: k in all); with
-    ``scored`` (:func:`sampler_logprobs`) also each response's log-probs from the sampling.
+    ``scored`` (:func:`sampler_logprobs`) also each response's log-probs and each prompt's
+    embedding (from its first prefill) from the sampling.
     """
     k0 = cfg.k_first if cfg.k_first is not None and cfg.k_first < k else k
     params = SamplingParams(n=k0, temperature=cfg.temperature, top_p=cfg.top_p,
                             max_new_tokens=cfg.max_new_tokens)
-    first_rs, first_lps = _draw(policy, prompts, params, seed, scored)
-    responses = [list(rs) for rs in first_rs]
-    logprobs = [list(lp) for lp in first_lps] if first_lps is not None else None
+    first = _draw(policy, prompts, params, seed, scored)
+    responses = [list(rs) for rs in first.responses]
+    logprobs = [list(lp) for lp in first.logprobs] if first.logprobs is not None else None
     if k0 == k:
-        return Group(responses, ["all"] * len(prompts), logprobs)
-    first = [[reward(i, r) for r in rs] for i, rs in enumerate(responses)]
-    mixed = [i for i, rw in enumerate(first) if min(rw) != max(rw)]
+        return Group(responses, ["all"] * len(prompts), logprobs, first.embeddings)
+    rewards = [[reward(i, r) for r in rs] for i, rs in enumerate(responses)]
+    mixed = [i for i, rw in enumerate(rewards) if min(rw) != max(rw)]
     if mixed:
-        more, more_lps = _draw(policy, [prompts[i] for i in mixed], dataclasses.replace(params, n=k - k0),
-                               derive_seed(seed, "extend"), scored)
-        for j, (i, rs) in enumerate(zip(mixed, more, strict=True)):
+        more = _draw(policy, [prompts[i] for i in mixed], dataclasses.replace(params, n=k - k0),
+                     derive_seed(seed, "extend"), scored)
+        for j, (i, rs) in enumerate(zip(mixed, more.responses, strict=True)):
             responses[i].extend(rs)
-            if logprobs is not None and more_lps is not None:
-                logprobs[i].extend(more_lps[j])
+            if logprobs is not None and more.logprobs is not None:
+                logprobs[i].extend(more.logprobs[j])
     open_ = set(mixed)
-    return Group(responses, ["extended" if i in open_ else "stopped" for i in range(len(prompts))], logprobs)
+    return Group(responses, ["extended" if i in open_ else "stopped" for i in range(len(prompts))], logprobs,
+                 first.embeddings)
 
 
 def rows_for_chunk(policy: Policy, records: Sequence[PromptRecord], k: int, cfg: RolloutConfig,
@@ -176,7 +180,8 @@ def rows_for_chunk(policy: Policy, records: Sequence[PromptRecord], k: int, cfg:
         return verdicts[key]
 
     from_sampling = sampler_logprobs(policy, cfg)
-    responses, reasons, sampled_lps = sample_group(policy, prompts, k, cfg, seed, reward, scored=from_sampling)
+    responses, reasons, sampled_lps, embeddings = sample_group(policy, prompts, k, cfg, seed, reward,
+                                                               scored=from_sampling)
     rewards = [[reward(i, r) for r in rs] for i, rs in enumerate(responses)]
     # beta's log-probs where a stage can use them: a prompt whose rewards are all equal has no
     # gradient at any stage (rollout.logprobs=all keeps them anyway, for the analysis' NLL)
@@ -205,6 +210,7 @@ def rows_for_chunk(policy: Policy, records: Sequence[PromptRecord], k: int, cfg:
             "id": rec.id, "source": rec.source, "level": rec.level, "prompt_ids": p,
             "response_ids": rs, "response_text": texts, "rewards": rewards[i], "logprobs": lps,
             "pass_rate": float(sum(rewards[i]) / len(rs)), "n_tokens": n_tok, "sampling": reasons[i],
+            "embedding": embeddings[i].tolist() if embeddings is not None else None,
         })
     return rows, work
 

@@ -18,7 +18,7 @@ admitted prompt runs its remainder once for its ``n`` rows.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers.cache_utils import DynamicLayer
@@ -79,13 +79,34 @@ class _SlotLayer(DynamicLayer):
         return self.keys, self.values
 
 
+class Decoded(NamedTuple):
+    """What :func:`decode_scored` gives: prompt-major responses, their tokens' log-probs, and per
+    prompt the mean of the model's last hidden state over its tokens (float32 or float64,
+    ``[prompts, hidden]``)."""
+
+    tokens: list[list[int]]
+    logprobs: list[list[float]]
+    embeddings: torch.Tensor
+
+
+class _Prefix(NamedTuple):
+    """The shared prefix: every layer's keys and values, and the sum of its last hidden states
+    (over its positions; 0 without a prefix or without embeddings)."""
+
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    hidden_sum: torch.Tensor | float
+
+
 class _Slots:
     """The decode state of up to ``capacity_rows`` rows: KV slots, masks, positions, logits, and
-    which response each row writes (``row`` -1: free)."""
+    which response each row writes (``row`` -1: free). With ``embed``, each admitted prompt's
+    mean last hidden state goes to ``embeddings`` (by prompt index)."""
 
-    def __init__(self, model: Any, prefix: list[tuple[torch.Tensor, torch.Tensor]], capacity_rows: int,
-                 columns: int) -> None:
-        self.model, self.prefix, self.capacity_rows = model, prefix, capacity_rows
+    def __init__(self, model: Any, prefix: _Prefix, capacity_rows: int, columns: int, embed: bool = False) -> None:
+        self.model, self.capacity_rows = model, capacity_rows
+        self.prefix, self.prefix_sum = prefix.kv, prefix.hidden_sum
+        self.embed = embed
+        self.embeddings: dict[int, torch.Tensor] = {}
         self.device = next(model.parameters()).device
         self.cache: Any = None  # a DynamicCache of _SlotLayers, made at the first admission
         self.rows, self.length, self.columns = 0, 0, columns
@@ -177,7 +198,13 @@ class _Slots:
             cache.update(k.expand(len(rests), -1, -1, -1), v.expand(len(rests), -1, -1, -1), i)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos[:, common:], use_cache=True,
-                         logits_to_keep=1, **{cache_kw(self.model): cache})
+                         logits_to_keep=1, output_hidden_states=self.embed, **{cache_kw(self.model): cache})
+        if self.embed:  # the mean over prefix and own tokens (causal: as if each prompt ran alone)
+            last = out.hidden_states[-1]
+            own = mask[:, common:].unsqueeze(-1).to(torch.promote_types(last.dtype, torch.float32))
+            means = ((last.to(own.dtype) * own).sum(1) + self.prefix_sum) / (common + own.sum(1))
+            for j in range(len(rests)):
+                self.embeddings[rows[j * n] // n] = means[j]
         if self.cache is None:
             self._first(cache, out.logits)
         span = common + width
@@ -233,15 +260,18 @@ class _Slots:
         self.logits[:self.rows] = out.logits[:, -1]
 
 
-def _prefix_kv(model: Any, prefix: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Keys and values of every layer for ``prefix`` (one row; empty list for no prefix)."""
+def _prefix_kv(model: Any, prefix: Sequence[int], embed: bool = False) -> _Prefix:
+    """Keys and values of every layer for ``prefix`` (one row; none for no prefix), and with
+    ``embed`` the sum of its last hidden states."""
     if not prefix:
-        return []
+        return _Prefix([], 0.0)
     device = next(model.parameters()).device
     cache = new_cache(model)
-    model(input_ids=torch.as_tensor([list(prefix)], device=device), use_cache=True, logits_to_keep=1,
-          **{cache_kw(model): cache})
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    out = model(input_ids=torch.as_tensor([list(prefix)], device=device), use_cache=True, logits_to_keep=1,
+                output_hidden_states=embed, **{cache_kw(model): cache})
+    last = out.hidden_states[-1][0] if embed else None
+    hidden_sum = last.to(torch.promote_types(last.dtype, torch.float32)).sum(0) if last is not None else 0.0
+    return _Prefix([(layer.keys, layer.values) for layer in cache.layers], hidden_sum)
 
 
 def decode(model: Any, prompts: Sequence[Sequence[int]], n: int, max_new_tokens: int,
@@ -256,23 +286,25 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], n: int, max_new_tokens:
     ``torch.Generator`` seeded with ``seed``: the same call gives the same tokens.
     """
     return _decode(model, prompts, n, max_new_tokens, eos_ids, pad_id, greedy, temperature, top_p, seed,
-                   max_rows, scored=False)[0]
+                   max_rows, scored=False).tokens
 
 
 def decode_scored(model: Any, prompts: Sequence[Sequence[int]], n: int, max_new_tokens: int,
                   eos_ids: set[int], pad_id: int, *, temperature: float = 1.0, top_p: float = 1.0,
-                  seed: int = 0, max_rows: int | None = None) -> tuple[list[list[int]], list[list[float]]]:
-    """:func:`decode` (sampled) and, per response, the model's log-prob of each of its tokens at
-    temperature 1 (``log_softmax`` of the logits the token was drawn from, before temperature and
-    nucleus): what a teacher-forced pass over ``[prompt, response]`` computes, from the same
-    forward passes. The tokens equal :func:`decode`'s with the same arguments."""
+                  seed: int = 0, max_rows: int | None = None) -> Decoded:
+    """:func:`decode` (sampled; the same tokens with the same arguments) with what its forward
+    passes give besides: per response, the model's log-prob of each of its tokens at temperature
+    1 (``log_softmax`` of the logits the token was drawn from, before temperature and nucleus),
+    what a teacher-forced pass over ``[prompt, response]`` computes; per prompt, the mean of the
+    last hidden state over the prompt's tokens (from its prefill), what
+    :func:`cropi.influence.embeddings.hidden_state_embeddings` computes."""
     return _decode(model, prompts, n, max_new_tokens, eos_ids, pad_id, False, temperature, top_p, seed,
                    max_rows, scored=True)
 
 
 def _decode(model: Any, prompts: Sequence[Sequence[int]], n: int, max_new_tokens: int, eos_ids: set[int],
             pad_id: int, greedy: bool, temperature: float, top_p: float, seed: int, max_rows: int | None,
-            scored: bool) -> tuple[list[list[int]], list[list[float]]]:
+            scored: bool) -> Decoded:
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(int(seed))
     eos = torch.as_tensor(sorted(eos_ids), dtype=torch.long, device=device)
@@ -281,11 +313,12 @@ def _decode(model: Any, prompts: Sequence[Sequence[int]], n: int, max_new_tokens
     result: list[list[int]] = [[] for _ in range(len(prompts) * n)]
     logprobs: list[list[float]] = [[] for _ in result] if scored else []
     if not prompts:
-        return result, logprobs
+        return Decoded(result, logprobs, torch.zeros((0, model.config.hidden_size)))
     with torch.inference_mode():
-        prefix = _prefix_kv(model, prompts[0][:common_prefix(prompts)])
+        prefix = _prefix_kv(model, prompts[0][:common_prefix(prompts)], embed=scored)
         longest = max(len(p) for p in prompts)
-        slots = _Slots(model, prefix, min(rows_max, len(prompts) * n), 2 * (longest + max_new_tokens))
+        slots = _Slots(model, prefix, min(rows_max, len(prompts) * n), 2 * (longest + max_new_tokens),
+                       embed=scored)
         nxt = 0  # next prompt to admit
         while True:
             room = len(slots.free()) // n
@@ -317,4 +350,6 @@ def _decode(model: Any, prompts: Sequence[Sequence[int]], n: int, max_new_tokens
                     slots.gather_live()
                     tok = tok[keep]
             slots.step(tok)
-    return result, logprobs
+    embeddings = (torch.stack([slots.embeddings[i] for i in range(len(prompts))]) if scored
+                  else torch.zeros((0, model.config.hidden_size)))
+    return Decoded(result, logprobs, embeddings)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
+import numpy as np
 import torch
 
 from cropi.config import RolloutConfig
@@ -32,6 +33,15 @@ class SamplingParams:
     top_p: float = 1.0
     max_new_tokens: int = 64
     greedy: bool = False
+
+
+class Scored(NamedTuple):
+    """Responses grouped by prompt with what the sampling computed besides
+    (:meth:`HFSampler.generate_scored`)."""
+
+    responses: list[list[list[int]]]
+    logprobs: list[list[list[float]]]  # per token, untempered
+    embeddings: np.ndarray  # [prompts, hidden] float32: mean last hidden state over each prompt's tokens
 
 
 class Sampler(Protocol):
@@ -100,17 +110,17 @@ class HFSampler:
         model, whose logits are the fp32 model's own (a bf16 copy's are not)."""
         return self.slots and next(self.model.parameters()).dtype == torch.float32
 
-    def generate_scored(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
-                        seed: int) -> tuple[list[list[list[int]]], list[list[list[float]]]]:
-        """:meth:`generate` (sampled; the same tokens) and the sampling model's log-prob at
-        temperature 1 of each generated token, from the logits it was drawn from
-        (:func:`decode_scored`); only where :attr:`exact_logprobs`."""
+    def generate_scored(self, prompts: Sequence[Sequence[int]], params: SamplingParams, seed: int) -> Scored:
+        """:meth:`generate` (sampled; the same tokens) with the sampling model's log-prob at
+        temperature 1 of each generated token, from the logits it was drawn from, and each
+        prompt's mean last hidden state, from its prefill (:func:`decode_scored`); only where
+        :attr:`exact_logprobs`."""
         if not self.exact_logprobs or params.greedy:
             raise ValueError("generate_scored needs sampling by the decode loop from an fp32 model")
-        flat, lps = decode_scored(self.model, prompts, params.n, params.max_new_tokens, self.eos_ids, self.pad_id,
-                                  temperature=params.temperature, top_p=params.top_p, seed=seed,
-                                  max_rows=self.max_rows)
-        return _per_prompt(flat, params.n), _per_prompt(lps, params.n)
+        out = decode_scored(self.model, prompts, params.n, params.max_new_tokens, self.eos_ids, self.pad_id,
+                            temperature=params.temperature, top_p=params.top_p, seed=seed, max_rows=self.max_rows)
+        return Scored(_per_prompt(out.tokens, params.n), _per_prompt(out.logprobs, params.n),
+                      out.embeddings.float().cpu().numpy())
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
                  seed: int) -> list[list[list[int]]]:

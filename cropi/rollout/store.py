@@ -17,8 +17,9 @@ Disk space: a full disk while writing a part is one line (nothing half-written i
 merge checks first that the merged file fits.
 
 One row per prompt: id, source, level, prompt_ids, response_ids [K][len], response_text [K],
-rewards [K], logprobs [K][len] (beta's fp32 log-probs of the sampled tokens, ``rollout.logprob_pass``), pass_rate, n_tokens,
-sampling (K can differ between prompts with adaptive K, ``rollout.k_first``).
+rewards [K], logprobs [K][len] (beta's fp32 log-probs of the sampled tokens,
+``rollout.logprob_pass``), pass_rate, n_tokens, sampling (K can differ between prompts with
+adaptive K, ``rollout.k_first``), embedding (the prompt's, for the selection analysis).
 """
 
 from __future__ import annotations
@@ -54,9 +55,12 @@ SCHEMA = pa.schema([
     ("logprobs", pa.list_(pa.list_(pa.float32()))),
     ("pass_rate", pa.float64()), ("n_tokens", pa.int64()),
     ("sampling", pa.string()),
+    ("embedding", pa.list_(pa.float32())),
 ])
 """``sampling``: why the prompt has as many responses as it has (``all``, ``stopped`` or
-``extended``: :func:`cropi.rollout.collect.sample_group`); missing in stores of earlier versions."""
+``extended``: :func:`cropi.rollout.collect.sample_group`); ``embedding``: beta's mean last hidden
+state over the prompt's tokens, kept where the sampling computed it (fp32 sampling by cropi's decode
+loop), else null. Both are missing in stores of earlier versions."""
 
 
 @dataclass
@@ -69,6 +73,7 @@ class PromptRollouts:
     response_text: list[str]
     rewards: np.ndarray  # [K] float32
     logprobs: list[np.ndarray]  # K x [len] float32
+    embedding: np.ndarray | None = None  # [hidden] float32, where the sampling computed it
 
     @property
     def pass_rate(self) -> float:
@@ -239,5 +244,6 @@ def load_rollouts(folder: str | Path) -> list[PromptRollouts]:
             response_ids=row["response_ids"], response_text=row["response_text"],
             rewards=np.asarray(row["rewards"], dtype=np.float32),
             logprobs=[np.asarray(lp, dtype=np.float32) for lp in row["logprobs"]],
+            embedding=np.asarray(row["embedding"], dtype=np.float32) if row.get("embedding") is not None else None,
         ))
     return out

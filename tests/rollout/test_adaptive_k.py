@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from cropi.config import RolloutConfig
 from cropi.rollout.collect import sample_group
+from cropi.rollout.sampler import Scored
 from cropi.utils.work import Work
 
 
@@ -22,9 +24,10 @@ class Recorder:
         self.calls.append((prompts, params.n, seed))
         return [[[p[0], c, j] for j in range(params.n)] for p in prompts]
 
-    def generate_scored(self, prompts, params, seed):  # log-prob -(call + 1) per token
+    def generate_scored(self, prompts, params, seed):  # log-prob -(call + 1) per token; embedding: call
         out = self.generate(prompts, params, seed)
-        return out, [[[-1.0 - len(self.calls) + 1] * len(r) for r in rs] for rs in out]
+        c = len(self.calls)
+        return Scored(out, [[[-float(c)] * len(r) for r in rs] for rs in out], np.full((len(prompts), 2), c))
 
 
 def _run(streams: dict[int, list[float]], k: int, k_first: int | None, scored: bool = False):
@@ -38,10 +41,10 @@ def _run(streams: dict[int, list[float]], k: int, k_first: int | None, scored: b
         return streams[i][n]
 
     prompts = [[i] for i in range(len(streams))]
-    out, why, lps = sample_group(policy, prompts, k, RolloutConfig(k_pool=k, k_first=k_first), 7, reward,
-                                 scored=scored)
-    assert (lps is None) == (not scored)
-    return (out, why, sampler.calls) + ((lps,) if scored else ())
+    out, why, lps, emb = sample_group(policy, prompts, k, RolloutConfig(k_pool=k, k_first=k_first), 7, reward,
+                                      scored=scored)
+    assert (lps is None) == (emb is None) == (not scored)
+    return (out, why, sampler.calls) + ((lps, emb) if scored else ())
 
 
 def test_stops_all_equal_and_extends_mixed() -> None:
@@ -57,7 +60,8 @@ def test_stops_all_equal_and_extends_mixed() -> None:
 
 def test_logprobs_from_the_sampling_follow_their_responses() -> None:
     streams = {0: [0, 0, 0], 1: [0, 1, 0], 2: [1, 0, 1]}
-    out, why, calls, lps = _run(streams, k=5, k_first=3, scored=True)
+    out, why, calls, lps, emb = _run(streams, k=5, k_first=3, scored=True)
+    assert emb.tolist() == [[1, 1]] * 3  # every prompt's from the first call (the extension repeats it)
     assert [[len(x) for x in lp] for lp in lps] == [[len(r) for r in rs] for rs in out]
     assert [lp[0] for lp in lps[0]] == [-1.0] * 3  # stopped: the first call's only
     assert [lp[0] for lp in lps[1]] == [-1.0] * 3 + [-2.0] * 2  # extended: then the second call's

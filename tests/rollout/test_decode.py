@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -207,9 +208,9 @@ def test_models_the_slots_do_not_handle_sample_with_generate(tiny_model_dir):
 def test_slot_shifts_move_columns_like_a_copy(small_lm, start, offset):
     """In-place block moves of the KV columns equal a naive copy, left and right, for shifts
     narrower and wider than what is moved."""
-    from cropi.rollout.decode import _Slots
+    from cropi.rollout.decode import _Prefix, _Slots
 
-    slots = _Slots(small_lm, [], capacity_rows=4, columns=24)
+    slots = _Slots(small_lm, _Prefix([], 0.0), capacity_rows=4, columns=24)
     slots.admit([[2, 5, 9], [2, 7]], 1, [0, 1], pad_id=0)
     slots.length, slots.rows = 12, 2
     torch.manual_seed(0)
@@ -231,8 +232,9 @@ def test_slot_shifts_move_columns_like_a_copy(small_lm, start, offset):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_sampled_logprobs_equal_the_teacher_forced_pass(tiny_model_dir, dtype):
     """decode_scored's log-probs (temperature 1, from the logits each token was drawn from) are
-    what a teacher-forced pass computes; its tokens are decode's. Admission into freed slots
-    (max_rows) and gathering the live rows do not change them."""
+    what a teacher-forced pass computes, and its prompt embeddings (from the prefill) the mean
+    last hidden state of each prompt run alone; its tokens are decode's. Admission into freed
+    slots (max_rows) and gathering the live rows do not change them."""
     from cropi.rollout.decode import decode_scored
 
     model, tok, prompts = _setup(tiny_model_dir)
@@ -240,7 +242,7 @@ def test_sampled_logprobs_equal_the_teacher_forced_pass(tiny_model_dir, dtype):
     eos = {tok.eos_token_id}
     for max_rows in (None, 3):
         kw = dict(temperature=0.5, top_p=0.9, seed=5, max_rows=max_rows)
-        toks, lps = decode_scored(model, prompts, 3, 10, eos, tok.pad_token_id, **kw)
+        toks, lps, emb = decode_scored(model, prompts, 3, 10, eos, tok.pad_token_id, **kw)
         assert toks == decode(model, prompts, 3, 10, eos, tok.pad_token_id, **kw)
         assert [len(x) for x in lps] == [len(t) for t in toks]
         rows = [p for p in prompts for _ in range(3)]
@@ -255,14 +257,21 @@ def test_sampled_logprobs_equal_the_teacher_forced_pass(tiny_model_dir, dtype):
             torch.testing.assert_close(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64),
                                        rtol=0, atol=tol)
         assert min(min(x) for x in lps) < -1.0  # sampled at T = 0.5, scored untempered: not the tempered law
+        with torch.no_grad():
+            alone = torch.stack([model(input_ids=torch.tensor([p]), output_hidden_states=True).hidden_states[-1][0]
+                                 .mean(0) for p in prompts])
+        assert emb.dtype == torch.promote_types(dtype, torch.float32) and emb.shape == alone.shape
+        torch.testing.assert_close(emb, alone, rtol=0, atol=1e-10 if dtype == torch.float64 else 1e-5)
 
 
-def test_rollouts_take_beta_logprobs_from_the_sampling_where_it_is_the_fp32_model(tiny_model_dir):
+def test_rollouts_take_beta_logprobs_from_the_sampling_where_it_is_the_fp32_model(tiny_model_dir, monkeypatch):
     """rollout.logprob_pass: auto stores the decode loop's own fp32 log-probs (no forward pass
-    counted); always runs the teacher-forced pass; both store the same responses and log-probs.
-    A bf16 sampler (a copy of the model) always gets the teacher-forced pass."""
+    counted) and prompt embeddings; always runs the teacher-forced pass and keeps no embedding;
+    both store the same responses and log-probs. A bf16 sampler (a copy of the model) always gets
+    the teacher-forced pass."""
     from cropi.config import RolloutConfig
     from cropi.data.schema import PromptRecord
+    from cropi.influence import embeddings as emb_mod
     from cropi.rollout.collect import make_policy, rows_for_chunk, sampler_logprobs
 
     model, tok, _ = _setup(tiny_model_dir)
@@ -282,5 +291,9 @@ def test_rollouts_take_beta_logprobs_from_the_sampling_where_it_is_the_fp32_mode
         for x, y in zip(a["logprobs"], b["logprobs"], strict=True):
             assert len(x) == len(y) > 0
             torch.testing.assert_close(torch.tensor(x), torch.tensor(y), rtol=0, atol=2e-5)
+        assert b["embedding"] is None
+    monkeypatch.setattr(emb_mod, "bf16_is_fast", lambda device: False)  # the fp32 forward pass
+    ref = emb_mod.hidden_state_embeddings(model, [policy.prompt_ids(r) for r in records], tok.pad_token_id)
+    np.testing.assert_allclose(np.array([row["embedding"] for row in auto]), ref, rtol=0, atol=1e-5)
     bf16 = RolloutConfig(dtype="bf16", max_new_tokens=8)
     assert not sampler_logprobs(make_policy(model, tok, bf16), bf16)
