@@ -93,7 +93,8 @@ def draws_of(cells: dict[str, Any], config: str) -> dict[str, dict[str, Any]]:
 
 def summarize(suite: str, cells: dict[str, Any], configs: Iterable[str], recommended: str
               ) -> dict[str, Any] | None:
-    """Per configuration: speed-ups of its seed-1 draw over today's seed-0 draw (seconds and work),
+    """Per configuration: speed-ups of its seed-1 draw over today's seed-0 draw (seconds and work;
+    in seconds also of each of its draws),
     enrichment (mean over its draws), overlap with today's picks (mean over pairs of draws with
     different seeds); the noise floor (mean over pairs of today's draws); stage 1 when measured.
     With today's seeds 0 and 1 and one draw of each other configuration (``--draws 2``) every
@@ -123,6 +124,7 @@ def summarize(suite: str, cells: dict[str, Any], configs: Iterable[str], recomme
         ov = float(np.mean(list(ov_pairs.values())))
         out["configs"][config] = {
             "speedup_seconds": today0["seconds"]["total"] / cell["seconds"]["total"],
+            "speedup_seconds_by_draw": {k: today0["seconds"]["total"] / v["seconds"]["total"] for k, v in mine.items()},
             "speedup_work_generated": work_ratio(today0, cell, "tokens_generated"),
             "speedup_work_backward": work_ratio(today0, cell, "tokens_backward"),
             "seconds": cell["seconds"], "draws": list(mine),

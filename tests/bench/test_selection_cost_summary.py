@@ -77,6 +77,7 @@ def test_summary_against_naive(cells: dict[str, Any]) -> None:
     assert s["overlap_new_vs_today"] == pytest.approx(cross)
     assert len(out["configs"]["new"]["overlap_vs_today_pairs"]) == 4
     assert s["speedup_stage0"] == pytest.approx(1000.0 / 250.0)
+    assert out["configs"]["new"]["speedup_seconds_by_draw"] == pytest.approx({"new-r1": 4.0, "new-r2": 1000.0 / 240.0})
     assert out["configs"]["new"]["speedup_work_generated"] == pytest.approx(9000 / 3000)
     assert s["speedup_stage1"] == pytest.approx(600.0 / 120.0)
     assert out["stage1"]["speedup_shortlist"] == pytest.approx(6.0)
