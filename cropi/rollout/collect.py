@@ -27,7 +27,7 @@ from cropi.model.loading import bf16_is_fast
 from cropi.model.logprobs import response_logprobs
 from cropi.model.template import prompt_token_ids
 from cropi.rollout import store
-from cropi.rollout.sampler import HFSampler, Sampler, SamplingParams, make_sampler
+from cropi.rollout.sampler import HFSampler, Sampler, SamplingParams, Scored, make_sampler
 from cropi.utils.progress import track
 from cropi.utils.seeding import derive_seed
 from cropi.utils.work import Work
@@ -125,11 +125,12 @@ def sampler_logprobs(policy: Policy, cfg: RolloutConfig) -> bool:
             and bool(getattr(sampler, "exact_logprobs", False)))
 
 
-def _draw(policy: Policy, prompts: list[list[int]], params: SamplingParams, seed: int, scored: bool) -> Group:
+def _draw(policy: Policy, prompts: list[list[int]], params: SamplingParams, seed: int,
+          scored: bool) -> Scored | tuple[list[list[list[int]]], None, None]:
+    """One sampler call: responses, and with ``scored`` their log-probs and the prompts' embeddings."""
     if scored:
-        out = policy.sampler.generate_scored(prompts, params, seed)  # type: ignore[attr-defined]
-        return Group(out.responses, [], out.logprobs, out.embeddings)
-    return Group(policy.sampler.generate(prompts, params, seed), [], None, None)
+        return policy.sampler.generate_scored(prompts, params, seed)  # type: ignore[attr-defined]
+    return policy.sampler.generate(prompts, params, seed), None, None
 
 
 def sample_group(policy: Policy, prompts: list[list[int]], k: int, cfg: RolloutConfig, seed: int,
@@ -147,23 +148,23 @@ def sample_group(policy: Policy, prompts: list[list[int]], k: int, cfg: RolloutC
     k0 = cfg.k_first if cfg.k_first is not None and cfg.k_first < k else k
     params = SamplingParams(n=k0, temperature=cfg.temperature, top_p=cfg.top_p,
                             max_new_tokens=cfg.max_new_tokens)
-    first = _draw(policy, prompts, params, seed, scored)
-    responses = [list(rs) for rs in first.responses]
-    logprobs = [list(lp) for lp in first.logprobs] if first.logprobs is not None else None
+    first_rs, first_lps, embeddings = _draw(policy, prompts, params, seed, scored)
+    responses = [list(rs) for rs in first_rs]
+    logprobs = [list(lp) for lp in first_lps] if first_lps is not None else None
     if k0 == k:
-        return Group(responses, ["all"] * len(prompts), logprobs, first.embeddings)
+        return Group(responses, ["all"] * len(prompts), logprobs, embeddings)
     rewards = [[reward(i, r) for r in rs] for i, rs in enumerate(responses)]
     mixed = [i for i, rw in enumerate(rewards) if min(rw) != max(rw)]
     if mixed:
-        more = _draw(policy, [prompts[i] for i in mixed], dataclasses.replace(params, n=k - k0),
-                     derive_seed(seed, "extend"), scored)
-        for j, (i, rs) in enumerate(zip(mixed, more.responses, strict=True)):
+        more_rs, more_lps, _ = _draw(policy, [prompts[i] for i in mixed], dataclasses.replace(params, n=k - k0),
+                                     derive_seed(seed, "extend"), scored)  # embeddings: the first prefill's
+        for j, (i, rs) in enumerate(zip(mixed, more_rs, strict=True)):
             responses[i].extend(rs)
-            if logprobs is not None and more.logprobs is not None:
-                logprobs[i].extend(more.logprobs[j])
+            if logprobs is not None and more_lps is not None:
+                logprobs[i].extend(more_lps[j])
     open_ = set(mixed)
     return Group(responses, ["extended" if i in open_ else "stopped" for i in range(len(prompts))], logprobs,
-                 first.embeddings)
+                 embeddings)
 
 
 def rows_for_chunk(policy: Policy, records: Sequence[PromptRecord], k: int, cfg: RolloutConfig,
