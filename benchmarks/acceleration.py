@@ -54,7 +54,8 @@ from cropi.report.compact import export_run
 from cropi.report.runs import load_comparison, load_run
 from cropi.report.power import power_analysis
 from cropi.report.stats import comparison_panel
-from cropi.report.summary import ACCEL_HEADERS, STATS_HEADERS, acceleration_rows, statistics_rows, summarize
+from cropi.report.summary import (ACCEL_HEADERS, PAIR_HEADERS, STATS_HEADERS, acceleration_rows, pairwise_rows,
+                                  statistics_rows, summarize)
 from cropi.utils.errors import CropiError
 
 log = logging.getLogger("acceleration")
@@ -189,10 +190,14 @@ def main() -> None:
         print()
         print_table(list(STATS_HEADERS), stats)
         print(f"resampled: {boot['resampled']}; {boot['note']}")
+    pairs = pairwise_rows(boot, cmp.baseline) if boot and cmp.baseline else []
+    if pairs:
+        print()
+        print_table(list(PAIR_HEADERS), pairs)
     payload = {"args": vars(args), "arms": arms, "seeds": seeds, "ran_this_invocation": ran,
                "compact_results": done, "seconds_this_invocation": seconds,
                "headers": list(ACCEL_HEADERS), "rows": accel, "stats_headers": list(STATS_HEADERS),
-               "stats_rows": stats, "statistics": boot, "report": str(folder / "report.md")}
+               "stats_rows": stats, "pair_headers": list(PAIR_HEADERS), "pair_rows": pairs, "statistics": boot, "report": str(folder / "report.md")}
     if args.pilot or args.power:
         payload.update(power_block(cmp))
     summary_name = args.summary or ("acceleration_pilot" if args.pilot else "acceleration"

@@ -18,14 +18,16 @@ from cropi.report.acceleration import describe_smoothing, smooth
 from cropi.report.render import Document, Heading, Image, Paragraph, Table, to_html, to_markdown
 from cropi.report.runs import Comparison, RunData, load_any, score_stats_from_table, time_breakdown
 from cropi.report.selection_analysis import analysis_section
-from cropi.report.stats import Panel, bootstrap, comparison_panel
+from cropi.report.stats import Panel, bootstrap, comparison_panel, final_diff_t
 from cropi.report.summary import (
     ACCEL_HEADERS,
     FORMAT_HEADERS,
+    PAIR_HEADERS,
     STATS_HEADERS,
     ArmSummary,
     acceleration_rows,
     format_rows,
+    pairwise_rows,
     statistics_rows,
     summarize,
     time_rows,
@@ -95,6 +97,15 @@ def _statistics_section(doc: Document, cmp: Comparison, panel: Panel | None,
         "scoring counted for the arms that use them, evaluation excluded for every arm)."
         + (f" Note: {boot['note']}." if boot["note"] else "")
         + " Method: docs/acceleration.md#statistics."))
+    pairs = pairwise_rows(boot, cmp.baseline)
+    if pairs:
+        doc.add(Heading("Every two arms (paired t, 95 %)"))
+        doc.add(Table(PAIR_HEADERS, pairs))
+        doc.add(Paragraph(
+            "Δ targeted area: the row's arm minus the other, per seed, with the t interval over the "
+            f"paired seeds. Δ final untargeted (against {cmp.baseline} only): the untargeted "
+            "accuracy at the last step (they are evaluated at stage ends), arm minus "
+            f"{cmp.baseline}, paired by seed. An interval that contains 0 is no difference measured."))
     if panel.clock is not None:
         acc = panel.accuracy().mean(axis=1)
         clock = panel.clock.mean(axis=1)
@@ -257,6 +268,9 @@ def _write_report(path: Path, out: Path, cmp: Comparison, n_boot: int, boot_seed
     boot = None
     if panel is not None and cmp.baseline is not None:
         boot = bootstrap(panel, cmp.baseline, n_boot=n_boot, seed=boot_seed, smooth_kw=smooth_kw)
+        untargeted = comparison_panel(cmp, "untargeted")
+        if untargeted is not None:
+            boot["untargeted_final_diff_t"] = final_diff_t(untargeted, cmp.baseline)
         atomic_write_json(out / "statistics.json", boot)
     doc = Document(title=f"cropi report: {path.resolve().name}")
     _intro(doc, cmp, summaries, smooth_kw)

@@ -259,6 +259,7 @@ def bootstrap(panel: Panel, baseline: str, n_boot: int = 2000, seed: int = 0,
     ``accel``, ``accel_interp``, ``wall_accel`` (when the panel has clocks), ``compute_accel`` (when
     it has counted work), each ``{"value", "lo", "hi"}`` (the accelerations also ``never`` and
     ``share_never``), ``area_diff_t`` (paired t over seeds, arms other than the baseline),
+    ``area_diff_t_vs`` (the same against every other arm: ``{other: {...}}``),
     ``reach_step``, and ``band`` (``steps``, ``mean``, ``lo``, ``hi``) for the figure."""
     if items not in ITEM_MODES:
         raise ValueError(f"items must be one of {ITEM_MODES}, got {items!r}")
@@ -310,6 +311,31 @@ def _replicates(panel: Panel, base: int, smooth_kw: dict[str, Any], n_boot: int,
     return {k: np.concatenate(v) for k, v in reps.items()}
 
 
+def paired_t(d: np.ndarray, confidence: float = 0.95) -> dict[str, float]:
+    """The mean of paired differences ``d`` (one per seed) with its t interval; where the
+    differences do not spread, the interval is the point."""
+    d = np.asarray(d, dtype=np.float64)
+    if d.size < 2:
+        raise ValueError(f"a paired t interval needs at least 2 differences, got {d.size}")
+    if np.ptp(d) == 0:
+        low = high = float(d[0])
+    else:
+        ci = sps.ttest_1samp(d, 0.0).confidence_interval(confidence)
+        low, high = float(ci.low), float(ci.high)
+    return {"value": float(d.mean()), "lo": low, "hi": high}
+
+
+def final_diff_t(panel: Panel, baseline: str, confidence: float = 0.95) -> dict[str, dict[str, float]]:
+    """Per arm other than ``baseline``: its accuracy at the panel's last step minus the
+    baseline's, paired by seed, with the t interval (:func:`paired_t`); e.g. the untargeted
+    sets, evaluated only at stage ends, where an area would rest on few points."""
+    if panel.values.shape[1] < 2:
+        return {}
+    last = panel.accuracy()[:, :, -1]  # [A, S]
+    base = panel.arms.index(baseline)
+    return {arm: paired_t(last[a] - last[base], confidence) for a, arm in enumerate(panel.arms) if a != base}
+
+
 def _arm_summary(panel: Panel, a: int, base: int, point: dict[str, np.ndarray], rep: dict[str, np.ndarray],
                  confidence: float) -> dict[str, Any]:
     """Arm ``a``'s entry of :func:`bootstrap`: point values (``point``) with percentile intervals
@@ -335,15 +361,12 @@ def _arm_summary(panel: Panel, a: int, base: int, point: dict[str, np.ndarray], 
     lo, hi = np.quantile(mean, [q, 1 - q], axis=0)
     r["band"] = {"steps": panel.steps.tolist(), "mean": point["mean_curve"][0, a].tolist(),
                  "lo": lo.tolist(), "hi": hi.tolist()}
-    if S > 1 and a != base:
-        d = area(panel.accuracy(), panel.steps)  # [A, S]
-        d = d[a] - d[base]
-        if np.ptp(d) == 0:  # no spread: the t interval is the point
-            low = high = float(d[0])
-        else:
-            ci = sps.ttest_1samp(d, 0.0).confidence_interval(confidence)
-            low, high = float(ci.low), float(ci.high)
-        r["area_diff_t"] = {"value": float(d.mean()), "lo": low, "hi": high}
+    if S > 1:
+        areas = area(panel.accuracy(), panel.steps)  # [A, S]
+        if a != base:
+            r["area_diff_t"] = paired_t(areas[a] - areas[base], confidence)
+        r["area_diff_t_vs"] = {arm: paired_t(areas[a] - areas[b], confidence)
+                               for b, arm in enumerate(panel.arms) if b != a}
     if "reach_seconds" in point:
         r["reach_seconds"] = _finite_or_none(point["reach_seconds"][0, a])
     if "reach_compute" in point:

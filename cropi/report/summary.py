@@ -175,6 +175,26 @@ def statistics_rows(boot: dict[str, Any], baseline: str) -> list[list[str]]:
     return rows
 
 
+PAIR_HEADERS = ["arm", "other arm", "Δ targeted area, paired t [95 % CI]", "Δ final untargeted, paired t [95 % CI]"]
+
+
+def pairwise_rows(boot: dict[str, Any], baseline: str) -> list[list[str]]:
+    """Rows of :data:`PAIR_HEADERS`: every two arms once, from the ``area_diff_t_vs`` of
+    :func:`cropi.report.stats.bootstrap`; first each arm against ``baseline`` (with the
+    untargeted final difference, ``untargeted_final_diff_t``), then the other arms' pairs."""
+    others = [a for a in boot["arms"] if a != baseline]
+    untargeted = boot.get("untargeted_final_diff_t") or {}
+    pairs = [(a, baseline) for a in others] + [(a, b) for i, a in enumerate(others) for b in others[i + 1:]]
+    rows = []
+    for first, second in pairs:
+        d = (boot["arms"][first].get("area_diff_t_vs") or {}).get(second)
+        if d is None:
+            continue
+        u = untargeted.get(first) if second == baseline else None
+        rows.append([first, second, format_ci(d, signed=True), DASH if u is None else format_ci(u, signed=True)])
+    return rows
+
+
 def format_rows(cmp: Comparison) -> list[list[str]] | None:
     """Format vs skill: per arm, the targeted accuracy and the share of completions that state the
     final answer in the strict form the prompt asks for (``eval`` events' ``targeted_format``), at

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cropi.report.runs import compute_clock, rollout_seconds, rollout_work, work_units
-from cropi.report.stats import Panel, bootstrap, crossing_step, interpolated_ratio
+from cropi.report.stats import Panel, bootstrap, crossing_step, final_diff_t, interpolated_ratio, paired_t
 
 
 def test_crossing_is_interpolated_between_evaluations() -> None:
@@ -53,6 +53,53 @@ def test_bootstrap_reports_the_paired_t_interval_and_interpolated_acceleration()
     assert res["accel"]["value"] == pytest.approx(2.0)
     assert res["reach_step"]["value"] == pytest.approx(s_fast)
     assert res["accel_interp"]["lo"] <= res["accel_interp"]["value"] <= res["accel_interp"]["hi"]
+
+
+def test_pairwise_area_intervals_are_paired_t_between_every_two_arms() -> None:
+    steps = [0, 10, 20]
+    curves = {"full": [[0.1, 0.2, 0.3], [0.1, 0.3, 0.2], [0.1, 0.2, 0.2]],
+              "cropi": [[0.1, 0.4, 0.5], [0.1, 0.3, 0.4], [0.1, 0.5, 0.4]],
+              "once": [[0.1, 0.4, 0.4], [0.1, 0.3, 0.5], [0.1, 0.3, 0.4]]}
+    arms = bootstrap(_panel(curves, steps), "full", n_boot=50, smooth_kw={"method": "none"})["arms"]
+    from scipy import stats
+
+    auc = lambda c: np.trapezoid(c, steps) / 20  # noqa: E731
+    d = np.array([auc(a) - auc(b) for a, b in zip(curves["cropi"], curves["once"], strict=True)])
+    ci = stats.ttest_1samp(d, 0.0).confidence_interval(0.95)
+    got = arms["cropi"]["area_diff_t_vs"]["once"]
+    assert (got["value"], got["lo"], got["hi"]) == pytest.approx((d.mean(), ci.low, ci.high))
+    back = arms["once"]["area_diff_t_vs"]["cropi"]
+    assert (back["value"], back["lo"], back["hi"]) == pytest.approx((-d.mean(), -ci.high, -ci.low))
+    assert arms["cropi"]["area_diff_t_vs"]["full"] == pytest.approx(arms["cropi"]["area_diff_t"])
+    assert "area_diff_t" not in arms["full"] and set(arms["full"]["area_diff_t_vs"]) == {"cropi", "once"}
+
+
+def test_pairwise_rows_list_every_two_arms_once_against_the_baseline_first() -> None:
+    """The baseline is named, not taken from the arms' order (statistics.json sorts its keys)."""
+    from cropi.report.summary import DASH, pairwise_rows
+
+    ci = lambda v: {"value": v, "lo": v - 0.01, "hi": v + 0.01}  # noqa: E731
+    boot = {"arms": {"cropi": {"area_diff_t_vs": {"full": ci(0.05), "once": ci(0.01)}},
+                     "full": {"area_diff_t_vs": {"cropi": ci(-0.05), "once": ci(-0.04)}},
+                     "once": {"area_diff_t_vs": {"full": ci(0.04), "cropi": ci(-0.01)}}},
+            "untargeted_final_diff_t": {"cropi": ci(-0.02), "once": ci(0.0)}}
+    rows = pairwise_rows(boot, "full")
+    assert [r[:2] for r in rows] == [["cropi", "full"], ["once", "full"], ["cropi", "once"]]
+    assert rows[0][2:] == ["+0.050 [+0.040, +0.060]", "-0.020 [-0.030, -0.010]"]
+    assert rows[2][2:] == ["+0.010 [+0.000, +0.020]", DASH]  # untargeted: against the baseline only
+    assert pairwise_rows({"arms": {"full": {}, "cropi": {}}}, "full") == []  # one seed: no t intervals
+
+
+def test_final_difference_is_paired_by_seed_at_the_last_step() -> None:
+    curves = {"full": [[0.1, 0.30], [0.1, 0.20], [0.1, 0.25]], "cropi": [[0.1, 0.35], [0.1, 0.20], [0.1, 0.35]]}
+    got = final_diff_t(_panel(curves, [0, 10]), "full")
+    assert set(got) == {"cropi"}
+    assert got["cropi"] == pytest.approx(paired_t(np.array([0.05, 0.0, 0.10])))
+    assert got["cropi"]["value"] == pytest.approx(0.05) and got["cropi"]["lo"] < 0 < got["cropi"]["hi"]
+    same = paired_t(np.array([0.02, 0.02, 0.02]))  # no spread: the interval is the point
+    assert same == pytest.approx({"value": 0.02, "lo": 0.02, "hi": 0.02})
+    with pytest.raises(ValueError, match="at least 2"):
+        paired_t(np.array([0.1]))
 
 
 def test_compute_accel_reads_the_compute_at_the_crossing() -> None:
