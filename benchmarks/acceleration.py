@@ -197,7 +197,8 @@ def main() -> None:
     payload = {"args": vars(args), "arms": arms, "seeds": seeds, "ran_this_invocation": ran,
                "compact_results": done, "seconds_this_invocation": seconds,
                "headers": list(ACCEL_HEADERS), "rows": accel, "stats_headers": list(STATS_HEADERS),
-               "stats_rows": stats, "pair_headers": list(PAIR_HEADERS), "pair_rows": pairs, "statistics": boot, "report": str(folder / "report.md")}
+               "stats_rows": stats, "pair_headers": list(PAIR_HEADERS), "pair_rows": pairs,
+               "statistics": boot, "report": str(folder / "report.md")}
     if args.pilot or args.power:
         payload.update(power_block(cmp))
     summary_name = args.summary or ("acceleration_pilot" if args.pilot else "acceleration"
