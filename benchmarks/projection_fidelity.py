@@ -134,8 +134,7 @@ def countsketch_fp16(proj: CountSketchProjector, grads: Sequence[torch.Tensor],
     out = torch.zeros(proj.k, dtype=torch.float16)
     lost = nonzero = 0
     for c, pieces in iter_chunks(grads, proj.d, proj.chunk, batched=False):
-        bucket, sign = proj.cache.get(("countsketch", c), out.device,
-                                      lambda c=c: proj._tables(c))
+        bucket, sign = proj.bucket_sign(c, out.device)
         for off, x in pieces:
             n = x.shape[1]
             x16 = x[0].to(torch.bfloat16).to(torch.float16)

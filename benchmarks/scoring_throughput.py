@@ -128,7 +128,7 @@ def warm_tables(proj: Any) -> float:
     """Build a count-sketch's cached tables for every chunk; seconds."""
     t = time.perf_counter()
     for c in range(proj.n_chunks):
-        proj.cache.get(("countsketch", c), torch.device("cpu"), lambda c=c: proj._tables(c))
+        proj.codes(c)
     return time.perf_counter() - t
 
 

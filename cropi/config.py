@@ -167,7 +167,7 @@ class ProjectionConfig:
     seed: int = opt(0, "projection seed (the matrix is regenerated from it, never stored)")
     store_dtype: str = opt("fp16", "feature store dtype: fp16 or fp32")
     cache_gb: float = opt(2.0, "memory (on the gradients' device) for regenerated random tables; "
-                               "count-sketch needs 8 bytes per coordinate (about 12 GB for a 1.5B model)")
+                               "count-sketch needs 4 bytes per coordinate (about 6 GB for a 1.5B model)")
 
     def __post_init__(self) -> None:
         _check(self.k >= 1, "projection", "k", "must be >= 1")
@@ -186,7 +186,8 @@ class ScoreConfig:
     scorer_options: dict[str, Any] = opt({}, "options of the scorer, e.g. {reduce: max} for "
                                          "differential or {neighbours: 5} for knn")
     drift: bool = opt(True, "stages > 0: measure each pool prompt's ESS/K of its importance weights "
-                      "(a forward pass per prompt with a gradient; column ess, metrics event drift)")
+                      "(from the local gradient pass's forward; a forward pass of its own with resample_below_ess, "
+                      "a shortlist or the ray backend; column ess, metrics event drift)")
     resample_below_ess: float | None = opt(None, "stages > 0: re-sample prompts whose ESS/K is below "
                                            "this with the current policy before scoring (None: never)")
     shortlist: float | None = opt(None, "stages > 0: re-score only a shortlist, the previous stage's best "

@@ -333,10 +333,10 @@ class FactorizedHooks:
         flat_out = self._rest_acc.view(-1)
         for c in torch.unique(chunks).tolist():
             m = chunks == c
-            bucket, sign = rest.cache.get(("countsketch", c), flat_out.device, lambda c=c: rest._tables(c))
             local = (coords[m] - c * rest.chunk).long()
+            r = rest.codes(c, flat_out.device)[local].long()
             ex = examples[:, None].expand_as(coords)[m]
-            flat_out.index_add_(0, ex * k_rest + bucket.long()[local], values[m] * sign[local])
+            flat_out.index_add_(0, ex * k_rest + (r >> 1), values[m] * (1 - 2 * (r & 1)).to(values.dtype))
 
     # ------------------------------------------------------------------ results
     def linear_features(self) -> torch.Tensor:
