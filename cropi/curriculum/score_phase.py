@@ -16,7 +16,7 @@ from cropi.curriculum.phases import Run
 from cropi.data.io import dataset_fingerprint
 from cropi.influence.drift import drift_summary, drift_tokens, pool_ess
 from cropi.influence.features import DamagedRows, FeatureStore
-from cropi.influence.pipeline import Timings, add_timings, compute_features, prepare_scoring
+from cropi.influence.pipeline import Drift, Timings, add_timings, compute_features, prepare_scoring
 from cropi.influence.scorers import score as run_scorer
 from cropi.influence.scores import (read_scores, score_table, scorer_spec, store_cosine_scores, store_target_mean,
                                    target_scores, write_scores)
@@ -48,8 +48,10 @@ def store_spec(run: Run, stage: int, model_path: str, setup_spec: dict[str, Any]
     return spec
 
 
-def local_features(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]) -> Timings:
-    """One process: every set through :func:`compute_features` at the stage's weights."""
+def local_features(run: Run, stage: int, sets: dict[str, list[PromptRollouts]],
+                   drift: Drift | None = None) -> Timings:
+    """One process: every set through :func:`compute_features` at the stage's weights. ``drift``:
+    record the pool prompts' drift measures from the gradient pass (those it scores now)."""
     cfg = run.cfg
     path = run.model_path(stage)
     policy = run.policy(path)
@@ -61,7 +63,8 @@ def local_features(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]) 
                                   overwrite=run.overwrite)
         if not store.is_complete:
             add_timings(timings, compute_features(setup.model, setup.params, setup.projector, items, store,
-                                                  setup.gradient, policy.pad_id, name))
+                                                  setup.gradient, policy.pad_id, name,
+                                                  drift=drift if name == "pool" else None))
     setup.release()
     return timings
 
@@ -128,14 +131,20 @@ def phase_score(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]) -> 
     if run.dir.done(stage, "scored") and not run.overwrite:
         return None
     extra: dict[str, np.ndarray] = {}
+    fused = fuses_drift(run, stage)
     if run.cfg.gradient.mode == "onpolicy":
         sets = _onpolicy_sets(run, stage, sets)
-    elif stage > 0 and (run.cfg.score.drift or run.cfg.score.resample_below_ess is not None):
+    elif stage > 0 and (run.cfg.score.drift or run.cfg.score.resample_below_ess is not None) and not fused:
         extra["ess"], sets = _drift(run, stage, sets)
     pool = sets["pool"]
     if stage > 0 and run.cfg.score.shortlist is not None:
         sets = {**sets, "pool": shortlist(run, stage, pool, extra.get("ess"))}
-    timings = SCORE_BACKENDS.get(run.cfg.score.backend, field="score.backend")(run, stage, sets)
+    if fused:
+        measured: Drift = {}
+        timings = local_features(run, stage, sets, drift=measured)
+        extra["ess"], _ = _drift(run, stage, sets, measured)
+    else:
+        timings = SCORE_BACKENDS.get(run.cfg.score.backend, field="score.backend")(run, stage, sets)
     stores = {name: FeatureStore.load(run.dir.features(stage, name)) for name in sets}
     _write_stage_scores(run, stage, pool, stores, extra)
     run.dir.mark(stage, "scored", **timings.as_dict())
@@ -143,24 +152,40 @@ def phase_score(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]) -> 
     return timings
 
 
-def _drift(run: Run, stage: int, sets: dict[str, list[PromptRollouts]]
+def fuses_drift(run: Run, stage: int) -> bool:
+    """Whether the stage's drift measures come from the pool's gradient pass instead of a forward
+    pass of their own: stages > 0 with ``score.drift``, scored by the local backend from beta's
+    responses, when nothing needs the drift before scoring (no ``score.resample_below_ess``, no
+    ``score.shortlist``)."""
+    score = run.cfg.score
+    return (stage > 0 and score.drift and score.resample_below_ess is None and score.shortlist is None
+            and score.backend == "local" and run.cfg.gradient.mode != "onpolicy")
+
+
+def _drift(run: Run, stage: int, sets: dict[str, list[PromptRollouts]], measured: Drift | None = None
            ) -> tuple[np.ndarray, dict[str, list[PromptRollouts]]]:
     """ESS/K of every pool prompt's stored responses at the stage's weights (logged as a ``drift``
     event); with ``score.resample_below_ess``, the prompts below it get fresh rollouts from the
-    stage's model (seeded, under ``stage_NNN/resampled/pool``) that replace beta's for scoring."""
+    stage's model (seeded, under ``stage_NNN/resampled/pool``) that replace beta's for scoring.
+
+    ``measured``: the measures the gradient pass already recorded (:func:`fuses_drift`); a forward
+    pass runs only for the pool prompts with a gradient it did not score now (a resumed stage)."""
     t0 = time.perf_counter()
-    path = run.model_path(stage)
-    policy = run.policy(path)
     pool = sets["pool"]
+    measured = measured or {}
     concat = run.cfg.gradient.concat_responses
+    path = run.model_path(stage)
+    policy = run.policy(path)  # the scoring pass's model when fused: cached
     ess_k, per_prompt = pool_ess(policy.model, pool, policy.pad_id, run.cfg.gradient.max_batch_tokens,
-                                 details=True, concat=concat)
+                                 details=True, concat=concat, known=measured)
+    todo = [it for it in pool if it.id not in measured]
     threshold = run.cfg.score.resample_below_ess
     summary = drift_summary(ess_k, 0.5 if threshold is None else threshold)
     low = [it.id for it, e in zip(pool, ess_k) if threshold is not None and np.isfinite(e) and e < threshold]
-    forward = sum(drift_tokens(it, concat) for it in pool if not it.zero_grad)  # prompts with a gradient
+    forward = sum(drift_tokens(it, concat) for it in todo if not it.zero_grad)  # prompts with a gradient
     run.dir.log_metrics("drift", stage=stage, **summary, resampled=len(low), seconds=time.perf_counter() - t0,
-                        work=Work(prompts=sum(not it.zero_grad for it in pool), tokens_forward=forward).as_dict())
+                        from_gradient_pass=len(measured),
+                        work=Work(prompts=sum(not it.zero_grad for it in todo), tokens_forward=forward).as_dict())
     log.info("stage %d drift: mean ESS/K %s, %s of %d prompts below %s", stage, summary["mean_ess"],
              summary["share_below"], summary["n"], summary["threshold"])
     from cropi.utils.io import atomic_path  # the stage policy's NLL and pass rate on beta's responses

@@ -2,7 +2,7 @@
 
 It also measures what the selection picks (``select.analysis``, :mod:`cropi.select.analysis`):
 beta's token NLL of its own responses, the stage's policy's NLL and pass rate on them (stages > 0,
-from the drift pass's ``drift.npz``), the ordinal level, and the similarity of each prompt to each
+from the drift measures' ``drift.npz``), the ordinal level, and the similarity of each prompt to each
 target set in embedding space (hidden states of beta, the initial model, at every stage, or
 ``select.embedding_model``; computed once and kept in ``rollouts/embeddings/``) and in gradient space
 (the stage's feature stores).
@@ -40,7 +40,7 @@ def selection_context(run: Run, stage: int, pool: list[PromptRollouts], with_sco
     ``score.fusion`` for the budget of the selection being made. ``policy``: the policy the context
     is for; a policy that reads ``select.options`` gets the vectors its diversity rule needs
     (embeddings or projected gradients), and every context gets the stage's policy's pass rate
-    where the drift pass estimated it. ``cache``: see :func:`prompt_embeddings`."""
+    where the drift measures estimated it. ``cache``: see :func:`prompt_embeddings`."""
     ids = [it.id for it in pool]
     scores = target_scores(read_scores(run.dir.scores(stage)), ids) if with_scores else None
     options = dict(run.cfg.select.options)
@@ -70,7 +70,7 @@ def beta_nll(item: PromptRollouts) -> float:
 
 def drift_measures(run: Run, stage: int, ids: list[str]) -> dict[str, np.ndarray] | None:
     """The stage's policy's NLL and pass rate on beta's stored responses, aligned to ``ids``, from
-    the drift pass (``stage_NNN/drift.npz``, stages > 0 with ``score.drift``); the pass rate is
+    the drift measures (``stage_NNN/drift.npz``, stages > 0 with ``score.drift``); the pass rate is
     the one measured on re-sampled responses where the stage re-sampled the prompt, else the
     self-normalised importance-weighted estimate. None when the stage has no drift file."""
     path = run.dir.stage(stage) / "drift.npz"
@@ -200,7 +200,7 @@ def selection_measures(run: Run, stage: int, pool: list[PromptRollouts],
     if drift is not None:
         m.add("nll_current", drift["nll_current"])
         m.add("pass_rate_current", drift["pass_rate_current"])
-        m.notes["current"] = ("stage's policy on beta's responses (drift pass): NLL per token; pass rate "
+        m.notes["current"] = ("stage's policy on beta's responses (drift measures): NLL per token; pass rate "
                               "by self-normalised importance weights, or measured where re-sampled")
     elif stage > 0:
         m.notes["current"] = ("not measured: the stage has no drift.npz (score.drift off, or scored by "

@@ -13,7 +13,7 @@ prompt's K responses,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -33,9 +33,17 @@ def prompt_drift(model: torch.nn.Module, item: PromptRollouts, pad_id: int,
     as one sequence (:func:`~cropi.model.logprobs.shared_prefix_logprobs`); False: the prompt
     with every response, padded rows (the earlier pass)."""
     k = len(item.response_ids)
-    lp = [np.asarray(x, dtype=np.float64) for x in
-          response_logprobs(model, [item.prompt_ids] * k, item.response_ids, pad_id, max_batch_tokens,
-                            share_prompts=concat)]
+    lp = response_logprobs(model, [item.prompt_ids] * k, item.response_ids, pad_id, max_batch_tokens,
+                           share_prompts=concat)
+    return drift_from_logprobs(item, lp)
+
+
+def drift_from_logprobs(item: PromptRollouts, logprobs: Sequence[Sequence[float] | np.ndarray]
+                        ) -> tuple[float, float, float]:
+    """``(ESS/K, nll, pass_rate_is)`` of :func:`prompt_drift` from the policy's per-token log-probs
+    of ``item``'s K responses (one sequence per response, in order), however they were computed:
+    the POPI gradient pass's forward gives them too (:func:`cropi.influence.pipeline.prompt_feature`)."""
+    lp = [np.asarray(x, dtype=np.float64) for x in logprobs]
     logw = sequence_logw(lp, item.logprobs)
     n_tok = sum(x.size for x in lp)
     nll = float(-sum(x.sum() for x in lp) / n_tok) if n_tok else float("nan")
@@ -52,21 +60,29 @@ def prompt_ess(model: torch.nn.Module, item: PromptRollouts, pad_id: int,
 
 def pool_ess(model: torch.nn.Module, items: Sequence[PromptRollouts], pad_id: int,
              max_batch_tokens: int = 4096, only_with_gradient: bool = True, details: bool = False,
-             concat: bool = True) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
+             concat: bool = True, known: Mapping[str, tuple[float, float, float]] | None = None
+             ) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
     """``[n]`` ESS/K per prompt; NaN for prompts without a gradient when ``only_with_gradient``
     (they are never scored, so their drift does not matter and costs nothing).
 
     ``details``: also ``{"nll": [n], "pass_rate_is": [n]}`` from the same pass
     (:func:`prompt_drift`); a prompt without a gradient has its (all-equal) reward as pass rate
-    and NaN NLL when it was skipped."""
+    and NaN NLL when it was skipped. ``known``: prompt id -> measures already taken (from the
+    gradient pass, :func:`drift_from_logprobs`); only the other prompts run the pass."""
+    known = known or {}
     out = np.full(len(items), np.nan)
     nll = np.full(len(items), np.nan)
     pass_is = np.array([it.pass_rate for it in items], dtype=np.float64)
-    todo = [i for i, it in enumerate(items) if not (only_with_gradient and it.zero_grad)]
-    with track("drift (ESS)", total=len(todo)) as bar:
-        for i in todo:
-            out[i], nll[i], pass_is[i] = prompt_drift(model, items[i], pad_id, max_batch_tokens, concat)
-            bar.advance()
+    for i, it in enumerate(items):
+        if it.id in known:
+            out[i], nll[i], pass_is[i] = known[it.id]
+    todo = [i for i, it in enumerate(items)
+            if not (only_with_gradient and it.zero_grad) and it.id not in known]
+    if todo:
+        with track("drift (ESS)", total=len(todo)) as bar:
+            for i in todo:
+                out[i], nll[i], pass_is[i] = prompt_drift(model, items[i], pad_id, max_batch_tokens, concat)
+                bar.advance()
     if details:
         return out, {"nll": nll, "pass_rate_is": pass_is}
     return out

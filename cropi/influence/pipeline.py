@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from cropi.config import GradientConfig, ProjectionConfig
+from cropi.influence.drift import drift_from_logprobs
 from cropi.influence.features import FeatureStore
 from cropi.influence.params import ParamSet, attach_lora, select_params
 from cropi.influence.popi import (backward_batches, backward_tokens, fits_one_backward, popi_backward,
@@ -53,14 +54,28 @@ class Timings:
                 "project_share": self.project / total if total else 0.0, "work": self.work.as_dict()}
 
 
+Drift = dict[str, tuple[float, float, float]]
+"""Prompt id -> ``(ESS/K, nll, pass_rate_is)`` (:func:`cropi.influence.drift.drift_from_logprobs`)."""
+
+
 def prompt_feature(model: torch.nn.Module, params: ParamSet, projector: Projector,
                    item: PromptRollouts, cfg: GradientConfig, pad_id: int,
-                   timings: Timings | None = None) -> np.ndarray | None:
-    """Projected g(s) as float32 [k], or None for a zero-signal prompt."""
+                   timings: Timings | None = None, drift: Drift | None = None) -> np.ndarray | None:
+    """Projected g(s) as float32 [k], or None for a zero-signal prompt. ``drift``: also record the
+    prompt's drift measures from the log-probs of the gradient pass's own forward (no extra pass)."""
     timings = timings or Timings()
     t0 = time.perf_counter()
     params.zero_grad()
-    has_signal = popi_backward(model, item, cfg, pad_id)
+    lps: list[np.ndarray | None] = [None] * len(item.response_ids)
+
+    def keep(idx: list[int], new: torch.Tensor) -> None:
+        rows = new.double().cpu().numpy()
+        for j, i in enumerate(idx):
+            lps[i] = rows[j, :len(item.response_ids[i])]
+
+    has_signal = popi_backward(model, item, cfg, pad_id, on_logprobs=None if drift is None else keep)
+    if drift is not None and has_signal:
+        drift[item.id] = drift_from_logprobs(item, [x for x in lps if x is not None])
     if params.params and params.params[0].is_cuda:  # CUDA is asynchronous: time the backward itself
         torch.cuda.synchronize(params.params[0].device)
     t1 = time.perf_counter()
@@ -113,8 +128,10 @@ def supports_batched(projector: Projector) -> bool:
 
 def compute_features(model: torch.nn.Module, params: ParamSet, projector: Projector,
                      items: Sequence[PromptRollouts], store: FeatureStore, cfg: GradientConfig,
-                     pad_id: int, name: str = "features", flush_every: int = 8) -> Timings:
-    """Fill every pending row of ``store`` (resumable); finalize it at the end."""
+                     pad_id: int, name: str = "features", flush_every: int = 8,
+                     drift: Drift | None = None) -> Timings:
+    """Fill every pending row of ``store`` (resumable); finalize it at the end. ``drift``: record
+    the drift measures of every prompt scored one per backward (:func:`prompt_feature`)."""
     timings = Timings()
     by_id = {it.id: it for it in items}
     pending = store.pending()
@@ -148,7 +165,7 @@ def compute_features(model: torch.nn.Module, params: ParamSet, projector: Projec
         if per_backward == 1:
             for pid in pending:
                 item = by_id[pid]
-                emit(item, prompt_feature(model, params, projector, item, cfg, pad_id, timings))
+                emit(item, prompt_feature(model, params, projector, item, cfg, pad_id, timings, drift))
         else:
             i = 0
             while i < len(pending):

@@ -86,12 +86,16 @@ def backward_tokens(item: PromptRollouts, cfg: GradientConfig, shared_prefix: bo
 
 
 def popi_backward(model: torch.nn.Module, item: PromptRollouts, cfg: GradientConfig,
-                  pad_id: int, shared_prefix: bool = True) -> bool:
+                  pad_id: int, shared_prefix: bool = True,
+                  on_logprobs: Callable[[list[int], torch.Tensor], None] | None = None) -> bool:
     """Accumulate g(s) into the parameters' ``.grad`` (fp32). Returns False for a zero-signal prompt.
 
     ``shared_prefix`` (default): the prompt runs once per micro-batch and its responses on its KV
     cache (:func:`~cropi.model.logprobs.shared_prefix_logprobs`, the pass rollouts store beta's
-    log-probs with); False: the packed [prompt + response] batch of round 1.
+    log-probs with); False: the packed [prompt + response] batch of round 1. ``on_logprobs``:
+    called once per micro-batch with the responses' indices and the current policy's per-token
+    log-probs ``[rows, longest]`` (detached; row j's first ``len(response)`` entries are real),
+    the values the importance ratios are made of.
     """
     if item.zero_grad:
         return False
@@ -111,6 +115,8 @@ def popi_backward(model: torch.nn.Module, item: PromptRollouts, cfg: GradientCon
                 old[j, :len(item.logprobs[i])] = torch.as_tensor(item.logprobs[i], device=device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast(cfg, device)):
                 new = shared_prefix_logprobs(model, item.prompt_ids, resp, pad_id, cfg.concat_responses)
+            if on_logprobs is not None:
+                on_logprobs(idx, new.detach())
             obj = surrogate(new.float(), old, mask, adv[idx].to(device), mask.sum(-1).clamp(min=1),
                             cfg.clip_eps)
             (-obj / k).backward()
@@ -124,6 +130,8 @@ def popi_backward(model: torch.nn.Module, item: PromptRollouts, cfg: GradientCon
         lens = batch.response_mask.sum(-1).clamp(min=1)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast(cfg, device)):
             new = token_logprobs(model, batch)
+        if on_logprobs is not None:
+            on_logprobs(list(idx), new.detach())
         obj = surrogate(new.float(), old, batch.response_mask, adv[idx].to(device), lens, cfg.clip_eps)
         (-obj / k).backward()
     return True

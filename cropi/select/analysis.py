@@ -40,10 +40,10 @@ MEASURES_DOC: dict[str, str] = {
                     "rollout.temperature: a one-sample estimate of the cross-entropy, not the "
                     "full-distribution entropy)",
     "nll_current": "the stage's policy's mean token negative log-probability of beta's stored "
-                   "responses (stages > 0, from the drift pass)",
+                   "responses (stages > 0, from the drift measures)",
     "pass_rate_beta": "beta's pass rate (share of the K stored responses rewarded 1)",
     "pass_rate_current": "the stage's policy's pass rate estimated from beta's responses by "
-                         "self-normalised importance weights (stages > 0, from the drift pass), or "
+                         "self-normalised importance weights (stages > 0, from the drift measures), or "
                          "measured on re-sampled responses where the stage re-sampled the prompt",
     "level": "ordinal difficulty level (the number in level labels such as L2 or d3)",
     "similarity_embedding": "cosine of the prompt's embedding with the target set's mean embedding, "

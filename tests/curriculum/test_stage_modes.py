@@ -204,3 +204,43 @@ def test_drift_ess_matches_float64_and_resamples_low_prompts(tiny_model_dir, bet
     assert sorted(it.id for it in fresh) == low
     spec = json.loads((run.dir.features(1, "pool") / "spec.json").read_text())["spec"]
     assert spec["resample_below_ess"] == 0.9
+
+
+def test_drift_from_the_gradient_pass_equals_its_own_pass(tiny_model_dir, beta_rollouts, tmp_path):
+    """Without resampling or a shortlist, a stage's drift measures come from the log-probs of the
+    pool's POPI gradient pass (no forward pass of their own) and equal the separate pass's; a
+    prompt the gradient pass did not score now (a resumed stage) still gets the separate pass."""
+    import json
+
+    from cropi.curriculum.score_phase import _drift, fuses_drift, phase_score
+    from cropi.influence.drift import pool_ess
+
+    sets, rollouts = beta_rollouts
+    run = _run(tiny_model_dir, sets, rollouts, tmp_path / "f")
+    beta_sets = phase_rollouts(run)
+    theta1 = _theta1(tiny_model_dir, run.dir.checkpoint(0))
+    assert fuses_drift(run, 1) and not fuses_drift(run, 0)
+    phase_score(run, 1, beta_sets)
+    pool = beta_sets["pool"]
+    model = load_model(str(theta1), "fp32", "cpu")
+    pad = int(load_tokenizer(str(theta1)).pad_token_id)
+    ess_k, per = pool_ess(model, pool, pad, details=True)
+    with np.load(run.dir.stage(1) / "drift.npz") as got:
+        np.testing.assert_allclose(got["ess"], ess_k, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got["nll"], per["nll"], rtol=1e-5)
+        np.testing.assert_allclose(got["pass_rate_is"], per["pass_rate_is"], rtol=1e-5, atol=1e-6)
+    events = [json.loads(line) for line in (run.dir.root / "metrics.jsonl").read_text().splitlines()]
+    drift = [e for e in events if e["event"] == "drift"]
+    with_grad = [it for it in pool if not it.zero_grad]
+    assert len(with_grad) >= 2
+    assert len(drift) == 1 and drift[0]["from_gradient_pass"] == len(with_grad)
+    assert drift[0]["work"]["tokens_forward"] == 0 and drift[0]["mean_ess"] < 1 - 1e-3
+
+    first = with_grad[0]
+    ess_part, _ = _drift(run, 1, beta_sets, {first.id: (0.5, 1.0, 0.25)})  # the others run the pass
+    n = pool.index(first)
+    assert ess_part[n] == 0.5
+    rest = [i for i in range(len(pool)) if i != n]
+    np.testing.assert_allclose(ess_part[rest], ess_k[rest], rtol=1e-5, atol=1e-6)
+    run.cfg.score.resample_below_ess = 0.5
+    assert not fuses_drift(run, 1)
