@@ -156,25 +156,35 @@ def check_tests_fit(policy: Policy, tests: dict[str, Sequence[PromptRecord]], cf
                          where=f"tests/{name}")
 
 
+def _greedy_params(cfg: EvalConfig) -> SamplingParams:
+    return SamplingParams(n=1, greedy=True, max_new_tokens=cfg.max_new_tokens)
+
+
 def evaluate_set(policy: Policy, name: str, records: Sequence[PromptRecord], cfg: EvalConfig,
-                 by_length: bool = True, with_items: bool = False) -> dict[str, Any]:
+                 by_length: bool = True, with_items: bool = False,
+                 greedy_items: Sequence[ItemResult] | None = None) -> dict[str, Any]:
     """Accuracy of one test set per mode, by family and by level, the strict-format share
     (``MODE_format``), the modal-answer share (``MODE_modal_share``) and the set's
     ``majority_baseline``; ``by_length=False``: prompts are batched in file order, the round-1 path.
-    ``with_items``: also ``items``, one row per item and mode (:func:`item_rows`)."""
+    ``with_items``: also ``items``, one row per item and mode (:func:`item_rows`).
+    ``greedy_items``: the set's greedy verdicts, already decoded (:func:`evaluate` decodes every
+    set's greedy answers in one pass)."""
     records = _evaluated(records, cfg)
     res: dict[str, Any] = {"n": len(records), "majority_baseline": majority_baseline(records)}
     modes = []
     if cfg.greedy:
-        modes.append(("greedy", SamplingParams(n=1, greedy=True, max_new_tokens=cfg.max_new_tokens)))
+        modes.append(("greedy", _greedy_params(cfg)))
     if cfg.samples > 0:
         modes.append((f"mean@{cfg.samples}", SamplingParams(
             n=cfg.samples, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)))
     rows: list[dict[str, Any]] = []
     for mode, params in modes:
-        with track(f"eval {name} {mode}", total=len(records), transient=True) as bar:
-            items = item_results(policy, records, params, cfg.batch_size,
-                                 derive_seed(cfg.seed, name, mode), bar, by_length)
+        if mode == "greedy" and greedy_items is not None:
+            items = list(greedy_items)
+        else:
+            with track(f"eval {name} {mode}", total=len(records), transient=True) as bar:
+                items = item_results(policy, records, params, cfg.batch_size,
+                                     derive_seed(cfg.seed, name, mode), bar, by_length)
         acc = np.asarray([np.mean(it.rewards) for it in items], dtype=np.float64)
         res[mode] = float(acc.mean()) if acc.size else float("nan")
         res[f"{mode}_format"] = float(np.mean([np.mean(it.strict) for it in items])) if items else float("nan")
@@ -213,6 +223,24 @@ def write_item_results(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path
     return Path(path)
 
 
+def greedy_by_set(policy: Policy, tests: dict[str, Sequence[PromptRecord]], cfg: EvalConfig
+                  ) -> dict[str, list[ItemResult]]:
+    """Every set's greedy verdicts from ONE decoding pass over all their evaluated items: with a
+    continuously batching sampler, ``eval.batch_size`` rows decode together across the sets
+    instead of each set's few dozen rows thinning out alone. A greedy answer does not depend on
+    the pass (no seed), only, through float rounding, on the batch it decodes in."""
+    chosen = {name: _evaluated(recs, cfg) for name, recs in tests.items()}
+    every = [rec for recs in chosen.values() for rec in recs]
+    with track("eval greedy", total=len(every), transient=True) as bar:
+        items = item_results(policy, every, _greedy_params(cfg), cfg.batch_size,
+                             derive_seed(cfg.seed, "greedy"), bar)
+    out: dict[str, list[ItemResult]] = {}
+    start = 0
+    for name, recs in chosen.items():
+        out[name], start = items[start:start + len(recs)], start + len(recs)
+    return out
+
+
 def is_targeted(name: str) -> bool:
     return name.startswith("target")
 
@@ -228,7 +256,8 @@ def evaluate(policy: Policy, tests: dict[str, Sequence[PromptRecord]], cfg: Eval
     Every set's prompts are checked against the model's context before anything is generated.
     """
     check_tests_fit(policy, tests, cfg)
-    sets = {name: evaluate_set(policy, name, recs, cfg, with_items=with_items)
+    greedy = greedy_by_set(policy, tests, cfg) if cfg.greedy else {}
+    sets = {name: evaluate_set(policy, name, recs, cfg, with_items=with_items, greedy_items=greedy.get(name))
             for name, recs in tests.items()}
     items = [row for s in sets.values() for row in s.pop("items", [])]
     out: dict[str, Any] = {"sets": sets}

@@ -157,3 +157,34 @@ def test_majority_baseline_and_modal_share() -> None:
     assert res["sets"]["untargeted/add"]["greedy_modal_share"] == 1 / 3  # 7, none, 9
     assert res["targeted_majority"] == 1.0 and res["untargeted_majority"] == 2 / 3
     assert res["targeted_modal_share"] == 2 / 3
+
+
+def test_greedy_answers_of_every_set_come_from_one_pass() -> None:
+    """With a continuously batching sampler, evaluate() decodes every set's greedy answers in one
+    call (rows of all sets share the batch) and gives each set the verdicts it gets alone."""
+    from cropi.config import EvalConfig
+    from cropi.data.schema import validate_record
+    from cropi.evaluation import evaluate, evaluate_set
+
+    class Continuous(_FakePolicy):
+        fast, max_rows = True, 0
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[tuple[int, int]] = []
+
+        def generate(self, prompts, params, seed):  # noqa: ANN001, ANN201
+            self.calls.append((len(prompts), self.max_rows))
+            return super().generate(prompts, params, seed)
+
+    records = [validate_record({"id": f"q{k}", "prompt": "p" * (6 - k), "answer": "4" if k % 2 else "9",
+                                "source": "add", "meta": {"verifier": "numeric"}}) for k in range(6)]
+    tests = {"targeted/a": records[:2], "untargeted/b": records[2:5], "untargeted/c": records[5:]}
+    cfg = EvalConfig(samples=0, max_new_tokens=4, batch_size=4)
+    policy = Continuous()
+    res = evaluate(policy, tests, cfg, with_items=True)
+    assert policy.calls == [(6, 4)] and policy.max_rows == 0  # one pass, batch_size rows at a time
+    for name, recs in tests.items():
+        alone = evaluate_set(Continuous(), name, recs, cfg, with_items=True)
+        assert res["sets"][name] == {k: v for k, v in alone.items() if k != "items"}
+        assert [r for r in res["items"] if r["set"] == name] == alone["items"]
