@@ -118,7 +118,7 @@ def shared_prefix_logprobs(model: torch.nn.Module, prompt: Sequence[int],
     device = next(model.parameters()).device
     if not prompt:
         raise ValueError("empty prompt")
-    if concat and _takes_4d_mask(model) and concat_pays(model.config, len(prompt) - 1,
+    if concat and takes_4d_mask(model) and concat_pays(model.config, len(prompt) - 1,
                                                         [len(r) for r in responses]):
         return _concat_logprobs(model, prompt, responses)
     k = len(responses)
@@ -152,7 +152,7 @@ def _prompt_cache(model: torch.nn.Module, prompt: torch.Tensor) -> tuple[Any, st
     return cache, kw
 
 
-def _takes_4d_mask(model: Any) -> bool:
+def takes_4d_mask(model: Any) -> bool:
     """Whether ``model``'s attention applies a custom 4D mask (sdpa and eager do; flash kernels
     do not)."""
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None)

@@ -247,7 +247,7 @@ class StageGRPOTrainer(GRPOTrainer):
                 compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **kwargs)
         with self.accelerator.autocast():
             logps, ent = shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep,
-                                             compute_entropy)
+                                             compute_entropy, concat=self.speed.concat_completions)
         return logps, ent, None
 
     def _get_train_sampler(self, dataset: Any = None) -> StageSampler:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from cropi.model.loading import bf16_is_fast
-from cropi.model.logprobs import cache_kw, new_cache
+from cropi.model.logprobs import takes_4d_mask, cache_kw, concat_mask, concat_pays, new_cache
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,17 @@ class StageSpeed:
     pass runs each distinct prompt once and its K completions on the prompt's KV cache, with the
     LM head on completion positions only (TRL's own pass scores every padded prompt position
     through the LM head on CPUs); the log-probs and gradients equal TRL's within fp32 tolerance
-    (tests/train/test_grpo_speed.py). ``ROUND1`` is TRL's own path (all off).
+    (tests/train/test_grpo_speed.py). ``concat_completions`` (with ``shared_prefix``): a prompt's
+    completions run as ONE sequence on its cache, each attending to the prompt and to itself only
+    (:func:`~cropi.model.logprobs.concat_mask`), instead of rows padded to the longest, where that
+    costs fewer FLOPs (:func:`~cropi.model.logprobs.concat_pays`); the same log-probs up to float
+    rounding. ``ROUND1`` is TRL's own path (all off).
     """
 
     fast_generation: bool = True
     bf16_generation: bool | None = None
     shared_prefix: bool = True
+    concat_completions: bool = True
 
     def resolved(self, device: Any, generation_dtype: str = "auto") -> StageSpeed:
         """This speed with ``bf16_generation=None`` decided: by ``generation_dtype``
@@ -48,7 +53,7 @@ class StageSpeed:
 
 
 FAST = StageSpeed()
-ROUND1 = StageSpeed(fast_generation=False, bf16_generation=False, shared_prefix=False)
+ROUND1 = StageSpeed(fast_generation=False, bf16_generation=False, shared_prefix=False, concat_completions=False)
 
 
 def inner_model(model: Any) -> Any:
@@ -57,7 +62,7 @@ def inner_model(model: Any) -> Any:
 
 
 def shared_prefix_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        logits_to_keep: int, compute_entropy: bool = False
+                        logits_to_keep: int, compute_entropy: bool = False, concat: bool = False
                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """TRL's per-token completion log-probs (and entropies), computed once per distinct prompt.
 
@@ -67,6 +72,7 @@ def shared_prefix_logps(model: Any, input_ids: torch.Tensor, attention_mask: tor
     repeated for the group's rows, and [last prompt token, completion tokens up to the group's
     longest completion] runs through TRL's fused LM head (``fused_lm_head=True``, which applies the
     sampling temperature). Returns ``[B, C]`` tensors, 0 on padding, like TRL's pass.
+    ``concat``: a group's completions run as one sequence where :func:`_concat_group` takes them.
     """
     b, width = input_ids.shape
     p_len = width - logits_to_keep
@@ -86,6 +92,9 @@ def shared_prefix_logps(model: Any, input_ids: torch.Tensor, attention_mask: tor
         prompt_t = torch.as_tensor(prompt, dtype=torch.long, device=input_ids.device)
         if len(prompt) > 1:  # the prefix: no LM head (logits_to_keep=1 is the cheapest the API allows)
             model(input_ids=prompt_t[None, :-1], use_cache=True, logits_to_keep=1, **{kw: cache})
+            if concat and _concat_group(model, cache, kw, input_ids[:, p_len:], rows,
+                                        [int(comp_len[i]) for i in rows], prompt_t, logps, ent):
+                continue
             cache.batch_repeat_interleave(n)
         comp = input_ids[idx, p_len:p_len + c]
         cmask = attention_mask[idx, p_len:p_len + c].bool()
@@ -98,3 +107,31 @@ def shared_prefix_logps(model: Any, input_ids: torch.Tensor, attention_mask: tor
         if ent is not None:
             ent[idx, :c] = out.entropy.float()
     return logps, ent
+
+
+def _concat_group(model: Any, cache: Any, kw: str, completions: torch.Tensor, rows: list[int],
+                  lengths: list[int], prompt: torch.Tensor, logps: torch.Tensor,
+                  ent: torch.Tensor | None) -> bool:
+    """One group's completions as ONE sequence on the prompt's (unrepeated) cache: block i is
+    [last prompt token, completion i minus its last token] at positions len(prompt) - 1 on,
+    scored against completion i (``shift_labels``) through the fused LM head; fills ``logps``
+    (and ``ent``) in place. False, with nothing run, where the padded rows cost fewer FLOPs or
+    the attention takes no 4D mask."""
+    live = [(i, n) for i, n in zip(rows, lengths, strict=True) if n > 0]
+    prefix = len(prompt) - 1
+    inner = inner_model(model)
+    if not live or not takes_4d_mask(inner) or not concat_pays(inner.config, prefix, [n for _, n in live]):
+        return False
+    device = completions.device
+    ids = torch.cat([torch.cat([prompt[-1:], completions[i, :n - 1]]) for i, n in live])
+    labels = torch.cat([completions[i, :n] for i, n in live])
+    offsets = torch.cat([torch.arange(n, device=device) for _, n in live])
+    mask = concat_mask(prefix, [n for _, n in live], device)
+    out = model(input_ids=ids[None], position_ids=(prefix + offsets)[None], attention_mask=mask,
+                shift_labels=labels[None], fused_lm_head=True, **{kw: cache})
+    at = torch.repeat_interleave(torch.as_tensor([i for i, _ in live], device=device),
+                                 torch.as_tensor([n for _, n in live], device=device))
+    logps[at, offsets] = out.log_probs[0].float()
+    if ent is not None:
+        ent[at, offsets] = out.entropy[0].float()
+    return True

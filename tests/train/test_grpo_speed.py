@@ -130,3 +130,42 @@ def test_shadow_follows_policy(trainer_and_batch, dtype) -> None:
         with torch.no_grad():
             for p in trainer.model.parameters():
                 p.sub_(0.01)
+
+
+def test_concatenated_completions_equal_trl(trainer_and_batch, monkeypatch) -> None:
+    """Each prompt's completions as one sequence on its cache (forced here: it pays only for
+    uneven completions of a real model) give TRL's log-probs, entropies, loss and gradient, with
+    completions of uneven length (cut here: the tiny model's all run to the limit)."""
+    trainer, inputs = trainer_and_batch
+    inputs = dict(inputs)
+    cut = torch.as_tensor([8, 5, 3, 1, 8, 6, 2, 7])
+    inputs["completion_mask"] = (torch.arange(inputs["completion_ids"].size(1))[None] < cut[:, None]).to(
+        inputs["completion_mask"].dtype)
+    inputs["completion_ids"] = inputs["completion_ids"].masked_fill(inputs["completion_mask"] == 0,
+                                                                    trainer._tokenizer.pad_token_id)
+    ran: list[int] = []
+    real = grpo_speed.concat_mask
+
+    def counted(prefix, lengths, device="cpu"):  # noqa: ANN001, ANN202
+        ran.append(len(lengths))
+        return real(prefix, lengths, device)
+
+    monkeypatch.setattr(grpo_speed, "concat_pays", lambda *a: True)
+    monkeypatch.setattr(grpo_speed, "concat_mask", counted)
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+    mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+    keep = inputs["completion_ids"].size(1)
+    cmask = inputs["completion_mask"].bool()
+    with torch.no_grad():
+        ref_lp, ref_ent = grpo_speed.shared_prefix_logps(trainer.model, ids, mask, keep, True)
+        lp, ent = grpo_speed.shared_prefix_logps(trainer.model, ids, mask, keep, True, concat=True)
+    assert ran == [4, 4]  # both prompts, 4 completions each
+    torch.testing.assert_close(lp[cmask], ref_lp[cmask], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ent[cmask], ref_ent[cmask], rtol=1e-5, atol=1e-5)
+    assert (lp[~cmask] == 0).all() and (ent[~cmask] == 0).all()
+    assert grpo_speed.FAST.concat_completions and not grpo_speed.ROUND1.concat_completions
+    ref_loss, ref_grads = _loss_and_grad(trainer, inputs, grpo_speed.ROUND1)
+    loss, grads = _loss_and_grad(trainer, inputs, grpo_speed.FAST)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
