@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from cropi.model.loading import bf16_is_fast
-from cropi.model.logprobs import takes_4d_mask, cache_kw, concat_mask, concat_pays, new_cache
+from cropi.model.logprobs import cache_kw, concat_mask, concat_pays, new_cache, takes_4d_mask
 
 
 @dataclass(frozen=True)
