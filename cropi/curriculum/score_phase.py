@@ -14,9 +14,9 @@ import numpy as np
 from cropi.curriculum.names import SCORE_BACKENDS
 from cropi.curriculum.phases import Run
 from cropi.data.io import dataset_fingerprint
-from cropi.influence.drift import drift_summary, drift_tokens, pool_ess
+from cropi.influence.drift import Drift, drift_summary, drift_tokens, pool_ess
 from cropi.influence.features import DamagedRows, FeatureStore
-from cropi.influence.pipeline import Drift, Timings, add_timings, compute_features, prepare_scoring
+from cropi.influence.pipeline import Timings, add_timings, compute_features, prepare_scoring
 from cropi.influence.scorers import score as run_scorer
 from cropi.influence.scores import (read_scores, score_table, scorer_spec, store_cosine_scores, store_target_mean,
                                    target_scores, write_scores)

@@ -13,7 +13,7 @@ prompt's K responses,
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,10 @@ from cropi.influence.scorers import ess, sequence_logw
 from cropi.model.logprobs import response_logprobs
 from cropi.rollout.store import PromptRollouts
 from cropi.utils.progress import track
+
+
+Drift = dict[str, tuple[float, float, float]]
+"""Prompt id -> ``(ESS/K, nll, pass_rate_is)`` (:func:`drift_from_logprobs`)."""
 
 
 def prompt_drift(model: torch.nn.Module, item: PromptRollouts, pad_id: int,
@@ -60,7 +64,7 @@ def prompt_ess(model: torch.nn.Module, item: PromptRollouts, pad_id: int,
 
 def pool_ess(model: torch.nn.Module, items: Sequence[PromptRollouts], pad_id: int,
              max_batch_tokens: int = 4096, only_with_gradient: bool = True, details: bool = False,
-             concat: bool = True, known: Mapping[str, tuple[float, float, float]] | None = None
+             concat: bool = True, known: Drift | None = None
              ) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
     """``[n]`` ESS/K per prompt; NaN for prompts without a gradient when ``only_with_gradient``
     (they are never scored, so their drift does not matter and costs nothing).

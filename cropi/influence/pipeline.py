@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from cropi.config import GradientConfig, ProjectionConfig
-from cropi.influence.drift import drift_from_logprobs
+from cropi.influence.drift import Drift, drift_from_logprobs
 from cropi.influence.features import FeatureStore
 from cropi.influence.params import ParamSet, attach_lora, select_params
 from cropi.influence.popi import (backward_batches, backward_tokens, fits_one_backward, popi_backward,
@@ -52,10 +52,6 @@ class Timings:
         return {"grad_s": self.grad, "project_s": self.project, "store_s": self.store,
                 "total_s": total, "n_prompts": self.n_prompts, "n_zero_grad": self.n_zero_grad,
                 "project_share": self.project / total if total else 0.0, "work": self.work.as_dict()}
-
-
-Drift = dict[str, tuple[float, float, float]]
-"""Prompt id -> ``(ESS/K, nll, pass_rate_is)`` (:func:`cropi.influence.drift.drift_from_logprobs`)."""
 
 
 def prompt_feature(model: torch.nn.Module, params: ParamSet, projector: Projector,

@@ -108,10 +108,9 @@ class CountSketchProjector(ChunkedProjector):
         out += signed[:, 0::2] - signed[:, 1::2]
 
     def _dense_chunk(self, c: int) -> torch.Tensor:
-        r = self._codes(c)
-        bucket, sign = r >> 1, (r & 1).double().mul_(-2.0).add_(1.0)
+        bucket, sign = self.bucket_sign(c)
         cols = torch.zeros(self.k, bucket.numel(), dtype=torch.float64)
-        cols[bucket.long(), torch.arange(bucket.numel())] = sign
+        cols[bucket.long(), torch.arange(bucket.numel())] = sign.double()
         return cols
 
 
