@@ -119,6 +119,10 @@ def phase_train(run: Run, stage: int, ids: list[str]) -> None:
     tcfg = run.cfg.train
     offset = stage * tcfg.steps_per_stage
     run.release_policies()  # free the scoring model before training
+    # the lock before train_stage's staging folder: taking it first in a process removes the
+    # temporaries a killed writer left, and a lock first taken by a write during training would
+    # remove that live folder too (a run opened without a write of its own, e.g. through the API)
+    run.lock()
 
     def on_eval(model: Any, tokenizer: Any, step: int) -> None:
         stage_end = step >= offset + tcfg.steps_per_stage

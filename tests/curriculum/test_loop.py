@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -11,11 +12,11 @@ from typing import Any
 import pytest
 
 from cropi.config import CurriculumConfig, EvalConfig, ModelConfig, RolloutConfig, RunConfig, TrainConfig
-from cropi.curriculum import loop
+from cropi.curriculum import loop, rundir
 from cropi.curriculum.phases import Run
 from cropi.data.schema import PromptRecord
 from cropi.model.loading import load_model, load_tokenizer
-from cropi.train import grpo
+from cropi.train import grpo, grpo_state
 
 POOL = [PromptRecord(id=f"p{i}", prompt=[{"role": "user", "content": f"What is {i}+1?"}],
                      answer=str(i + 1), source="add") for i in range(3)]
@@ -74,6 +75,31 @@ def test_phase_train_passes_the_device_and_times_training_apart(
     (train,) = _events(run, "train")
     assert (train["seconds"], train["eval_seconds"]) == (7.0, 3.0)
     assert run.dir.state(0)["trained"]["seconds"] == 7.0
+
+
+def test_phase_train_cleans_stale_temporaries_before_its_staging_folder(
+        tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that opens an existing run and trains before writing anything takes the run's
+    lock (and removes a killed writer's temporaries) before train_stage makes its staging folder,
+    so a write during training does not remove that live folder."""
+    run = _run(tmp_path, tiny_model_dir)
+    stale = run.dir.stage(0) / ".tmp-checkpoint.work-999999"  # a killed trainer's staging folder
+    stale.mkdir(parents=True)
+    monkeypatch.setattr(rundir, "_CLEANED", set())  # as in a new process
+    seen: list[tuple[bool, bool]] = []
+
+    def fake_train_stage(model_path: str, out_dir: Any, records: list, cfg: Any,
+                         **kw: Any) -> grpo.StageResult:
+        work = grpo_state.staging_dir(Path(out_dir).parent / f"{Path(out_dir).name}.work")  # as train_stage
+        kw["log_fn"]({"loss": 0.0})  # a write into the run during training
+        seen.append((work.is_dir(), stale.exists()))
+        shutil.rmtree(work, ignore_errors=True)
+        return grpo.StageResult(steps=cfg.steps_per_stage, seconds=1.0, eval_seconds=0.0)
+
+    monkeypatch.setattr(grpo, "train_stage", fake_train_stage)
+    loop.phase_train(run, 0, ["p0"])
+    run.close()
+    assert seen == [(True, False)]
 
 
 @pytest.mark.parametrize("untargeted", ["every", "stage_end"])

@@ -31,14 +31,14 @@ from parity_cli import write_parity_sets  # noqa: E402  (also registers the pari
 
 
 def _config(model: Path, sets: dict[str, Path], mode: str = "offpolicy", out_dir: str = "unused",
-            name: str = "r") -> RunConfig:
+            name: str = "r", autocast_bf16: bool | None = None) -> RunConfig:
     return RunConfig(
         name=name, out_dir=out_dir, model=ModelConfig(path=str(model), device="cpu"),
         data=DataConfig(suite=None, pool=str(sets["pool"]), targets={"a": str(sets["target"])},
                         tests={"targeted/a": str(sets["test_t"])}),
         rollout=RolloutConfig(k_pool=4, k_target=4, batch_size=16, max_new_tokens=8, dtype="fp32"),
         eval=EvalConfig(samples=0, max_new_tokens=8),
-        gradient=GradientConfig(mode=mode), projection=ProjectionConfig(k=64, store_dtype="fp32"),
+        gradient=GradientConfig(mode=mode, autocast_bf16=autocast_bf16), projection=ProjectionConfig(k=64, store_dtype="fp32"),
         select=SelectConfig(ratio=0.25), curriculum=CurriculumConfig(stages=2, tensorboard=False))
 
 
@@ -208,15 +208,16 @@ def test_drift_ess_matches_float64_and_resamples_low_prompts(tiny_model_dir, bet
 
 def test_drift_from_the_gradient_pass_equals_its_own_pass(tiny_model_dir, beta_rollouts, tmp_path):
     """Without resampling or a shortlist, a stage's drift measures come from the log-probs of the
-    pool's POPI gradient pass (no forward pass of their own) and equal the separate pass's; a
-    prompt the gradient pass did not score now (a resumed stage) still gets the separate pass."""
+    pool's POPI gradient pass (no forward pass of their own) and equal the separate pass's in fp32
+    (under bf16 autocast they carry the gradient pass's bf16 rounding); a prompt the gradient pass
+    did not score now (a resumed stage) still gets the separate pass."""
     import json
 
     from cropi.curriculum.score_phase import _drift, fuses_drift, phase_score
     from cropi.influence.drift import pool_ess
 
     sets, rollouts = beta_rollouts
-    run = _run(tiny_model_dir, sets, rollouts, tmp_path / "f")
+    run = _run(tiny_model_dir, sets, rollouts, tmp_path / "f", autocast_bf16=False)
     beta_sets = phase_rollouts(run)
     theta1 = _theta1(tiny_model_dir, run.dir.checkpoint(0))
     assert fuses_drift(run, 1) and not fuses_drift(run, 0)
