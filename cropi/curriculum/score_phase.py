@@ -168,8 +168,9 @@ def _drift(run: Run, stage: int, sets: dict[str, list[PromptRollouts]], measured
     event); with ``score.resample_below_ess``, the prompts below it get fresh rollouts from the
     stage's model (seeded, under ``stage_NNN/resampled/pool``) that replace beta's for scoring.
 
-    ``measured``: the measures the gradient pass already recorded (:func:`fuses_drift`); a forward
-    pass runs only for the pool prompts with a gradient it did not score now (a resumed stage)."""
+    ``measured``: the measures the gradient pass already recorded (:func:`fuses_drift`; a resumed
+    stage's stored prompts included); a forward pass runs only for the pool prompts with a
+    gradient it did not measure (scored several per backward)."""
     t0 = time.perf_counter()
     pool = sets["pool"]
     measured = measured or {}

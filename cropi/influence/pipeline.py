@@ -127,11 +127,18 @@ def compute_features(model: torch.nn.Module, params: ParamSet, projector: Projec
                      pad_id: int, name: str = "features", flush_every: int = 8,
                      drift: Drift | None = None) -> Timings:
     """Fill every pending row of ``store`` (resumable); finalize it at the end. ``drift``: record
-    the drift measures of every prompt scored one per backward (:func:`prompt_feature`)."""
+    the drift measures of every prompt scored one per backward (:func:`prompt_feature`), the rows
+    an earlier process stored too: their gradient pass runs again (its feature is not stored
+    twice), so a resumed stage's measures equal an uninterrupted one's in any number type."""
     timings = Timings()
     by_id = {it.id: it for it in items}
     pending = store.pending()
     done = len(items) - len(pending)
+    if drift is not None and cfg.prompts_per_backward == 1:
+        waiting = set(pending)
+        for item in items:
+            if item.id not in waiting and not item.zero_grad and item.id not in drift:
+                prompt_feature(model, params, projector, item, cfg, pad_id, timings, drift)
     buf_ids: list[str] = []
     buf_feats: list[np.ndarray] = []
     buf_zero: list[bool] = []

@@ -210,7 +210,7 @@ def test_drift_from_the_gradient_pass_equals_its_own_pass(tiny_model_dir, beta_r
     """Without resampling or a shortlist, a stage's drift measures come from the log-probs of the
     pool's POPI gradient pass (no forward pass of their own) and equal the separate pass's in fp32
     (under bf16 autocast they carry the gradient pass's bf16 rounding); a prompt the gradient pass
-    did not score now (a resumed stage) still gets the separate pass."""
+    did not measure (scored several per backward) still gets the separate pass."""
     import json
 
     from cropi.curriculum.score_phase import _drift, fuses_drift, phase_score

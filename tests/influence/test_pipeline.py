@@ -79,3 +79,31 @@ def test_autocast_none_is_resolved_for_the_device_and_recorded(small_lm, monkeyp
     setup.release()
     assert not np.array_equal(a, b)  # autocast really ran
     assert float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) > 0.99
+
+
+def test_drift_of_a_resumed_store_equals_an_uninterrupted_one(small_lm, tmp_path) -> None:
+    """``compute_features(drift=...)`` also measures the rows an earlier process stored, from the
+    same gradient pass, so a resumed stage's measures equal an uninterrupted one's exactly, under
+    bf16 autocast too (where a separate fp32 pass would differ by bf16 rounding)."""
+    from cropi.influence.pipeline import prepare_scoring
+
+    items = _items()
+    ids = [it.id for it in items]
+    setup = prepare_scoring(small_lm, GradientConfig(autocast_bf16=True), ProjectionConfig(k=32, seed=3))
+
+    def score(path, drift, rows=0, feats=None, zero=None):
+        store = FeatureStore.open(path, ids, 32, "fp32", {"test": 1})
+        if rows:  # what an earlier, killed process had stored
+            store.write(ids[:rows], feats[:rows], list(zero[:rows]))
+            store = FeatureStore.open(path, ids, 32, "fp32", {"test": 1})
+        compute_features(setup.model, setup.params, setup.projector, items, store, setup.gradient, pad_id=0,
+                         drift=drift)
+        return FeatureStore.load(path).read()
+
+    full: dict = {}
+    _, feats, zero = score(tmp_path / "a", full)
+    resumed: dict = {}
+    _, feats_b, _ = score(tmp_path / "b", resumed, rows=4, feats=feats, zero=zero)
+    assert sorted(full) == [i for i, z in zip(ids, zero) if not z] and len(full) == 4
+    assert resumed == full  # the stored rows' measures too, bit for bit
+    assert np.array_equal(feats_b, feats)
