@@ -46,7 +46,7 @@ def drift_from_logprobs(item: PromptRollouts, logprobs: Sequence[Sequence[float]
                         ) -> tuple[float, float, float]:
     """``(ESS/K, nll, pass_rate_is)`` of :func:`prompt_drift` from the policy's per-token log-probs
     of ``item``'s K responses (one sequence per response, in order), however they were computed:
-    the POPI gradient pass's forward gives them too (:func:`cropi.influence.pipeline.prompt_feature`)."""
+    the POPI gradient pass's forward gives them too (:func:`cropi.influence.pipeline.prompt_gradient`)."""
     lp = [np.asarray(x, dtype=np.float64) for x in logprobs]
     logw = sequence_logw(lp, item.logprobs)
     n_tok = sum(x.size for x in lp)

@@ -54,12 +54,11 @@ class Timings:
                 "project_share": self.project / total if total else 0.0, "work": self.work.as_dict()}
 
 
-def prompt_feature(model: torch.nn.Module, params: ParamSet, projector: Projector,
-                   item: PromptRollouts, cfg: GradientConfig, pad_id: int,
-                   timings: Timings | None = None, drift: Drift | None = None) -> np.ndarray | None:
-    """Projected g(s) as float32 [k], or None for a zero-signal prompt. ``drift``: also record the
-    prompt's drift measures from the log-probs of the gradient pass's own forward (no extra pass)."""
-    timings = timings or Timings()
+def prompt_gradient(model: torch.nn.Module, params: ParamSet, item: PromptRollouts, cfg: GradientConfig,
+                    pad_id: int, timings: Timings, drift: Drift | None = None) -> bool:
+    """One prompt's POPI gradient into ``params``' ``.grad`` (timed in ``timings``); False for a
+    zero-signal prompt. ``drift``: also record the prompt's drift measures from the log-probs of
+    the pass's own forward (no extra pass)."""
     t0 = time.perf_counter()
     params.zero_grad()
     lps: list[np.ndarray | None] = [None] * len(item.response_ids)
@@ -74,13 +73,24 @@ def prompt_feature(model: torch.nn.Module, params: ParamSet, projector: Projecto
         drift[item.id] = drift_from_logprobs(item, [x for x in lps if x is not None])
     if params.params and params.params[0].is_cuda:  # CUDA is asynchronous: time the backward itself
         torch.cuda.synchronize(params.params[0].device)
-    t1 = time.perf_counter()
-    timings.grad += t1 - t0
+    timings.grad += time.perf_counter() - t0
     if not has_signal:
         timings.n_zero_grad += 1
-        return None
+        return False
     timings.work.add(Work(prompts=1, responses=len(item.response_ids),
                           tokens_backward=backward_tokens(item, cfg)))
+    return True
+
+
+def prompt_feature(model: torch.nn.Module, params: ParamSet, projector: Projector,
+                   item: PromptRollouts, cfg: GradientConfig, pad_id: int,
+                   timings: Timings | None = None, drift: Drift | None = None) -> np.ndarray | None:
+    """Projected g(s) as float32 [k], or None for a zero-signal prompt (:func:`prompt_gradient`,
+    then the projection)."""
+    timings = timings or Timings()
+    if not prompt_gradient(model, params, item, cfg, pad_id, timings, drift):
+        return None
+    t1 = time.perf_counter()
     feat = projector.project(params.grads()).detach().float().cpu().numpy()
     timings.project += time.perf_counter() - t1
     return feat
@@ -128,8 +138,8 @@ def compute_features(model: torch.nn.Module, params: ParamSet, projector: Projec
                      drift: Drift | None = None) -> Timings:
     """Fill every pending row of ``store`` (resumable); finalize it at the end. ``drift``: record
     the drift measures of every prompt scored one per backward (:func:`prompt_feature`), the rows
-    an earlier process stored too: their gradient pass runs again (its feature is not stored
-    twice), so a resumed stage's measures equal an uninterrupted one's in any number type."""
+    an earlier process stored too: their gradient pass runs again (not projected, not stored), so
+    a resumed stage's measures equal an uninterrupted one's in any number type."""
     timings = Timings()
     by_id = {it.id: it for it in items}
     pending = store.pending()
@@ -138,7 +148,7 @@ def compute_features(model: torch.nn.Module, params: ParamSet, projector: Projec
         waiting = set(pending)
         for item in items:
             if item.id not in waiting and not item.zero_grad and item.id not in drift:
-                prompt_feature(model, params, projector, item, cfg, pad_id, timings, drift)
+                prompt_gradient(model, params, item, cfg, pad_id, timings, drift)
     buf_ids: list[str] = []
     buf_feats: list[np.ndarray] = []
     buf_zero: list[bool] = []

@@ -38,7 +38,8 @@ def _config(model: Path, sets: dict[str, Path], mode: str = "offpolicy", out_dir
                         tests={"targeted/a": str(sets["test_t"])}),
         rollout=RolloutConfig(k_pool=4, k_target=4, batch_size=16, max_new_tokens=8, dtype="fp32"),
         eval=EvalConfig(samples=0, max_new_tokens=8),
-        gradient=GradientConfig(mode=mode, autocast_bf16=autocast_bf16), projection=ProjectionConfig(k=64, store_dtype="fp32"),
+        gradient=GradientConfig(mode=mode, autocast_bf16=autocast_bf16),
+        projection=ProjectionConfig(k=64, store_dtype="fp32"),
         select=SelectConfig(ratio=0.25), curriculum=CurriculumConfig(stages=2, tensorboard=False))
 
 
